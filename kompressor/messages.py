@@ -1,0 +1,215 @@
+"""The wire contract between the fan-out, the workers and the result reader.
+
+A task says which input to compress into which output key with which settings; a result says how
+that input ended. Both are frozen pydantic models encoded as versioned JSON: a reader refuses a
+version it does not know instead of guessing. Queue names and arguments live here too, so the
+operator, local mode and the workers agree on the topology without importing each other.
+
+It must never import a broker client: the adapters encode and decode through this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kompressor.crd import Destination, Existing, Format, Limits, Output
+
+SCHEMA_VERSION = 1
+CONTENT_TYPE = "application/json"
+
+
+class MessageError(ValueError):
+    """A message that is not valid JSON of a known schema version; the reason says which."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        super().__init__(message)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def encode(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> Any:
+        try:
+            version = _peek_version(body)
+            if version != SCHEMA_VERSION:
+                raise MessageError(
+                    "unknown_schema_version",
+                    f"{cls.__name__} schema version {version!r} is not {SCHEMA_VERSION}",
+                )
+            return cls.model_validate_json(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "body"
+            raise MessageError("malformed_message", f"{cls.__name__} {where}: {first['msg']}") from None
+
+
+def _peek_version(body: bytes) -> Any:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError("malformed_message", f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError("malformed_message", "not a JSON object")
+    return data.get("v")
+
+
+class JobRef(BaseModel):
+    """Which job a message belongs to; uid tells apart two jobs that reused a name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    namespace: str
+    name: str
+    uid: str
+
+    @property
+    def uid8(self) -> str:
+        return self.uid.replace("-", "")[:8]
+
+
+class SourceObject(BaseModel):
+    """One input: an S3 object (bucket and key) or an http(s) URL."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bucket: str | None = None
+    key: str | None = None
+    url: str | None = None
+    etag: str | None = None
+    size: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The input's path, used to derive the output key."""
+        if self.key is not None:
+            return self.key
+        assert self.url is not None
+        return self.url.split("://", 1)[1].split("?", 1)[0]
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.key is not None else str(self.url)
+
+
+class Task(_Wire):
+    """Compress one input into one output object."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    job: JobRef
+    id: int = Field(ge=0, description="Stable index of the input in the job's listing.")
+    source: SourceObject
+    dest_bucket: str
+    dest_key: str
+    existing: Existing
+    output: Output
+    limits: Limits
+
+
+class Outcome(StrEnum):
+    done = "done"
+    skipped = "skipped"
+    failed = "failed"
+
+
+class Result(_Wire):
+    """How one task ended; the last word on an input unless it is redelivered and ends again."""
+
+    v: Literal[1] = SCHEMA_VERSION
+    job: JobRef
+    id: int = Field(ge=0)
+    outcome: Outcome
+    source: str = Field(description="s3://bucket/key or the URL of the input.")
+    dest: str = Field(default="", description="s3://bucket/key of the output, when there is one.")
+    bytes_in: int = 0
+    bytes_out: int = 0
+    reason: str = Field(default="", description="Machine-readable reason, e.g. decode_error.")
+    message: str = Field(default="", description="A sentence for people.")
+    attempts: int = 1
+    seconds: float = 0.0
+    quality: int | None = None
+    ssim: float | None = None
+    stored_original: bool = Field(
+        default=False, description="neverLarger kept the input's bytes as the output."
+    )
+
+
+# --- output keys ----------------------------------------------------------------------------------
+
+_EXTENSIONS = {Format.jpeg: ".jpg", Format.webp: ".webp", Format.avif: ".avif", Format.png: ".png"}
+
+
+def output_key(source: SourceObject, source_prefix: str, destination: Destination, output: Output) -> str:
+    """The deterministic output key: the source path below its prefix, under the destination prefix,
+    with the output format's extension (the input's own extension for `keep`)."""
+    name = source.name
+    if source.key is not None and source_prefix and name.startswith(source_prefix):
+        name = name[len(source_prefix) :]
+    name = name.lstrip("/")
+    stem, ext = posixpath.splitext(name)
+    if output.format is not Format.keep:
+        ext = _EXTENSIONS[output.format]
+    key = posixpath.join(destination.s3.prefix, stem + ext) if destination.s3.prefix else stem + ext
+    if len(key.encode()) > 1024:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        key = posixpath.join(destination.s3.prefix, f"{digest}{ext}")
+    return key
+
+
+# --- queues ---------------------------------------------------------------------------------------
+
+
+def queue_base(job: JobRef) -> str:
+    return f"kompressor.{job.namespace}.{job.name}.{job.uid8}"
+
+
+def task_queue(job: JobRef) -> str:
+    return f"{queue_base(job)}.tasks"
+
+
+def result_queue(job: JobRef) -> str:
+    return f"{queue_base(job)}.results"
+
+
+def dead_queue(job: JobRef) -> str:
+    return f"{queue_base(job)}.dead"
+
+
+def job_queues(job: JobRef) -> list[str]:
+    return [task_queue(job), result_queue(job), dead_queue(job)]
+
+
+# A delivery unacked longer than the consumer timeout closes the worker's channel. Keep it well above
+# the task timeout so that a slow-but-alive task is killed by the worker's own timeout first.
+CONSUMER_TIMEOUT_MARGIN_SECONDS = 300
+
+
+def task_queue_arguments(job: JobRef, limits: Limits) -> dict[str, Any]:
+    """Quorum queue: `x-delivery-limit` bounds attempts, rejected or over-limit tasks go to the dead
+    queue. The at-least-once dead-letter strategy needs `overflow: reject-publish`."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": limits.max_attempts - 1,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_queue(job),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def consumer_timeout_ms(limits: Limits) -> int:
+    return (limits.task_timeout_seconds + CONSUMER_TIMEOUT_MARGIN_SECONDS) * 1000
+
+
+def plain_queue_arguments() -> dict[str, Any]:
+    """Results and dead letters: durable quorum queues, no delivery limit."""
+    return {"x-queue-type": "quorum"}

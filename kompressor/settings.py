@@ -1,0 +1,33 @@
+"""Settings groups shared by the operator, local mode and the workers.
+
+Each process builds its settings once at start-up from the environment (prefix `KOMPRESSOR_`,
+nested delimiter `__`, e.g. `KOMPRESSOR_BROKER__URL`) and passes them down; nothing here is read at
+import time. Credentials are `SecretStr`, so they never show in a repr, a log line or an error.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr
+
+
+class BrokerSettings(BaseModel):
+    """How to reach RabbitMQ."""
+
+    url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F"),
+        description="AMQP URL with credentials, e.g. amqp://user:pass@rabbitmq:5672/%2F.",
+    )
+    heartbeat_seconds: int = Field(default=30, ge=0, description="AMQP heartbeat interval.")
+    connect_attempts: int = Field(default=10, ge=1, description="Attempts before giving up at start.")
+
+
+class StorageSettings(BaseModel):
+    """How to reach the S3-compatible storage; a job's spec.storage overrides endpoint and region."""
+
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint; empty for AWS.")
+    access_key_id: SecretStr | None = Field(default=None, description="S3 access key id.")
+    secret_access_key: SecretStr | None = Field(default=None, description="S3 secret access key.")
+    region: str = Field(default="us-east-1", description="S3 region.")
+    max_attempts: int = Field(default=5, ge=1, description="botocore standard-mode retry attempts.")
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=30.0, gt=0)

@@ -1,0 +1,146 @@
+"""The CompressionJob contract: the generated CRD is structural and described; bad specs are named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kompressor.crd import (
+    CompressionJobSpec,
+    SpecError,
+    crd,
+    parse_byte_quantity,
+    parse_spec,
+)
+
+VALID = {
+    "source": {"s3": {"bucket": "raw", "prefix": "products/"}},
+    "destination": {"s3": {"bucket": "web", "prefix": "products/"}},
+}
+
+
+def _walk(schema: dict[str, Any], path: str = ""):
+    yield path, schema
+    for name, sub in schema.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        yield from _walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _walk(schema["additionalProperties"], f"{path}{{}}")
+
+
+def _root() -> dict[str, Any]:
+    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def test_every_spec_and_status_field_has_a_description_and_a_type():
+    root = _root()
+    for part in ("spec", "status"):
+        for path, node in _walk(root["properties"][part], part):
+            if not path.endswith(("[]", "{}")):  # list items and map values are described by their field
+                assert node.get("description"), f"{path} has no description"
+            assert node.get("type") or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+
+
+def test_the_schema_is_structural():
+    """No $ref, no anyOf of types, no titles: what apiextensions.k8s.io/v1 accepts."""
+    text = repr(crd())
+    for forbidden in ("$ref", "anyOf", "'title'", "$defs"):
+        assert forbidden not in text
+
+
+def test_crd_names_status_and_printer_columns():
+    definition = crd()
+    assert definition["metadata"]["name"] == "compressionjobs.kompressor.dev"
+    assert definition["spec"]["names"]["shortNames"] == ["compjob"]
+    version = definition["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+        "Phase",
+        "Done",
+        "Failed",
+        "Workers",
+        "Saved",
+        "Age",
+    ]
+    status_props = _root()["properties"]["status"]["properties"]
+    for column in version["additionalPrinterColumns"]:
+        first, *rest = column["jsonPath"].lstrip(".").split(".")
+        if first == "status":
+            node = _root()["properties"]["status"]
+            for part in rest:
+                node = node["properties"][part]
+    assert "conditions" in status_props and "observedGeneration" in status_props
+
+
+def test_defaults_fill_a_minimal_spec():
+    spec = parse_spec(VALID)
+    assert spec.output.format == "webp"
+    assert spec.output.effective_quality == 80
+    assert spec.limits.max_input_bytes == 50 * 2**20
+    assert spec.workers.max_replicas == 20
+    assert spec.destination.existing == "skip"
+    assert spec.source.s3 is not None and spec.source.s3.matches("products/a/B.JPG")
+    assert not spec.source.s3.matches("products/readme.txt")
+
+
+def _with(path: str, value: Any) -> dict[str, Any]:
+    import copy
+
+    spec = copy.deepcopy(VALID)
+    node = spec
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "rule"),
+    [
+        (_with("output.quality", 101), "spec.output.quality", "less than or equal to 100"),
+        (_with("output.format", "bmp"), "spec.output.format", "'jpeg', 'webp', 'avif', 'png' or 'keep'"),
+        (_with("limits.maxAttempts", 0), "spec.limits.maxAttempts", "greater than or equal to 1"),
+        (_with("limits.maxInputBytes", "lots"), "spec.limits.maxInputBytes", "not a byte quantity"),
+        (_with("workers.minReplicas", 30), "spec.workers", "must not exceed maxReplicas"),
+        (
+            _with("output.targetSSIM", 0.95) | {"output": {"quality": 80, "targetSSIM": 0.95}},
+            "spec.output",
+            "quality or targetSSIM, not both",
+        ),
+        (_with("source.urls", {"items": ["https://x/a.jpg"]}), "spec.source", "exactly one of s3 or urls"),
+        (_with("source.s3.prefix", "../etc/"), "spec.source.s3.prefix", "'..'"),
+        (_with("destination.s3.bucket", "UPPER"), "spec.destination.s3.bucket", "pattern"),
+        (_with("output.colour", "red"), "spec.output.colour", "unknown field"),
+        ({"source": VALID["source"]}, "spec.destination", "required field is missing"),
+    ],
+)
+def test_invalid_specs_name_the_field_and_the_rule(spec, field, rule):
+    with pytest.raises(SpecError) as caught:
+        parse_spec(spec)
+    message = str(caught.value)
+    assert field in message and rule in message, message
+
+
+def test_a_spec_that_is_not_a_mapping_is_refused():
+    with pytest.raises(SpecError, match="spec: must be a mapping"):
+        parse_spec(["not", "a", "mapping"])
+
+
+@given(st.integers(min_value=0, max_value=2**40))
+def test_byte_quantities_round_trip(number: int):
+    assert parse_byte_quantity(str(number)) == number
+    assert parse_byte_quantity(number) == number
+    if number % 2**20 == 0:
+        assert parse_byte_quantity(f"{number // 2**20}Mi") == number
+
+
+def test_the_model_round_trips_through_its_camel_case_wire_form():
+    spec = parse_spec(_with("workers.scaleDownDelaySeconds", 5))
+    wire = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    assert wire["workers"]["scaleDownDelaySeconds"] == 5
+    assert CompressionJobSpec.model_validate(wire) == spec

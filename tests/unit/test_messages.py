@@ -1,0 +1,97 @@
+"""Task and result messages: versioned JSON that refuses what it does not know; stable output keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kompressor.crd import parse_spec
+from kompressor.messages import (
+    JobRef,
+    MessageError,
+    Outcome,
+    Result,
+    SourceObject,
+    Task,
+    job_queues,
+    output_key,
+    task_queue_arguments,
+)
+
+JOB = JobRef(namespace="shop", name="catalog", uid="0f3c2a9e-1111-2222-3333-444455556666")
+SPEC = parse_spec(
+    {
+        "source": {"s3": {"bucket": "raw", "prefix": "products/"}},
+        "destination": {"s3": {"bucket": "web", "prefix": "out/"}},
+        "output": {"format": "webp", "quality": 70},
+    }
+)
+
+
+def _task(**overrides) -> Task:
+    fields = dict(
+        job=JOB,
+        id=7,
+        source=SourceObject(bucket="raw", key="products/a/b.jpg", etag="e1", size=10),
+        dest_bucket="web",
+        dest_key="out/a/b.webp",
+        existing=SPEC.destination.existing,
+        output=SPEC.output,
+        limits=SPEC.limits,
+    )
+    return Task(**(fields | overrides))
+
+
+def test_task_and_result_round_trip():
+    task = _task()
+    assert Task.decode(task.encode()) == task
+    result = Result(job=JOB, id=7, outcome=Outcome.failed, source="s3://raw/x", reason="decode_error")
+    assert Result.decode(result.encode()) == result
+    assert json.loads(task.encode())["v"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "malformed_message"),
+        (b"[1, 2]", "malformed_message"),
+        (b'{"v": 2, "id": 1}', "unknown_schema_version"),
+        (b'{"id": 1}', "unknown_schema_version"),
+        (b'{"v": 1, "id": -1}', "malformed_message"),
+    ],
+)
+def test_bad_messages_are_refused_with_a_reason(body: bytes, reason: str):
+    with pytest.raises(MessageError) as caught:
+        Task.decode(body)
+    assert caught.value.reason == reason
+
+
+def test_queue_names_are_per_job_and_distinct():
+    names = job_queues(JOB)
+    assert names == [
+        "kompressor.shop.catalog.0f3c2a9e.tasks",
+        "kompressor.shop.catalog.0f3c2a9e.results",
+        "kompressor.shop.catalog.0f3c2a9e.dead",
+    ]
+    arguments = task_queue_arguments(JOB, SPEC.limits)
+    assert arguments["x-queue-type"] == "quorum"
+    assert arguments["x-dead-letter-routing-key"] == names[2]
+
+
+def test_output_key_replaces_prefix_and_extension():
+    source = SourceObject(bucket="raw", key="products/a/b.JPG")
+    assert output_key(source, "products/", SPEC.destination, SPEC.output) == "out/a/b.webp"
+    url = SourceObject(url="https://cdn.example.com/img/c.png?x=1")
+    assert output_key(url, "", SPEC.destination, SPEC.output) == "out/cdn.example.com/img/c.webp"
+
+
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=1500))
+def test_output_keys_are_deterministic_bounded_and_under_the_prefix(name: str):
+    source = SourceObject(bucket="raw", key="products/" + name)
+    key = output_key(source, "products/", SPEC.destination, SPEC.output)
+    assert key == output_key(source, "products/", SPEC.destination, SPEC.output)
+    assert key.startswith("out/") and key.endswith(".webp")
+    assert len(key.encode()) <= 1024

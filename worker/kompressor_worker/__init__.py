@@ -1,0 +1,1 @@
+"""kompressor's data plane: the worker that turns tasks into compressed images."""

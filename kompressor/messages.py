@@ -146,6 +146,8 @@ class Result(_Wire):
 # --- output keys ----------------------------------------------------------------------------------
 
 _EXTENSIONS = {Format.jpeg: ".jpg", Format.webp: ".webp", Format.avif: ".avif", Format.png: ".png"}
+# `keep` re-encodes GIF and TIFF as PNG (the codec's choice), so their key must say so.
+_KEEP_RENAMED = {".gif": ".png", ".tif": ".png", ".tiff": ".png"}
 
 
 def output_key(source: SourceObject, source_prefix: str, destination: Destination, output: Output) -> str:
@@ -156,8 +158,7 @@ def output_key(source: SourceObject, source_prefix: str, destination: Destinatio
         name = name[len(source_prefix) :]
     name = name.lstrip("/")
     stem, ext = posixpath.splitext(name)
-    if output.format is not Format.keep:
-        ext = _EXTENSIONS[output.format]
+    ext = _KEEP_RENAMED.get(ext.lower(), ext) if output.format is Format.keep else _EXTENSIONS[output.format]
     key = posixpath.join(destination.s3.prefix, stem + ext) if destination.s3.prefix else stem + ext
     if len(key.encode()) > 1024:
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]

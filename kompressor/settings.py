@@ -31,3 +31,27 @@ class StorageSettings(BaseModel):
     max_attempts: int = Field(default=5, ge=1, description="botocore standard-mode retry attempts.")
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     read_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    def client(self):
+        """A boto3 S3 client with botocore's standard retry mode (exponential backoff with jitter).
+
+        boto3 is imported here, not at module level: the contract needs no storage client to load."""
+        import boto3
+        from botocore.config import Config
+
+        def reveal(secret: SecretStr | None) -> str | None:
+            return secret.get_secret_value() if secret is not None else None
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=reveal(self.access_key_id),
+            aws_secret_access_key=reveal(self.secret_access_key),
+            config=Config(
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                connect_timeout=self.connect_timeout_seconds,
+                read_timeout=self.read_timeout_seconds,
+                s3={"addressing_style": "path"} if self.endpoint_url else {},
+            ),
+        )

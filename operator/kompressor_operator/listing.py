@@ -1,0 +1,41 @@
+"""S3 adapter of the control plane: list a job's inputs, read a URL manifest, write the manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from kompressor.crd import S3Source, UrlSource
+from kompressor.messages import SourceObject
+from kompressor_operator.planning import parse_url_manifest
+
+MANIFEST_MAX_BYTES = 256 * 2**20
+
+
+def list_s3_sources(client, source: S3Source, start_after: str = "") -> Iterator[SourceObject]:
+    """Objects under the prefix that match the include globs, in key order, paginated; resumable
+    after a key. Keys under a `.kompressor/` folder (our own manifests) are never inputs."""
+    paginator = client.get_paginator("list_objects_v2")
+    arguments = {"Bucket": source.bucket, "Prefix": source.prefix}
+    if start_after:
+        arguments["StartAfter"] = start_after
+    for page in paginator.paginate(**arguments):
+        for item in page.get("Contents", []):
+            key = item["Key"]
+            if key.endswith("/") or "/.kompressor/" in f"/{key}" or not source.matches(key):
+                continue
+            yield SourceObject(
+                bucket=source.bucket, key=key, etag=item.get("ETag", "").strip('"'), size=item.get("Size")
+            )
+
+
+def url_sources(client, source: UrlSource) -> list[SourceObject]:
+    if source.items is not None:
+        urls = list(source.items)
+    else:
+        assert source.manifest is not None
+        head = client.head_object(Bucket=source.manifest.bucket, Key=source.manifest.key)
+        if head["ContentLength"] > MANIFEST_MAX_BYTES:
+            raise ValueError(f"URL manifest is over {MANIFEST_MAX_BYTES} bytes")
+        body = client.get_object(Bucket=source.manifest.bucket, Key=source.manifest.key)["Body"].read()
+        urls = parse_url_manifest(body.decode("utf-8-sig"))
+    return [SourceObject(url=url) for url in urls]

@@ -1,0 +1,671 @@
+"""The image codec: one input's bytes in, one output's bytes out (Pillow).
+
+What it is for: turn the bytes of one input image into the bytes to store, following a job's
+`Output` settings (format, quality, resize box, metadata, neverLarger) within its `Limits`
+(`maxPixels`) and the worker process's memory budget. Every way an input can go wrong ends as a
+`CodecError` whose `reason` is one machine-readable word; no other exception escapes `compress`.
+
+What it must never do: I/O of any kind (files, network, subprocesses), logging set-up, reading
+settings or the environment, or changing Pillow's global state at import. It is pure: the same bytes
+and settings give the same output bytes.
+
+Pipeline: `prepare` (identify, check limits from the header, decode, 8-bit mode, resize, orient)
+then `encode` (one encoder run with our settings). They are separate so that automatic quality can
+prepare once and encode many times.
+
+Choices, documented once here:
+
+- Inputs: JPEG (including MPO), PNG, WebP, GIF, TIFF and AVIF. Another format Pillow recognises
+  (BMP, ICO, PSD, ...) fails with `unsupported_format`. Bytes that no Pillow plugin identifies at all
+  (an HTML error page saved as `.jpg`, random bytes) fail with `decode_error`: the input is broken,
+  not merely of a format we refuse. Only the allowed formats' plugins ever decode pixels; the others
+  only parse a header to name the format in the message.
+- Limits come from the header, before any pixel is decoded: width × height above `maxPixels` fails
+  with `too_many_pixels` (Pillow's own bomb check runs with the same limit and its warning is an
+  error), and the estimated decoded size above `memory_budget_bytes` with `too_much_memory`.
+  Truncated inputs fail with `decode_error` (Pillow's `LOAD_TRUNCATED_IMAGES` is forced off while
+  decoding). While decoding, Pillow's `MAX_IMAGE_PIXELS` and `LOAD_TRUNCATED_IMAGES` are set for the
+  call and restored after it, under a lock; the worker runs one task per process, so the lock is
+  never contended there.
+- Animated inputs (GIF, WebP, AVIF sequences; multi-page TIFF): the first frame only becomes the
+  output; `Compressed.frames` tells how many frames the input had.
+- `format: keep` re-encodes JPEG, PNG, WebP and AVIF in their own format; GIF and TIFF become PNG
+  (lossless like their source, and a format every browser shows). `Compressed.format` always names
+  the format actually stored.
+- Orientation: the EXIF orientation is applied to the pixels; outputs carry no orientation other
+  than 1. The resize box applies to the image as displayed (after orientation).
+- Resize: fit inside maxWidth × maxHeight keeping the aspect ratio, never upscale. A JPEG being
+  shrunk is decoded at 1/2, 1/4 or 1/8 scale first (`Image.draft`, never below the target), then
+  resized with LANCZOS and `reducing_gap=3.0`.
+- Modes: everything is brought to 8 bits per channel: 16-bit and 32-bit grey (I;16, I, F) are
+  scaled to 0..255 from their value range, never clipped; palette images become RGB or RGBA (when
+  they carry transparency); CMYK becomes RGB through its ICC profile when it has one (the output
+  then carries no profile, i.e. sRGB), else by Pillow's plain conversion (the CMYK profile, if any,
+  is dropped: it describes CMYK, not the RGB output). Alpha is kept for WebP, AVIF and PNG and
+  flattened on white for JPEG. A PNG output of a palette or 1-bit input that needs no resize keeps
+  its palette or bit depth.
+- ICC profile: kept (passed explicitly to the encoder) when its colour space matches the output's
+  (a grey profile is dropped when the output becomes RGB, and vice versa).
+- Metadata: with `stripMetadata` EXIF and XMP are dropped. Without it, EXIF (orientation reset to
+  1) and XMP are kept for every output format; TIFF inputs keep none (their tags are not EXIF).
+- Encoders: JPEG optimize + progressive, chroma subsampling 4:2:0 below quality 90 and 4:4:4 from 90
+  (at high quality the colour detail is what the user pays for); WebP method 4; AVIF speed 6 with
+  one encoder thread (the worker runs one process per CPU; speed 8 would be ~2.5x faster for ~4%
+  more bytes at the same quality on the photo corpus); PNG optimize (zlib level 9: measured ~1.4x
+  the time of the default level for ~1% smaller files on photos).
+- neverLarger: when the encoded result is not smaller than the input, the input's own bytes are
+  stored instead (`stored_original=True`) only if they are an equivalent output: same format as the
+  output, no resize and no orientation change needed, a single frame, and — when metadata is to be
+  stripped — no EXIF or XMP in the input. Otherwise the (larger) result is kept: storing a JPEG body
+  under a key named `.webp`, an image larger than the requested box, or the GPS position the user
+  asked to strip would break a promise the job made, while a few extra bytes do not.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
+
+from kompressor.crd import Format, Limits, Output
+
+# Pillow format id -> our name of the source format.
+_SOURCE_FORMATS = {
+    "JPEG": "jpeg",
+    "MPO": "jpeg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "TIFF": "tiff",
+    "AVIF": "avif",
+}
+_ALLOWED_PLUGINS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "AVIF")
+_KEEP = {
+    "jpeg": Format.jpeg,
+    "png": Format.png,
+    "webp": Format.webp,
+    "avif": Format.avif,
+    "gif": Format.png,
+    "tiff": Format.png,
+}
+_LOSSY = frozenset({Format.jpeg, Format.webp, Format.avif})
+_PILLOW_FORMAT = {Format.jpeg: "JPEG", Format.webp: "WEBP", Format.avif: "AVIF", Format.png: "PNG"}
+
+# Orientation tag value -> the transpose that shows the image upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+
+_ORIENTATION = ExifTags.Base.Orientation
+_XMP_ORIENTATION = (
+    re.compile(rb'tiff:Orientation="[0-9]"'),
+    re.compile(rb"<tiff:Orientation>[0-9]</tiff:Orientation>"),
+)
+_XMP_UPRIGHT = (b'tiff:Orientation="1"', b"<tiff:Orientation>1</tiff:Orientation>")
+
+JPEG_FULL_CHROMA_FROM_QUALITY = 90
+WEBP_METHOD = 4
+AVIF_SPEED = 6
+AVIF_THREADS = 1
+RESIZE_REDUCING_GAP = 3.0
+WHITE = 255
+
+# Pillow's decoder settings are module globals: set per call, restored after, one call at a time.
+_PILLOW_GLOBALS = threading.Lock()
+
+
+class CodecError(Exception):
+    """An input that cannot become an output; `reason` is one machine-readable word:
+    empty_input, decode_error, unsupported_format, too_many_pixels, too_much_memory, encode_error."""
+
+    def __init__(self, reason: str, message: str):
+        self.reason = reason
+        self.message = message
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[CodecError], tuple[str, str]]:
+        # Crosses process boundaries (the worker's pool) intact.
+        return (CodecError, (self.reason, self.message))
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What to store: the bytes and what they are."""
+
+    data: bytes
+    format: str  # jpeg | webp | avif | png | gif | tiff: the format actually stored
+    width: int
+    height: int
+    quality: int | None  # encoder quality used; None for png and for a stored original
+    stored_original: bool  # neverLarger kept the input's bytes
+    frames: int  # frames in the input (only the first is encoded)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An input decoded and made ready for its output format: encode it as often as needed."""
+
+    image: Image.Image  # upright, resized, in a mode the output format takes
+    format: Format  # the concrete output format (keep resolved)
+    source_format: str  # jpeg | png | webp | gif | tiff | avif
+    source_size: tuple[int, int]  # width, height as stored in the input
+    icc_profile: bytes | None
+    exif: bytes | None  # None when stripped or absent
+    xmp: bytes | None  # None when stripped or absent
+    frames: int
+    resized: bool
+    reoriented: bool
+    source_has_metadata: bool  # the input carries EXIF or XMP
+
+
+# --- public API -----------------------------------------------------------------------------------
+
+
+def compress(
+    data: bytes, output: Output, limits: Limits, memory_budget_bytes: int | None = None
+) -> Compressed:
+    """Compress one input following `output`; raise CodecError with a reason when it cannot be.
+
+    Uses `output.effective_quality` (automatic quality is a separate step built on `prepare` and
+    `encode`). See the module docstring for the choices on formats, metadata and neverLarger.
+    """
+    prepared = prepare(data, output, limits, memory_budget_bytes)
+    quality = output.effective_quality
+    encoded = encode(
+        prepared.image,
+        prepared.format,
+        quality,
+        prepared.icc_profile,
+        exif=prepared.exif,
+        xmp=prepared.xmp,
+    )
+    if output.never_larger and len(encoded) >= len(data) and original_is_equivalent(prepared, output):
+        width, height = prepared.source_size
+        return Compressed(
+            data=bytes(data),
+            format=prepared.source_format,
+            width=width,
+            height=height,
+            quality=None,
+            stored_original=True,
+            frames=prepared.frames,
+        )
+    return Compressed(
+        data=encoded,
+        format=prepared.format.value,
+        width=prepared.image.width,
+        height=prepared.image.height,
+        quality=quality if prepared.format in _LOSSY else None,
+        stored_original=False,
+        frames=prepared.frames,
+    )
+
+
+def original_is_equivalent(prepared: Prepared, output: Output) -> bool:
+    """Whether the input's own bytes keep every promise the output makes, so neverLarger may store
+    them: same format, same geometry, one frame, and no metadata left that was to be stripped."""
+    return (
+        prepared.source_format == prepared.format.value
+        and not prepared.resized
+        and not prepared.reoriented
+        and prepared.frames == 1
+        and not (output.strip_metadata and prepared.source_has_metadata)
+    )
+
+
+def resolve_format(fmt: Format, source_format: str) -> Format:
+    """The concrete output format: `keep` becomes the input's format (gif and tiff become png)."""
+    if fmt is Format.keep:
+        return _KEEP[source_format]
+    return fmt
+
+
+def fit_inside(size: tuple[int, int], max_width: int | None, max_height: int | None) -> tuple[int, int]:
+    """The largest size with `size`'s aspect ratio inside the box; never larger than `size`."""
+    width, height = size
+    scale = 1.0
+    if max_width is not None:
+        scale = min(scale, max_width / width)
+    if max_height is not None:
+        scale = min(scale, max_height / height)
+    if scale >= 1.0:
+        return width, height
+    new_width = max(1, min(width, round(width * scale)))
+    new_height = max(1, min(height, round(height * scale)))
+    if max_width is not None:
+        new_width = min(new_width, max_width)
+    if max_height is not None:
+        new_height = min(new_height, max_height)
+    return new_width, new_height
+
+
+def prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: int | None = None) -> Prepared:
+    """Identify and decode the input within the limits, then orient, resize and convert it for the
+    output format. Raises CodecError (never anything else) when the input cannot be used."""
+    if not data:
+        raise CodecError("empty_input", "the input is empty (0 bytes)")
+    try:
+        with _pillow_limits(limits.max_pixels):
+            return _prepare(bytes(data), output, limits, memory_budget_bytes)
+    except CodecError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} pixels" if found else "too many pixels"
+        raise CodecError(
+            "too_many_pixels", f"the image has {size}, more than maxPixels ({limits.max_pixels})"
+        ) from None
+    except MemoryError:
+        raise CodecError("too_much_memory", "decoding the image ran out of memory") from None
+    except Exception as exc:
+        raise CodecError("decode_error", f"the image cannot be decoded: {_describe(exc)}") from None
+
+
+def encode(
+    image: Image.Image,
+    fmt: Format,
+    quality: int,
+    icc_profile: bytes | None,
+    *,
+    exif: bytes | None = None,
+    xmp: bytes | None = None,
+) -> bytes:
+    """Encode `image` once as `fmt` (not keep) at `quality` with our encoder settings.
+
+    `image` should come from `prepare` for the same format; other modes are converted as `prepare`
+    would. Raises CodecError("encode_error") when the encoder refuses (e.g. WebP beyond 16383 px).
+    """
+    if fmt is Format.keep:
+        raise ValueError("encode needs a concrete format; resolve keep with resolve_format first")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be 1..100, got {quality}")
+    try:
+        image = _fit_mode(image, fmt)
+        params = _encoder_params(image, fmt, quality)
+        if icc_profile and _icc_matches(icc_profile, image.mode):
+            params["icc_profile"] = icc_profile
+        else:
+            params["icc_profile"] = None
+        if exif:
+            params["exif"] = exif
+        if xmp:
+            if fmt is Format.png:
+                info = PngImagePlugin.PngInfo()
+                info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+                params["pnginfo"] = info
+            else:
+                params["xmp"] = xmp
+        buffer = io.BytesIO()
+        image.save(buffer, _PILLOW_FORMAT[fmt], **params)
+        return buffer.getvalue()
+    except MemoryError:
+        raise CodecError("too_much_memory", f"encoding {fmt.value} ran out of memory") from None
+    except Exception as exc:
+        raise CodecError(
+            "encode_error",
+            f"the {fmt.value} encoder refused the {image.width}x{image.height} image: {_describe(exc)}",
+        ) from None
+
+
+def estimate_memory(size: tuple[int, int], mode: str, target: tuple[int, int]) -> int:
+    """Bytes needed to decode an image of `size` and `mode` and bring it to `target`: the decoded
+    image, one 4-byte-per-pixel working copy (mode conversion) and the resized result."""
+    width, height = size
+    decoded = width * height * _bytes_per_pixel(mode)
+    working = width * height * 4
+    resized = target[0] * target[1] * 4
+    return decoded + working + resized
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _pillow_limits(max_pixels: int) -> Iterator[None]:
+    """Pillow's bomb check at our limit (its warning an error), truncated images refused."""
+    with _PILLOW_GLOBALS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" and the like: not our outcome
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def _open(data: bytes) -> tuple[ImageFile.ImageFile, str]:
+    try:
+        image = Image.open(io.BytesIO(data), formats=_ALLOWED_PLUGINS)
+    except UnidentifiedImageError:
+        other = _identify_any(data)
+        if other is None:
+            raise CodecError("decode_error", "the input is not an image in any format Pillow knows") from None
+        raise CodecError(
+            "unsupported_format",
+            f"{other} images are not supported (JPEG, PNG, WebP, GIF, TIFF and AVIF are)",
+        ) from None
+    source_format = _SOURCE_FORMATS.get(image.format or "")
+    if source_format is None:
+        raise CodecError("unsupported_format", f"{image.format} images are not supported")
+    return image, source_format
+
+
+def _identify_any(data: bytes) -> str | None:
+    """The format name of an image our plugins refused, from its header only; None if none knows."""
+    try:
+        with Image.open(io.BytesIO(data)) as other:
+            return other.format or "unknown"
+    except Exception:
+        return None
+
+
+def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: int | None) -> Prepared:
+    image, source_format = _open(data)
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise CodecError(
+            "too_many_pixels",
+            f"the image is {width}x{height} = {width * height} pixels, more than maxPixels "
+            f"({limits.max_pixels})",
+        )
+    fmt = resolve_format(output.format, source_format)
+    frames = max(1, int(getattr(image, "n_frames", 1) or 1))
+    if frames > 1:
+        image.seek(0)
+
+    # A PNG's EXIF may follow its pixels, and Pillow decodes the whole image to look for it: read
+    # the orientation only after the budget check then. Other formats carry it in the header.
+    exif_in_header = source_format != "png" or _png_exif_seen(image)
+    exif = _safe_exif(image) if exif_in_header else None
+    orientation = _orientation(exif)
+    box = output.resize.max_width, output.resize.max_height
+    target = _stored_target((width, height), orientation, *box)
+
+    if target != (width, height) and source_format == "jpeg":
+        image.draft(None, target)  # decode at 1/2, 1/4 or 1/8 scale, never below the target
+
+    if memory_budget_bytes is not None:
+        # Unknown orientation: budget for the larger of the two possible targets.
+        targets = [target] if exif_in_header else [_stored_target((width, height), o, *box) for o in (1, 6)]
+        needed = max(estimate_memory(image.size, image.mode, t) for t in targets)
+        if needed > memory_budget_bytes:
+            raise CodecError(
+                "too_much_memory",
+                f"decoding the {width}x{height} {image.mode} image needs about {needed} bytes, more "
+                f"than this worker's budget of {memory_budget_bytes} bytes",
+            )
+
+    image.load()  # the full decode: truncated data fails here
+
+    if not exif_in_header:
+        exif = _safe_exif(image)
+        orientation = _orientation(exif)
+        target = _stored_target((width, height), orientation, *box)
+    resized = target != (width, height)
+    icc = image.info.get("icc_profile") or None
+    xmp = _source_xmp(image)
+    exif_bytes = _source_exif_bytes(image)
+    source_has_metadata = bool(exif_bytes or xmp)
+    transparency = image.info.get("transparency")
+
+    keep_palette = fmt is Format.png and not resized and image.mode in ("P", "1")
+    if keep_palette:
+        pixels: Image.Image = image
+    else:
+        pixels, icc = _to_8bit(image, icc)
+    if resized and pixels.size != target:
+        pixels = pixels.resize(target, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
+    if orientation != 1:
+        pixels = pixels.transpose(_TRANSPOSE[orientation])
+    pixels = _fit_mode(pixels, fmt)
+    # Only what the encoder must see stays in info: metadata is passed to `encode` explicitly.
+    pixels.info = {"transparency": transparency} if pixels.mode == "P" and transparency is not None else {}
+
+    if icc is not None and not _icc_matches(icc, pixels.mode):
+        icc = None
+    keep_metadata = not output.strip_metadata
+    return Prepared(
+        image=pixels,
+        format=fmt,
+        source_format=source_format,
+        source_size=(width, height),
+        icc_profile=icc,
+        exif=_upright_exif(exif, exif_bytes) if keep_metadata and exif_bytes else None,
+        xmp=_upright_xmp(xmp) if keep_metadata and xmp else None,
+        frames=frames,
+        resized=resized,
+        reoriented=orientation != 1,
+        source_has_metadata=source_has_metadata,
+    )
+
+
+def _png_exif_seen(image: Image.Image) -> bool:
+    """An eXIf chunk before the pixels: Pillow then reads it without decoding the image."""
+    return "exif" in image.info
+
+
+def _orientation(exif: Image.Exif | None) -> int:
+    orientation = exif.get(_ORIENTATION, 1) if exif is not None else 1
+    return orientation if orientation in _TRANSPOSE else 1
+
+
+def _stored_target(
+    size: tuple[int, int], orientation: int, max_width: int | None, max_height: int | None
+) -> tuple[int, int]:
+    """The resize target in stored coordinates: the box applies to the image as shown."""
+    width, height = size
+    if orientation in _SWAPS_AXES:
+        shown_width, shown_height = fit_inside((height, width), max_width, max_height)
+        return shown_height, shown_width
+    return fit_inside((width, height), max_width, max_height)
+
+
+def _safe_exif(image: Image.Image) -> Image.Exif | None:
+    """The image's EXIF, or None when there is none or it is unreadable (a broken EXIF block does
+    not make the pixels unusable)."""
+    try:
+        return image.getexif()
+    except Exception:
+        return None
+
+
+def _source_exif_bytes(image: Image.Image) -> bytes | None:
+    """Raw EXIF carried by JPEG, PNG, WebP and AVIF inputs; TIFF tags are not EXIF and are not kept."""
+    if image.format == "TIFF":
+        return None
+    raw = image.info.get("exif")
+    if isinstance(raw, bytes) and raw:
+        return raw
+    if "Raw profile type exif" in image.info:
+        try:
+            data = image.getexif().tobytes()
+        except Exception:
+            return None
+        return data or None
+    return None
+
+
+def _source_xmp(image: Image.Image) -> bytes | None:
+    for key in ("xmp", "XML:com.adobe.xmp"):
+        value = image.info.get(key)
+        if isinstance(value, str) and value:
+            return value.encode("utf-8")
+        if isinstance(value, bytes) and value:
+            return value
+    return None
+
+
+def _upright_exif(exif: Image.Exif | None, raw: bytes) -> bytes | None:
+    """EXIF to keep: the input's, with the orientation reset to 1 (the pixels are upright now)."""
+    if exif is None:
+        return None
+    if exif.get(_ORIENTATION, 1) == 1:
+        return raw
+    try:
+        exif[_ORIENTATION] = 1
+        return exif.tobytes()
+    except Exception:
+        return None
+
+
+def _upright_xmp(xmp: bytes) -> bytes:
+    for pattern, upright in zip(_XMP_ORIENTATION, _XMP_UPRIGHT, strict=True):
+        xmp = pattern.sub(upright, xmp)
+    return xmp
+
+
+# --- modes ----------------------------------------------------------------------------------------
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes per pixel in Pillow's memory layout (RGB, LA, CMYK... use 4, 8-bit single bands 1)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _to_8bit(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """One of L, LA, RGB, RGBA (8 bits per channel), and the ICC profile that still applies."""
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image, icc
+    if mode == "1":
+        return image.convert("L"), icc
+    if mode == "P":
+        has_alpha = "transparency" in image.info or (
+            image.palette is not None and image.palette.mode == "RGBA"
+        )
+        return image.convert("RGBA" if has_alpha else "RGB"), icc
+    if mode == "PA":
+        return image.convert("RGBA"), icc
+    if mode in ("La",):
+        return image.convert("LA"), icc
+    if mode in ("RGBa",):
+        return image.convert("RGBA"), icc
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image, icc)
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return _grey_to_8bit(image), icc
+    if mode in ("RGBX", "YCbCr", "LAB", "HSV"):
+        return image.convert("RGB"), None if mode in ("LAB", "HSV") else icc
+    return image.convert("RGBA" if "A" in mode else "RGB"), None
+
+
+def _cmyk_to_rgb(image: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes | None]:
+    """Through the input's CMYK profile to sRGB when it has a usable one; else Pillow's formula."""
+    if icc is not None and _icc_colour_space(icc) == b"CMYK":
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            srgb = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(image, source, srgb, outputMode="RGB")
+            if converted is not None:
+                return converted, None
+        except Exception:
+            pass
+    return image.convert("RGB"), None
+
+
+def _grey_to_8bit(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grey to L, scaled from its value range (not clipped)."""
+    if image.mode.startswith("I;16"):
+        return image.convert("I").point(lambda v: v * (1 / 257)).convert("L")
+    low, high = image.getextrema()
+    if image.mode == "F" and low >= 0 and high <= 1.0:
+        scale, offset = 255.0, 0.0
+    elif low >= 0 and high <= 255:
+        scale, offset = 1.0, 0.0
+    elif low >= 0 and high <= 65535:
+        scale, offset = 1 / 257, 0.0
+    elif high > low:
+        scale = 255.0 / (high - low)
+        offset = -low * scale
+    else:
+        return Image.new("L", image.size, 0)
+    grey = image if image.mode == "F" else image.convert("F")
+    return grey.point(lambda v: v * scale + offset).convert("L")
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """Composite an image with alpha on white, dropping the alpha band."""
+    base_mode = "L" if image.mode == "LA" else "RGB"
+    background = Image.new(base_mode, image.size, WHITE if base_mode == "L" else (WHITE,) * 3)
+    background.paste(image.convert(base_mode), mask=image.getchannel("A"))
+    return background
+
+
+def _fit_mode(image: Image.Image, fmt: Format) -> Image.Image:
+    """A mode the output format takes: jpeg L/RGB (alpha flattened on white); webp and avif
+    RGB/RGBA; png L, LA, RGB, RGBA, or P and 1 kept as they are."""
+    mode = image.mode
+    if fmt is Format.png:
+        if mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
+            return image
+        image, _ = _to_8bit(image, None)
+        return image
+    if mode not in ("L", "LA", "RGB", "RGBA"):
+        image, _ = _to_8bit(image, None)
+        mode = image.mode
+    if fmt is Format.jpeg:
+        return _flatten(image) if mode in ("LA", "RGBA") else image
+    if mode == "L":
+        return image.convert("RGB")
+    if mode == "LA":
+        return image.convert("RGBA")
+    return image
+
+
+def _icc_colour_space(icc: bytes) -> bytes:
+    return icc[16:20] if len(icc) >= 20 else b""
+
+
+def _icc_matches(icc: bytes, mode: str) -> bool:
+    """A profile fits the pixels: GRAY for L/LA (and 1/P greys are not tagged), RGB for colour."""
+    space = _icc_colour_space(icc)
+    if mode in ("L", "LA", "1"):
+        return space == b"GRAY"
+    if mode in ("RGB", "RGBA", "P"):
+        return space == b"RGB "
+    return False
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def _encoder_params(image: Image.Image, fmt: Format, quality: int) -> dict[str, object]:
+    if fmt is Format.jpeg:
+        return {
+            "quality": quality,
+            "optimize": True,
+            "progressive": True,
+            "subsampling": 0 if quality >= JPEG_FULL_CHROMA_FROM_QUALITY else 2,
+        }
+    if fmt is Format.webp:
+        return {"quality": quality, "method": WEBP_METHOD}
+    if fmt is Format.avif:
+        return {"quality": quality, "speed": AVIF_SPEED, "max_threads": AVIF_THREADS}
+    params: dict[str, object] = {"optimize": True}
+    if image.mode == "P" and "transparency" in image.info:
+        params["transparency"] = image.info["transparency"]
+    return params
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,235 @@
+"""The broker side of a worker: consume tasks, hand them to the pool, settle each one exactly once.
+
+pika's BlockingConnection is not thread-safe and services heartbeats only inside its own calls, so
+the connection stays on this thread: the pool's completion callbacks come back through
+`add_callback_threadsafe`, and all publishing and acking happens here.
+
+A task is settled only after its result is confirmed by the broker:
+- done / skipped: publish the result, then ack.
+- permanent failure: publish the result, then reject without requeue (the dead-letter queue keeps it).
+- transient failure (storage or origin down, timeout, a crashed child): requeue, unless this was
+  the last allowed attempt, which ends as a failure like a permanent one.
+If the connection drops first, nothing is settled: the broker redelivers and the task's output,
+already stored, is recognised by the next attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from functools import partial
+
+import pebble
+import pika
+import pika.exceptions
+
+from kompressor.messages import CONTENT_TYPE, MessageError, Outcome, Result, Task, result_queue
+from kompressor_worker import task as task_module
+from kompressor_worker.health import Health
+from kompressor_worker.metrics import Metrics
+from kompressor_worker.settings import WorkerSettings
+
+log = logging.getLogger("kompressor.worker")
+
+_CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.AMQPChannelError,
+    pika.exceptions.StreamLostError,
+    ConnectionError,
+    OSError,
+)
+
+
+@dataclass
+class _InFlight:
+    task: Task
+    attempts: int
+    started: float
+
+
+def delivery_attempt(properties: pika.BasicProperties) -> int:
+    """1 for a first delivery; quorum queues count earlier ones in `x-delivery-count`."""
+    headers = properties.headers or {}
+    return int(headers.get("x-delivery-count", 0)) + 1
+
+
+def backoff_delays(first: float = 0.5, cap: float = 30.0):
+    delay = first
+    while True:
+        yield delay
+        delay = min(cap, delay * 2)
+
+
+class Consumer:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        pool: pebble.ProcessPool,
+        processes: int,
+        metrics: Metrics,
+        health: Health,
+    ):
+        self.settings = settings
+        self.pool = pool
+        self.processes = processes
+        self.prefetch = settings.prefetch or processes * 2
+        self.metrics = metrics
+        self.health = health
+        self._stopping = False
+        self._deadline: float | None = None
+        self._inflight: dict[int, _InFlight] = {}
+
+    def stop(self) -> None:
+        """Stop consuming and drain in-flight tasks within the grace period (safe in a signal handler)."""
+        if not self._stopping:
+            self._stopping = True
+            self._deadline = time.monotonic() + self.settings.grace_seconds
+            log.info("stopping: draining %d in-flight task(s)", len(self._inflight))
+
+    def run(self) -> None:
+        """Consume until stopped, reconnecting with backoff whenever the broker goes away."""
+        delays = backoff_delays()
+        parameters = pika.URLParameters(self.settings.broker.url.get_secret_value())
+        parameters.heartbeat = self.settings.broker.heartbeat_seconds
+        parameters.blocked_connection_timeout = 60
+        while not self._stopping:
+            try:
+                connection = pika.BlockingConnection(parameters)
+            except _CONNECTION_ERRORS as exc:
+                self.health.disconnected()
+                self._pause(next(delays), f"broker unreachable ({type(exc).__name__})")
+                continue
+            self.health.connected()
+            try:
+                self._serve(connection)
+                delays = backoff_delays()
+            except _CONNECTION_ERRORS as exc:
+                self.health.disconnected()
+                # Settling those needs this connection; the broker redelivers them instead.
+                self._inflight.clear()
+                self._pause(next(delays), f"broker connection lost ({type(exc).__name__}: {exc})")
+            finally:
+                if connection.is_open:
+                    with contextlib.suppress(_CONNECTION_ERRORS):
+                        connection.close()
+
+    def _pause(self, seconds: float, why: str) -> None:
+        log.warning("%s; retrying in %.1fs", why, seconds)
+        end = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < end:
+            time.sleep(0.1)
+
+    def _serve(self, connection: pika.BlockingConnection) -> None:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_qos(prefetch_count=self.prefetch)
+        on_message = partial(self._on_message, connection)
+        tag = channel.basic_consume(self.settings.queue, on_message_callback=on_message)
+        self.health.consuming = True
+        log.info(
+            "consuming %s with %d processes, prefetch %d", self.settings.queue, self.processes, self.prefetch
+        )
+        while True:
+            connection.process_data_events(time_limit=0.25)
+            self.metrics.busy.set(min(len(self._inflight), self.processes))
+            if not self._stopping:
+                continue
+            if tag is not None:
+                channel.basic_cancel(tag)
+                tag = None
+                self.health.consuming = False
+            if not self._inflight:
+                break
+            if self._deadline is not None and time.monotonic() > self._deadline:
+                log.warning(
+                    "grace period over with %d task(s) unfinished; the broker will redeliver them",
+                    len(self._inflight),
+                )
+                break
+        channel.close()
+
+    def _on_message(self, connection, channel, method, properties, body: bytes) -> None:
+        try:
+            task = Task.decode(body)
+        except MessageError as exc:
+            log.error("rejecting an undecodable task (%s): %s", exc.reason, exc)
+            self.metrics.tasks.labels("failed", exc.reason).inc()
+            channel.basic_reject(method.delivery_tag, requeue=False)
+            return
+        attempts = delivery_attempt(properties)
+        self._inflight[method.delivery_tag] = _InFlight(task, attempts, time.monotonic())
+        future = self.pool.schedule(
+            task_module.run, args=(body, attempts), timeout=task.limits.task_timeout_seconds
+        )
+        settle = partial(self._settle, channel, method.delivery_tag)
+
+        def done(finished) -> None:
+            try:
+                connection.add_callback_threadsafe(partial(settle, finished))
+            except pika.exceptions.ConnectionWrongStateError:
+                pass  # that connection is gone; the broker redelivers the task
+
+        future.add_done_callback(done)
+
+    def _settle(self, channel, delivery_tag: int, future) -> None:
+        inflight = self._inflight.pop(delivery_tag, None)
+        if inflight is None or not channel.is_open:
+            return
+        task, attempts = inflight.task, inflight.attempts
+        result = self._outcome(task, attempts, future)
+        if isinstance(result, str):
+            self.metrics.retries.labels(result).inc()
+            channel.basic_nack(delivery_tag, requeue=True)
+            return
+        try:
+            channel.basic_publish(
+                "",
+                result_queue(task.job),
+                result.encode(),
+                pika.BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2),
+                mandatory=True,
+            )
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            log.error("result of task %d not accepted by the broker (%s); requeueing", task.id, exc)
+            channel.basic_nack(delivery_tag, requeue=True)
+            return
+        self._count(result, inflight)
+        if result.outcome is Outcome.failed:
+            channel.basic_reject(delivery_tag, requeue=False)
+        else:
+            channel.basic_ack(delivery_tag)
+
+    def _outcome(self, task: Task, attempts: int, future) -> Result | str:
+        """The task's Result, or the reason to requeue it for another attempt."""
+        try:
+            return Result.decode(future.result())
+        except task_module.TransientError as exc:
+            reason, message = exc.reason, str(exc)
+        except FutureTimeout:
+            reason, message = "timeout", f"killed after {task.limits.task_timeout_seconds}s"
+        except pebble.ProcessExpired as exc:
+            reason, message = "worker_crashed", f"pool process died (exit code {exc.exitcode})"
+        except Exception as exc:  # a bug: retry like a transient failure, bounded by maxAttempts
+            log.exception("task %d raised", task.id)
+            reason, message = "internal_error", f"{type(exc).__name__}: {exc}"
+        if attempts < task.limits.max_attempts:
+            log.info("task %d attempt %d failed (%s: %s); requeueing", task.id, attempts, reason, message)
+            return reason
+        return Result(
+            job=task.job,
+            id=task.id,
+            outcome=Outcome.failed,
+            source=task.source.describe(),
+            reason=reason,
+            message=f"gave up after {attempts} attempts: {message}",
+            attempts=attempts,
+        )
+
+    def _count(self, result: Result, inflight: _InFlight) -> None:
+        self.metrics.tasks.labels(result.outcome.value, result.reason).inc()
+        self.metrics.task_seconds.observe(time.monotonic() - inflight.started)
+        self.metrics.bytes_in.inc(result.bytes_in)
+        self.metrics.bytes_out.inc(result.bytes_out)

@@ -1,27 +1,67 @@
-"""The `kompressor` command: `kompressor crd` prints the CustomResourceDefinition."""
+"""The `kompressor` command: `run` a CompressionJob on this machine, or print the `crd`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
 from kompressor.crd import crd
+
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def render_crd() -> str:
     return yaml.safe_dump(crd(), sort_keys=False, width=100)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from kompressor.crd import Phase
+    from kompressor_operator import local, progress
+
+    try:
+        job_file = local.load_job_file(Path(args.job))
+        settings = local.settings_from_environment()
+        console = progress.console(stderr=True)
+        with progress.LiveProgress(console, job_file.name, enabled=not args.json) as live:
+            run = local.run_job(
+                job_file,
+                settings,
+                on_update=live.update,
+                log_dir=Path(args.log_dir) if args.log_dir else None,
+            )
+    except local.ConfigError as exc:
+        print(f"kompressor: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("kompressor: interrupted; workers stopped, the job's queues are kept", file=sys.stderr)
+        return 130
+    if args.json:
+        print(local.status_json(run.status))
+    else:
+        progress.print_summary(progress.console(), job_file.name, run)
+    return EXIT_SUCCEEDED if run.status.phase is Phase.succeeded else EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kompressor", description="Kubernetes-native image compression.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("crd", help="print the CompressionJob CustomResourceDefinition as YAML")
+    run = commands.add_parser(
+        "run",
+        help="run a CompressionJob on this machine (RabbitMQ and S3 from KOMPRESSOR_* variables)",
+        description="Exit codes: 0 the job Succeeded, 1 it Failed, 2 a configuration error.",
+    )
+    run.add_argument("job", help="a CompressionJob YAML file")
+    run.add_argument("--json", action="store_true", help="print the final status as JSON")
+    run.add_argument("--log-dir", help="where worker logs go (default: a new temporary directory)")
     args = parser.parse_args(argv)
     if args.command == "crd":
         sys.stdout.write(render_crd())
-    return 0
+        return 0
+    return _run(args)
 
 
 if __name__ == "__main__":

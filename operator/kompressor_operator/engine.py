@@ -1,0 +1,193 @@
+"""One job's data path, for the operator and for local mode alike: fan-out and accounting.
+
+Each `step()` reads the results (and dead letters) that came back, records them in the ledger, acks
+them, then tops the task queue up to `maxOutstanding` from the listing, and reports what it saw.
+The decisions (replicas, status) stay with the caller and its pure functions: this class only moves
+data between S3, RabbitMQ and the ledger. It is used from one thread at a time (pika's
+BlockingConnection is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+
+import pika.exceptions
+
+from kompressor.crd import CompressionJobSpec
+from kompressor.messages import JobRef, MessageError, Outcome, Result, Task, task_queue
+from kompressor_operator import broker
+from kompressor_operator.ledger import Cursor, Ledger
+from kompressor_operator.listing import list_s3_sources, url_sources
+from kompressor_operator.planning import plan_task
+from kompressor_operator.status import Counts
+
+log = logging.getLogger("kompressor.engine")
+
+PUBLISH_BATCH = 1000
+# Dead-letter reasons that mean no worker published a result for the task.
+_DEAD_REASONS = {"delivery_limit": "attempts_exhausted", "expired": "expired", "maxlen": "queue_overflow"}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one step saw: the ledger's counts and the broker's ready count."""
+
+    counts: Counts
+    ready: int
+    accounted_now: int
+    published_now: int
+
+    @property
+    def finished(self) -> bool:
+        return self.counts.listing_done and self.counts.accounted >= self.counts.total
+
+
+class JobEngine:
+    def __init__(self, job: JobRef, spec: CompressionJobSpec, broker_url: str, s3_client):
+        self.job = job
+        self.spec = spec
+        self.broker_url = broker_url
+        self.s3 = s3_client
+        self.ledger = Ledger(s3_client, job, spec)
+        self._connection = None
+        self._channel = None
+        self._sources: Iterator | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def open(self) -> JobEngine:
+        """Declare the queues and read the ledger back (resuming after a restart)."""
+        self.ledger.load()
+        self._ensure_channel()
+        return self
+
+    def close(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            try:
+                self._connection.close()
+            except (pika.exceptions.AMQPError, OSError):
+                pass
+        self._connection = self._channel = None
+
+    def delete_queues(self) -> None:
+        channel = self._ensure_channel()
+        broker.delete_job_queues(channel, self.job)
+
+    def _ensure_channel(self):
+        if self._channel is None or not self._channel.is_open:
+            self.close()
+            self._connection = broker.connect(self.broker_url)
+            self._channel = self._connection.channel()
+            self._channel.confirm_delivery()
+            broker.declare_job_queues(self._channel, self.job, self.spec.limits)
+        return self._channel
+
+    # --- the step -------------------------------------------------------------------------------
+
+    def step(self) -> Progress:
+        channel = self._ensure_channel()
+        accounted = self._collect(channel)
+        published = self._fan_out(channel)
+        ready = broker.queue_depth(channel, task_queue(self.job)).ready
+        return Progress(self.counts(), ready, accounted, published)
+
+    def counts(self) -> Counts:
+        tally, cursor = self.ledger.tally, self.ledger.cursor
+        total = cursor.total if cursor.total is not None else cursor.next_id
+        return Counts(
+            total=total,
+            published=cursor.next_id,
+            succeeded=tally.succeeded,
+            skipped=tally.skipped,
+            failed=tally.failed,
+            bytes_in=tally.bytes_in,
+            bytes_out=tally.bytes_out,
+            failures_by_reason=tuple(tally.failures.items()),
+            listing_done=cursor.listing_done,
+            listing_started=True,
+        )
+
+    def _collect(self, channel) -> int:
+        """Results first, then dead letters: a worker confirms a failure's result before rejecting
+        the task, so a rejected dead letter's result is always read before the dead letter."""
+        new = 0
+        while True:
+            batch = list(broker.drain_results(channel, self.job, limit=1000))
+            if not batch:
+                break
+            results = [result for _tag, result, _body in batch if result is not None]
+            new += self.ledger.record(results)
+            channel.basic_ack(batch[-1][0], multiple=True)
+        dead: list[Result] = []
+        last_tag = None
+        for tag, letter in broker.drain_dead_letters(channel, self.job):
+            try:
+                task = Task.decode(letter.body)
+            except MessageError as exc:
+                log.warning("dropping an undecodable dead letter (%s)", exc)
+                last_tag = tag
+                continue
+            if not self.ledger.seen(task.id) and letter.reason in _DEAD_REASONS:
+                dead.append(
+                    Result(
+                        job=self.job,
+                        id=task.id,
+                        outcome=Outcome.failed,
+                        source=task.source.describe(),
+                        reason=_DEAD_REASONS[letter.reason],
+                        message=f"dead-lettered by the broker ({letter.reason})",
+                        attempts=self.spec.limits.max_attempts,
+                    )
+                )
+            last_tag = tag
+        if dead:
+            new += self.ledger.record(dead)
+        if last_tag is not None:
+            channel.basic_ack(last_tag, multiple=True)
+        return new
+
+    def _fan_out(self, channel) -> int:
+        """Publish while fewer than maxOutstanding tasks are unaccounted; save the cursor per batch.
+
+        A crash between a batch's confirms and its cursor save republishes that batch on restart:
+        the duplicates find their outputs already stored and the ledger counts each id once."""
+        cursor = self.ledger.cursor
+        if cursor.listing_done:
+            return 0
+        room = self.spec.limits.max_outstanding - (cursor.next_id - self.ledger.tally.accounted)
+        published = 0
+        while room > 0:
+            sources = list(islice(self._source_iterator(cursor), min(room, PUBLISH_BATCH)))
+            tasks = [plan_task(self.job, self.spec, cursor.next_id + i, s) for i, s in enumerate(sources)]
+            broker.publish_tasks(channel, tasks)
+            exhausted = len(sources) < min(room, PUBLISH_BATCH)
+            cursor = Cursor(
+                next_id=cursor.next_id + len(sources),
+                after_key=sources[-1].key or "" if sources else cursor.after_key,
+                listing_done=exhausted,
+                total=cursor.next_id + len(sources) if exhausted else cursor.total,
+            )
+            self.ledger.save_cursor(cursor)
+            published += len(sources)
+            room -= len(sources)
+            if exhausted:
+                self._sources = None
+                break
+        return published
+
+    def _source_iterator(self, cursor: Cursor) -> Iterator:
+        if self._sources is None:
+            if self.spec.source.s3 is not None:
+                self._sources = list_s3_sources(self.s3, self.spec.source.s3, start_after=cursor.after_key)
+            else:
+                assert self.spec.source.urls is not None
+                urls = url_sources(self.s3, self.spec.source.urls)
+                self._sources = iter(urls[cursor.next_id :])
+        return self._sources
+
+    def finish(self) -> str:
+        """Write manifest.jsonl from the ledger; returns its s3:// URL."""
+        return self.ledger.write_manifest()

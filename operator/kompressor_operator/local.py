@@ -1,0 +1,254 @@
+"""Local mode: run one CompressionJob on this machine, without Kubernetes.
+
+The same engine (fan-out, ledger), scaling policy and status code as the operator; worker processes
+instead of a Deployment; a real RabbitMQ and S3 server. Errors a user can fix (a bad file, the
+broker down, wrong credentials, a missing bucket) end as one line naming the fix: `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pika.exceptions
+import yaml
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from pydantic import ValidationError
+
+from kompressor.crd import (
+    API_VERSION,
+    KIND,
+    CompressionJobSpec,
+    CompressionJobStatus,
+    Phase,
+    SpecError,
+    WorkerCounts,
+    parse_spec,
+)
+from kompressor.messages import JobRef, task_queue
+from kompressor.settings import StorageSettings
+from kompressor_operator import broker
+from kompressor_operator.engine import JobEngine
+from kompressor_operator.policy import Sample, ScaleState, decide_replicas
+from kompressor_operator.settings import OperatorSettings
+from kompressor_operator.status import check_spec, next_status, throughput
+from kompressor_operator.workerprocs import WorkerProcesses
+
+POLL_SECONDS = 1.0
+
+
+class ConfigError(Exception):
+    """Something the user must fix before the job can run; the message says what."""
+
+
+@dataclass(frozen=True)
+class JobFile:
+    name: str
+    spec: CompressionJobSpec
+
+
+def load_job_file(path: Path) -> JobFile:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path} must hold one CompressionJob object, apiVersion {API_VERSION}")
+    if document.get("kind") != KIND or document.get("apiVersion") != API_VERSION:
+        raise ConfigError(
+            f"{path}: expected kind {KIND} and apiVersion {API_VERSION}, got "
+            f"{document.get('kind')!r} {document.get('apiVersion')!r}"
+        )
+    name = (document.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: metadata.name is required")
+    try:
+        spec = parse_spec(document.get("spec"))
+    except SpecError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    problems = check_spec(spec)
+    if problems:
+        raise ConfigError(f"{path}: {'; '.join(problems)}")
+    return JobFile(name=name, spec=spec)
+
+
+def storage_for(spec: CompressionJobSpec, settings: OperatorSettings) -> StorageSettings:
+    """The job's endpoint and region with this machine's credentials (no Secrets locally)."""
+    return settings.storage.model_copy(
+        update={
+            "endpoint_url": spec.storage.endpoint_url or settings.storage.endpoint_url,
+            "region": spec.storage.region,
+        }
+    )
+
+
+def preflight(spec: CompressionJobSpec, settings: OperatorSettings, storage: StorageSettings):
+    """Check the broker and the buckets before starting anything; returns an S3 client."""
+    url = settings.broker.url.get_secret_value()
+    shown = url.split("@")[-1]
+    try:
+        broker.connect(url).close()
+    except pika.exceptions.ProbableAuthenticationError:
+        raise ConfigError(f"RabbitMQ at {shown} refused the credentials in KOMPRESSOR_BROKER__URL") from None
+    except (pika.exceptions.AMQPError, OSError):
+        raise ConfigError(
+            f"cannot reach RabbitMQ at {shown}: start it (make demo starts one) or set KOMPRESSOR_BROKER__URL"
+        ) from None
+    client = storage.client()
+    buckets = {spec.destination.s3.bucket}
+    buckets.add(spec.source.s3.bucket if spec.source.s3 else "")
+    if spec.source.urls and spec.source.urls.manifest:
+        buckets.add(spec.source.urls.manifest.bucket)
+    for bucket in sorted(b for b in buckets if b):
+        try:
+            client.head_bucket(Bucket=bucket)
+        except EndpointConnectionError:
+            raise ConfigError(
+                f"cannot reach S3 at {storage.endpoint_url}: start it or set KOMPRESSOR_STORAGE__ENDPOINT_URL"
+            ) from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise ConfigError(
+                    f"bucket {bucket!r} does not exist at {storage.endpoint_url}: create it "
+                    "or fix the job's bucket name"
+                ) from None
+            if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise ConfigError(
+                    f"S3 refused the credentials for bucket {bucket!r}: check "
+                    "KOMPRESSOR_STORAGE__ACCESS_KEY_ID and KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY"
+                ) from None
+            raise ConfigError(f"S3 error on bucket {bucket!r}: {code}") from None
+        except BotoCoreError as exc:
+            raise ConfigError(f"S3 at {storage.endpoint_url}: {exc}") from None
+    return client
+
+
+def worker_environment(
+    job: JobRef, spec: CompressionJobSpec, settings: OperatorSettings, storage: StorageSettings
+) -> dict[str, str]:
+    def reveal(value) -> str:
+        return value.get_secret_value() if value is not None else ""
+
+    env = {
+        "KOMPRESSOR_BROKER__URL": settings.broker.url.get_secret_value(),
+        "KOMPRESSOR_STORAGE__ENDPOINT_URL": storage.endpoint_url or "",
+        "KOMPRESSOR_STORAGE__REGION": storage.region,
+        "KOMPRESSOR_STORAGE__ACCESS_KEY_ID": reveal(storage.access_key_id),
+        "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": reveal(storage.secret_access_key),
+        "KOMPRESSOR_QUEUE": task_queue(job),
+        "KOMPRESSOR_PROCESSES": str(spec.workers.processes_per_pod),
+        "KOMPRESSOR_HEALTH_PORT": "0",
+        "KOMPRESSOR_GRACE_SECONDS": str(spec.limits.task_timeout_seconds + 10),
+        "KOMPRESSOR_LOG_FORMAT": "text",
+    }
+    return {key: value for key, value in env.items() if value}
+
+
+@dataclass
+class Run:
+    """A finished local run: its final status, and where the worker logs are."""
+
+    status: CompressionJobStatus
+    log_dir: Path
+    decisions: list[tuple[float, int, str]]
+
+
+def run_job(
+    job_file: JobFile,
+    settings: OperatorSettings,
+    on_update=None,
+    log_dir: Path | None = None,
+    keep_queues: bool = False,
+) -> Run:
+    storage = storage_for(job_file.spec, settings)
+    client = preflight(job_file.spec, settings, storage)
+    spec = job_file.spec
+    job = JobRef(namespace="local", name=job_file.name, uid=str(uuid.uuid4()))
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix=f"kompressor-{job.name}-"))
+    engine = JobEngine(job, spec, settings.broker.url.get_secret_value(), client).open()
+    workers = WorkerProcesses(
+        env=worker_environment(job, spec, settings, storage),
+        log_dir=log_dir,
+        grace_seconds=spec.limits.task_timeout_seconds + 10,
+    )
+    status = CompressionJobStatus()
+    state, rate, decisions = ScaleState(), None, []
+    started = last = time.monotonic()
+    try:
+        while True:
+            progress = engine.step()
+            now = time.monotonic()
+            rate = throughput(rate, progress.accounted_now, now - last) if now > last else rate
+            last = now
+            counts = progress.counts
+            sample = Sample(
+                ready=progress.ready,
+                unacked=0,
+                published=counts.published,
+                accounted=counts.accounted,
+                finished=progress.finished,
+                suspended=spec.suspend,
+            )
+            decision = decide_replicas(sample, spec.workers, state, now)
+            state = decision.state
+            if decision.changed or not decisions:
+                decisions.append((round(now - started, 2), decision.replicas, decision.reason))
+            workers.scale_to(decision.replicas)
+            _check_workers_start(workers, spec)
+            status = next_status(
+                status, counts, spec, _worker_counts(decision.replicas, workers), datetime.now(UTC), 1, rate
+            )
+            if on_update is not None:
+                on_update(status)
+            if status.phase in (Phase.succeeded, Phase.failed) and not workers.running:
+                break
+            time.sleep(POLL_SECONDS)
+        workers.stop_all()
+        manifest = engine.finish()
+        status = status.model_copy(update={"manifest": manifest, "workers": _worker_counts(0, workers)})
+        if not keep_queues:
+            engine.delete_queues()
+    finally:
+        workers.stop_all()
+        engine.close()
+    return Run(status=status, log_dir=log_dir, decisions=decisions)
+
+
+def _check_workers_start(workers: WorkerProcesses, spec: CompressionJobSpec) -> None:
+    """Workers that keep exiting (a bad setting, a missing binary) would loop for ever: stop and say why."""
+    if workers.started_total > 5 + 3 * spec.workers.max_replicas:
+        newest = max(workers.log_dir.glob("worker-*.log"), key=lambda p: p.stat().st_mtime, default=None)
+        last = newest.read_text(errors="replace").strip().splitlines()[-1:] if newest else []
+        raise ConfigError(
+            f"worker processes keep exiting ({workers.started_total} started); last log line: "
+            f"{last[0] if last else '(none)'}"
+        )
+
+
+def _worker_counts(desired: int, workers: WorkerProcesses) -> WorkerCounts:
+    return WorkerCounts(desired=desired, ready=len(workers.running))
+
+
+def status_json(status: CompressionJobStatus) -> str:
+    return json.dumps(status.model_dump(by_alias=True, mode="json", exclude_none=True), indent=2)
+
+
+def settings_from_environment() -> OperatorSettings:
+    try:
+        return OperatorSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "KOMPRESSOR_" + "__".join(str(part) for part in first["loc"]).upper()
+        raise ConfigError(f"{name}: {first['msg']}") from None

@@ -1,0 +1,370 @@
+"""A job's status as pure functions: phase, conditions, progress, and the spec checks behind them.
+
+What it is for: given the previous status, the job's counts and spec, the workers and the time,
+compute the next `CompressionJobStatus` (`next_status`); keep conditions by the Kubernetes API
+conventions (`set_condition`); smooth throughput (`throughput`); name spec edits that are not allowed
+once a job has started (`immutable_changes`) and spec mistakes the CRD schema cannot express
+(`check_spec`). The handlers and local mode write what these return; nothing here writes anything.
+
+What it must never do: I/O, read a clock (`now` is a parameter), or import kopf, kubernetes or pika.
+
+Choices, documented once here:
+
+- Phases: Pending until listing starts; Listing while the listing runs and nothing is published;
+  Running; Suspended while `spec.suspend` and not finished; at the end Succeeded or Failed. A phase
+  never goes back (Pending < Listing < Running < finished; Suspended is outside that order), and a
+  finished phase is final: later calls update the numbers, never the phase, the conditions or the
+  completion time. So a Failed set by a handler (an invalid spec) is not undone by counts.
+- The end: the listing is done and every input is accounted (succeeded + skipped + failed = total).
+  An empty job (total 0 after listing) Succeeds.
+- When failures make a job Failed: when more than `FAILED_FRACTION_THRESHOLD` (1%) of its inputs
+  failed. At catalog scale a few corrupt, truncated or oversized uploads are normal; each is recorded
+  with its reason (status.failuresByReason, the manifest), and a job that Failed for any of them would
+  make Failed mean nothing, because every large job would end that way. A systematic fault (the
+  destination refuses writes, a wrong format setting, a broken codec) fails far more than 1% and
+  shows as Failed. A Succeeded job with failures says so: its Complete condition has the reason
+  `CompletedWithFailures`.
+- Conditions (always present, so `kubectl wait --for=condition=...` works in either direction):
+  `Listed` (the listing is done), `Progressing` (listing or running), `Suspended`, `Complete`
+  (Succeeded) and `Failed`. Conditions of other types (a handler's `SpecInvalid`, say) are kept.
+- Numbers: `total` shown is never below what was published or accounted, so progress never exceeds
+  100% while the listing count lags; `outstanding` = published - accounted; `progress` is
+  "(succeeded+skipped)/total"; `saved` is the share of input bytes not written ("61%"; "" before
+  any output); `estimatedSecondsRemaining` is known only once the listing is done and throughput is
+  positive (the total is unknown before), and 0 when finished.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from kompressor.crd import (
+    FINISHED_PHASES,
+    CompressionJobSpec,
+    CompressionJobStatus,
+    Condition,
+    Phase,
+    WorkerCounts,
+)
+
+FAILED_FRACTION_THRESHOLD = 0.01
+"""A finished job Fails when more than this share of its inputs failed (see the module docstring)."""
+
+LISTED = "Listed"
+PROGRESSING = "Progressing"
+SUSPENDED = "Suspended"
+COMPLETE = "Complete"
+FAILED = "Failed"
+CONDITION_TYPES = (LISTED, PROGRESSING, SUSPENDED, COMPLETE, FAILED)
+
+_RANK = {Phase.pending: 0, Phase.listing: 1, Phase.running: 2, Phase.succeeded: 3, Phase.failed: 3}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the operator knows of a job's inputs: found, published and how each one ended."""
+
+    total: int = 0
+    published: int = 0
+    succeeded: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    failures_by_reason: tuple[tuple[str, int], ...] = ()
+    """(reason, count) pairs; kept sorted, so equal counts compare equal."""
+    listing_done: bool = False
+    listing_started: bool = False
+    """The lister has begun (also implied by anything found, published or listing_done)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) is int and value < 0:
+                raise ValueError(f"Counts.{f.name} is {value}; counts are never negative")
+        object.__setattr__(self, "failures_by_reason", tuple(sorted(self.failures_by_reason)))
+
+    @property
+    def accounted(self) -> int:
+        """Inputs whose end is known: succeeded, skipped or failed."""
+        return self.succeeded + self.skipped + self.failed
+
+    @property
+    def started(self) -> bool:
+        return self.listing_started or self.listing_done or self.total > 0 or self.published > 0
+
+
+def set_condition(
+    conditions: Sequence[Condition],
+    type: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    now: datetime,
+) -> list[Condition]:
+    """`conditions` with the one of `type` set; lastTransitionTime moves only when status changes.
+
+    One entry per type: a condition of `type` is replaced in place (later duplicates dropped), or
+    appended when there is none. `status` is True/False or "True"/"False"/"Unknown".
+    """
+    text = ("True" if status else "False") if isinstance(status, bool) else status
+    out: list[Condition] = []
+    placed = False
+    for condition in conditions:
+        if condition.type != type:
+            out.append(condition)
+        elif not placed:
+            placed = True
+            kept = condition.status == text and condition.last_transition_time is not None
+            when = condition.last_transition_time if kept else now
+            out.append(_condition(type, text, reason, message, when))
+    if not placed:
+        out.append(_condition(type, text, reason, message, now))
+    return out
+
+
+def _condition(type: str, status: str, reason: str, message: str, when: datetime | None) -> Condition:
+    return Condition(type=type, status=status, reason=reason, message=message, last_transition_time=when)
+
+
+def throughput(previous: float | None, accounted_delta: int, seconds: float, smoothing: float = 0.3) -> float:
+    """Images per second, smoothed: an exponentially weighted moving average of each interval's rate.
+
+    `smoothing` is the weight of the newest interval (0 < smoothing ≤ 1). An interval of no length
+    leaves the previous value (or 0.0) as it was; a negative delta (a recount) counts as 0.
+    """
+    if not 0 < smoothing <= 1:
+        raise ValueError(f"smoothing {smoothing} must be in (0, 1]")
+    if seconds <= 0:
+        return previous if previous is not None else 0.0
+    rate = max(accounted_delta, 0) / seconds
+    if previous is None:
+        return rate
+    return smoothing * rate + (1 - smoothing) * previous
+
+
+def next_status(
+    previous: CompressionJobStatus,
+    counts: Counts,
+    spec: CompressionJobSpec,
+    workers: WorkerCounts,
+    now: datetime,
+    generation: int,
+    throughput: float | None,
+) -> CompressionJobStatus:
+    """The status to write now (see the module docstring for phases, conditions and numbers)."""
+    total = max(counts.total, counts.published, counts.accounted)
+    done = counts.succeeded + counts.skipped
+    finished_before = previous.phase in FINISHED_PHASES
+    phase = previous.phase if finished_before else _phase(previous.phase, counts, spec, total)
+    finished = phase in FINISHED_PHASES
+    rate = max(throughput or 0.0, 0.0)
+    remaining = total - counts.accounted
+    eta: int | None = None
+    if finished:
+        eta = 0
+    elif counts.listing_done and rate > 0 and phase is not Phase.suspended:
+        eta = math.ceil(remaining / rate)
+    start = previous.start_time
+    if start is None and (counts.started or phase not in (Phase.pending, Phase.suspended)):
+        start = now
+    numbers: dict[str, Any] = {
+        "total": total,
+        "published": counts.published,
+        "succeeded": counts.succeeded,
+        "skipped": counts.skipped,
+        "failed": counts.failed,
+        "outstanding": max(counts.published - counts.accounted, 0),
+        "progress": f"{done}/{total}",
+        "bytes_in": counts.bytes_in,
+        "bytes_out": counts.bytes_out,
+        "saved": _saved(counts.bytes_in, counts.bytes_out),
+        "images_per_second": 0.0 if finished else round(rate, 3),
+        "estimated_seconds_remaining": eta,
+        "failures_by_reason": dict(counts.failures_by_reason),
+        "workers": workers,
+        "observed_generation": generation,
+        "start_time": start,
+    }
+    if finished_before:
+        return previous.model_copy(update=numbers)
+    conditions = previous.conditions
+    for type, status, reason, message in _conditions(phase, counts, total):
+        conditions = set_condition(conditions, type, status, reason, message, now)
+    return previous.model_copy(
+        update={
+            **numbers,
+            "phase": phase,
+            "conditions": conditions,
+            "completion_time": now if finished else None,
+        }
+    )
+
+
+def _phase(previous: Phase, counts: Counts, spec: CompressionJobSpec, total: int) -> Phase:
+    if counts.listing_done and counts.accounted >= total:
+        return Phase.failed if _too_many_failures(counts.failed, total) else Phase.succeeded
+    if spec.suspend:
+        return Phase.suspended
+    if not counts.started:
+        phase = Phase.pending
+    elif not counts.listing_done and counts.published == 0:
+        phase = Phase.listing
+    else:
+        phase = Phase.running
+    if previous in _RANK and _RANK[previous] > _RANK[phase]:
+        return previous
+    return phase
+
+
+def _too_many_failures(failed: int, total: int) -> bool:
+    return failed > 0 and failed / total > FAILED_FRACTION_THRESHOLD
+
+
+def _saved(bytes_in: int, bytes_out: int) -> str:
+    if bytes_in <= 0:
+        return ""
+    return f"{(bytes_in - bytes_out) * 100 // bytes_in}%"
+
+
+def _conditions(phase: Phase, counts: Counts, total: int) -> list[tuple[str, bool, str, str]]:
+    """(type, status, reason, message) of each condition this module owns, for `phase`."""
+    tally = f"{counts.succeeded} compressed, {counts.skipped} skipped, {counts.failed} failed of {total}"
+    if counts.listing_done:
+        listed = (LISTED, True, "ListingComplete", f"found {total} inputs")
+    elif counts.started:
+        listed = (LISTED, False, "Listing", f"{counts.total} inputs found so far")
+    else:
+        listed = (LISTED, False, "NotStarted", "the listing has not started")
+    progressing = {
+        Phase.pending: (False, "Pending", "waiting for the listing to start"),
+        Phase.listing: (True, "Listing", "listing the source"),
+        Phase.running: (True, "Running", tally),
+        Phase.suspended: (False, "Suspended", "spec.suspend is true"),
+    }.get(phase, (False, "Finished", tally))
+    suspended = (
+        (SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: workers scaled to 0, queue kept")
+        if phase is Phase.suspended
+        else (SUSPENDED, False, "NotSuspended", "")
+    )
+    if phase is Phase.succeeded:
+        reason = "CompletedWithFailures" if counts.failed else "AllInputsAccounted"
+        complete = (COMPLETE, True, reason, tally)
+    else:
+        complete = (COMPLETE, False, "Failed" if phase is Phase.failed else "InProgress", "")
+    if phase is Phase.failed:
+        failed = (
+            FAILED,
+            True,
+            "TooManyFailures",
+            f"{counts.failed} of {total} inputs failed, more than {FAILED_FRACTION_THRESHOLD:.0%}; "
+            "see status.failuresByReason and the manifest",
+        )
+    else:
+        failed = (FAILED, False, "NotFailed", "")
+    return [listed, (PROGRESSING, *progressing), suspended, complete, failed]
+
+
+# --- spec checks ----------------------------------------------------------------------------------
+
+IMMUTABLE_FIELDS = ("source", "destination", "output", "storage")
+"""Top-level spec fields that must not change once a job has started: tasks already published, and
+outputs already written, were made from them."""
+
+
+def immutable_changes(old: CompressionJobSpec, new: CompressionJobSpec) -> list[str]:
+    """Paths (camelCase, e.g. "spec.output.quality") of immutable fields that differ."""
+    before = old.model_dump(mode="json", by_alias=True)
+    after = new.model_dump(mode="json", by_alias=True)
+    changed: list[str] = []
+    for name in IMMUTABLE_FIELDS:
+        key = CompressionJobSpec.model_fields[name].alias or name
+        _diff(before.get(key), after.get(key), f"spec.{key}", changed)
+    return changed
+
+
+def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in [*a, *(k for k in b if k not in a)]:
+            _diff(a.get(key), b.get(key), f"{path}.{key}", out)
+    elif a != b:
+        out.append(path)
+
+
+def check_spec(spec: CompressionJobSpec) -> list[str]:
+    """Problems with a (schema-valid) spec that the CRD schema cannot express; [] when it is fine.
+
+    Each names the field, the rule and the fix: overlapping source and destination prefixes,
+    resource requests above limits or not quantities, and a maxReplicas the backlog can never reach.
+    """
+    problems: list[str] = []
+    source, dest = spec.source.s3, spec.destination.s3
+    # S3 prefixes are string prefixes, not folders: "raw" lists "raw-web/..." too.
+    if (
+        source is not None
+        and source.bucket == dest.bucket
+        and (dest.prefix.startswith(source.prefix) or source.prefix.startswith(dest.prefix))
+    ):
+        problems.append(
+            f"spec.destination: must not be the source prefix or inside it, nor contain it "
+            f"(bucket {dest.bucket!r}, prefixes {dest.prefix!r} and {source.prefix!r} overlap, so "
+            "outputs would be listed as inputs); use another bucket or a prefix outside the source's"
+        )
+    problems += _resource_problems(spec.workers.resources.requests, spec.workers.resources.limits)
+    workers, limit = spec.workers, spec.limits.max_outstanding
+    reachable = math.ceil(limit / workers.tasks_per_replica)
+    if workers.max_replicas > max(reachable, workers.min_replicas):
+        problems.append(
+            f"spec.workers.maxReplicas: {workers.max_replicas} can never be reached: at most "
+            f"limits.maxOutstanding={limit} tasks are queued, {workers.tasks_per_replica} per replica "
+            f"(tasksPerReplica) is {reachable} replicas; raise limits.maxOutstanding to "
+            f"{workers.max_replicas * workers.tasks_per_replica}, or lower tasksPerReplica or maxReplicas"
+        )
+    return problems
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
+_SCALE = {
+    None: Decimal(1),
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+}
+
+
+def _quantity(value: int | str) -> Decimal | None:
+    """A Kubernetes quantity's value ("500m", "2", "1Gi", 2), or None when it is not one."""
+    if isinstance(value, int):
+        return Decimal(value) if value >= 0 else None
+    match = _QUANTITY.match(value.strip())
+    return Decimal(match[1]) * _SCALE[match[2]] if match else None
+
+
+def _resource_problems(requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    parsed: dict[str, dict[str, Decimal]] = {"requests": {}, "limits": {}}
+    for kind, values in (("requests", requests), ("limits", limits)):
+        for name, value in values.items():
+            amount = _quantity(value)
+            if amount is None:
+                problems.append(
+                    f"spec.workers.resources.{kind}.{name}: {value!r} is not a Kubernetes quantity "
+                    "such as 500m, 2 or 1Gi"
+                )
+            else:
+                parsed[kind][name] = amount
+    for name, request in parsed["requests"].items():
+        limit = parsed["limits"].get(name)
+        if limit is not None and request > limit:
+            problems.append(
+                f"spec.workers.resources.requests.{name}: {requests[name]} is above "
+                f"limits.{name} {limits[name]}, which Kubernetes refuses; lower the request or raise "
+                "the limit"
+            )
+    return problems

@@ -1,0 +1,369 @@
+"""Status as pure functions: phases, conditions, progress numbers, throughput and the spec checks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
+from kompressor_operator.status import (
+    CONDITION_TYPES,
+    Counts,
+    check_spec,
+    immutable_changes,
+    next_status,
+    set_condition,
+    throughput,
+)
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+SPEC = CompressionJobSpec.model_validate(
+    {
+        "source": {"s3": {"bucket": "raw", "prefix": "products/"}},
+        "destination": {"s3": {"bucket": "web", "prefix": "products/"}},
+    }
+)
+SUSPENDED = SPEC.model_copy(update={"suspend": True})
+WORKERS = WorkerCounts(desired=2, ready=1)
+
+
+def step(previous=None, spec=SPEC, at=0, rate=None, **counts) -> CompressionJobStatus:
+    return next_status(
+        previous or CompressionJobStatus(),
+        Counts(**counts),
+        spec,
+        WORKERS,
+        T0 + timedelta(seconds=at),
+        generation=3,
+        throughput=rate,
+    )
+
+
+def condition(status: CompressionJobStatus, type: str):
+    [found] = [c for c in status.conditions if c.type == type]
+    return found
+
+
+# --- phases ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("counts", "spec", "phase"),
+    [
+        ({}, SPEC, Phase.pending),
+        ({"listing_started": True}, SPEC, Phase.listing),
+        ({"total": 10}, SPEC, Phase.listing),
+        ({"total": 10, "published": 4}, SPEC, Phase.running),
+        ({"total": 10, "listing_done": True}, SPEC, Phase.running),
+        ({"total": 10, "published": 4}, SUSPENDED, Phase.suspended),
+        ({}, SUSPENDED, Phase.suspended),
+        ({"listing_done": True}, SPEC, Phase.succeeded),  # an empty job succeeds
+        (
+            {"total": 3, "published": 3, "succeeded": 2, "skipped": 1, "listing_done": True},
+            SPEC,
+            Phase.succeeded,
+        ),
+        ({"total": 3, "published": 3, "succeeded": 3, "listing_done": True}, SUSPENDED, Phase.succeeded),
+        (
+            {"total": 200, "published": 200, "succeeded": 198, "failed": 2, "listing_done": True},
+            SPEC,
+            Phase.succeeded,
+        ),
+        (
+            {"total": 200, "published": 200, "succeeded": 197, "failed": 3, "listing_done": True},
+            SPEC,
+            Phase.failed,
+        ),
+        ({"total": 1, "published": 1, "failed": 1, "listing_done": True}, SPEC, Phase.failed),
+        ({"total": 5, "published": 5, "succeeded": 5}, SPEC, Phase.running),  # the listing may find more
+    ],
+)
+def test_phase(counts, spec, phase):
+    assert step(spec=spec, **counts).phase is phase
+
+
+def test_a_run_from_pending_to_succeeded():
+    s = step()
+    assert (s.phase, s.start_time, s.progress, s.saved) == (Phase.pending, None, "0/0", "")
+    s = step(s, at=1, listing_started=True)
+    assert (s.phase, s.start_time) == (Phase.listing, T0 + timedelta(seconds=1))
+    s = step(
+        s, at=2, total=100, published=100, succeeded=30, skipped=10, bytes_in=1000, bytes_out=390, rate=4.0
+    )
+    assert (s.phase, s.progress, s.outstanding, s.saved) == (Phase.running, "40/100", 60, "61%")
+    assert (s.images_per_second, s.estimated_seconds_remaining) == (4.0, None)  # listing not done
+    s = step(s, at=3, total=100, published=100, succeeded=50, skipped=10, listing_done=True, rate=3.0)
+    assert s.estimated_seconds_remaining == 14  # 40 left at 3/s
+    assert s.start_time == T0 + timedelta(seconds=1)
+    s = step(s, at=4, total=100, published=100, succeeded=90, skipped=10, listing_done=True, rate=3.0)
+    assert (s.phase, s.completion_time, s.estimated_seconds_remaining) == (
+        Phase.succeeded,
+        T0 + timedelta(seconds=4),
+        0,
+    )
+    assert (s.observed_generation, s.workers) == (3, WORKERS)
+    assert condition(s, "Complete").status == "True"
+    assert condition(s, "Complete").reason == "AllInputsAccounted"
+    assert condition(s, "Progressing").status == "False"
+
+
+def test_finished_is_final_and_keeps_its_conditions_and_completion_time():
+    done = step(total=1, published=1, failed=1, listing_done=True)
+    assert done.phase is Phase.failed
+    assert condition(done, "Failed").reason == "TooManyFailures"
+    later = step(done, at=60, total=1, published=1, failed=1, listing_done=True)
+    assert (later.phase, later.completion_time, later.conditions) == (
+        Phase.failed,
+        done.completion_time,
+        done.conditions,
+    )
+
+
+def test_a_handler_failure_is_not_undone_by_counts():
+    refused = CompressionJobStatus(phase=Phase.failed)
+    assert step(refused, total=5, published=1).phase is Phase.failed
+
+
+def test_succeeded_with_a_few_failures_says_so():
+    s = step(
+        total=200,
+        published=200,
+        succeeded=199,
+        failed=1,
+        listing_done=True,
+        failures_by_reason=(("decode_error", 1),),
+    )
+    assert (s.phase, condition(s, "Complete").reason) == (Phase.succeeded, "CompletedWithFailures")
+    assert s.failures_by_reason == {"decode_error": 1}
+
+
+def test_suspended_condition_and_no_estimate():
+    s = step(spec=SUSPENDED, total=10, published=10, listing_done=True, rate=5.0)
+    assert condition(s, "Suspended").status == "True"
+    assert condition(s, "Progressing").reason == "Suspended"
+    assert s.estimated_seconds_remaining is None
+
+
+def test_foreign_conditions_are_kept():
+    previous = CompressionJobStatus(conditions=set_condition([], "SpecInvalid", False, "Valid", "", T0))
+    s = step(previous, listing_started=True)
+    assert [c.type for c in s.conditions] == ["SpecInvalid", *CONDITION_TYPES]
+
+
+def test_saved_share_formats():
+    assert step(total=1, published=1, bytes_in=100, bytes_out=39).saved == "61%"
+    assert step(total=1, published=1, bytes_in=100, bytes_out=120).saved == "-20%"
+    assert step(total=1, published=1, bytes_in=0, bytes_out=0).saved == ""
+
+
+def test_counts_refuse_negative_numbers_and_sort_reasons():
+    with pytest.raises(ValueError, match=r"Counts\.failed"):
+        Counts(failed=-1)
+    assert Counts(failures_by_reason=(("b", 1), ("a", 2))) == Counts(failures_by_reason=(("a", 2), ("b", 1)))
+
+
+# --- set_condition ----------------------------------------------------------------------------------
+
+
+def test_set_condition_moves_the_transition_time_only_when_status_changes():
+    first = set_condition([], "Listed", False, "Listing", "3 found", T0)
+    later = T0 + timedelta(minutes=1)
+    same = set_condition(first, "Listed", False, "Listing", "9 found", later)
+    assert (same[0].message, same[0].last_transition_time) == ("9 found", T0)
+    flipped = set_condition(same, "Listed", True, "ListingComplete", "", later)
+    assert (flipped[0].status, flipped[0].last_transition_time) == ("True", later)
+
+
+def test_set_condition_keeps_one_entry_per_type():
+    twice = [*set_condition([], "A", True, "R", "", T0), *set_condition([], "A", False, "R", "", T0)]
+    out = set_condition(twice, "A", "Unknown", "R", "", T0)
+    assert [(c.type, c.status) for c in out] == [("A", "Unknown")]
+
+
+# --- throughput -----------------------------------------------------------------------------------
+
+
+def test_throughput_is_an_ewma():
+    assert throughput(None, 30, 10) == 3.0
+    assert throughput(3.0, 60, 10) == pytest.approx(0.3 * 6 + 0.7 * 3)
+    assert throughput(3.0, 0, 0) == 3.0
+    assert throughput(None, 5, 0) == 0.0
+    assert throughput(2.0, -4, 1) == pytest.approx(1.4)
+    with pytest.raises(ValueError, match="smoothing"):
+        throughput(1.0, 1, 1, smoothing=0)
+
+
+# --- spec checks ----------------------------------------------------------------------------------
+
+
+def spec(**changes) -> CompressionJobSpec:
+    raw = SPEC.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for path, value in changes.items():
+        node = raw
+        *parents, leaf = path.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return CompressionJobSpec.model_validate(raw)
+
+
+def test_immutable_changes_name_the_fields_in_camel_case():
+    assert immutable_changes(SPEC, SPEC) == []
+    assert immutable_changes(SPEC, spec(workers__maxReplicas=3, suspend=True, priority=9)) == []
+    assert immutable_changes(SPEC, spec(output__quality=60)) == ["spec.output.quality"]
+    changed = spec(storage__endpointURL="http://s3:8333", output__resize__maxWidth=10)
+    assert immutable_changes(SPEC, changed) == ["spec.output.resize.maxWidth", "spec.storage.endpointURL"]
+    urls = spec(source={"urls": {"items": ["https://example.com/a.jpg"]}})
+    assert immutable_changes(SPEC, urls) == ["spec.source.s3", "spec.source.urls"]
+
+
+def test_check_spec_accepts_the_defaults():
+    assert check_spec(SPEC) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"destination__s3__bucket": "raw"}, "spec.destination"),  # same bucket, same prefix
+        ({"destination__s3": {"bucket": "raw", "prefix": "products/web/"}}, "spec.destination"),
+        ({"destination__s3": {"bucket": "raw", "prefix": ""}}, "spec.destination"),
+        # S3 prefixes are strings, not folders: "products" lists "products-web/..." too
+        (
+            {
+                "source__s3__prefix": "products",
+                "destination__s3": {"bucket": "raw", "prefix": "products-web/"},
+            },
+            "spec.destination",
+        ),
+        (
+            {"workers__resources": {"requests": {"memory": "4Gi"}, "limits": {"memory": "2Gi"}}},
+            "spec.workers.resources.requests.memory",
+        ),
+        (
+            {"workers__resources": {"requests": {"cpu": "2500m"}, "limits": {"cpu": 2}}},
+            "spec.workers.resources.requests.cpu",
+        ),
+        ({"workers__resources": {"requests": {"cpu": "lots"}}}, "spec.workers.resources.requests.cpu"),
+        ({"limits__maxOutstanding": 100}, "spec.workers.maxReplicas"),
+    ],
+)
+def test_check_spec_refuses_what_the_schema_cannot(changes, field):
+    problems = check_spec(spec(**changes))
+    assert len(problems) == 1
+    assert problems[0].startswith(field + ":")
+
+
+def test_check_spec_allows_separate_prefixes_and_reachable_replicas():
+    assert check_spec(spec(destination__s3={"bucket": "raw", "prefix": "web/"})) == []
+    assert check_spec(spec(destination__s3={"bucket": "raw", "prefix": "products-web/"})) == []
+    assert check_spec(spec(limits__maxOutstanding=800)) == []  # 800 / 40 = 20 = maxReplicas
+    ok = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "0.5", "memory": "1G"}}
+    assert check_spec(spec(workers__resources=ok)) == []
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+RANK = {Phase.pending: 0, Phase.listing: 1, Phase.running: 2, Phase.succeeded: 3, Phase.failed: 3}
+
+
+@st.composite
+def count_histories(draw) -> list[Counts]:
+    """A job's counts over time: every number only grows, and what is accounted was published."""
+    total = published = succeeded = skipped = failed = 0
+    done = False
+    history = []
+    for _ in range(draw(st.integers(1, 15))):
+        if not done:
+            total += draw(st.integers(0, 50))
+            done = draw(st.booleans())
+        published = min(total, published + draw(st.integers(0, 60)))
+        for _ in range(draw(st.integers(0, 60))):
+            if succeeded + skipped + failed >= published:
+                break
+            outcome = draw(st.sampled_from(["s", "s", "s", "k", "f"]))
+            succeeded += outcome == "s"
+            skipped += outcome == "k"
+            failed += outcome == "f"
+        history.append(
+            Counts(
+                total=total,
+                published=published,
+                succeeded=succeeded,
+                skipped=skipped,
+                failed=failed,
+                listing_done=done,
+                listing_started=True,
+            )
+        )
+    return history
+
+
+@settings(max_examples=200, deadline=None)
+@given(count_histories(), st.lists(st.booleans(), min_size=15, max_size=15))
+def test_phases_move_forward_and_finished_is_final(history, suspends):
+    status = CompressionJobStatus()
+    finished_at = None
+    for i, (counts, suspend) in enumerate(zip(history, suspends, strict=False)):
+        previous = status
+        job = SUSPENDED if suspend else SPEC
+        status = next_status(previous, counts, job, WORKERS, T0 + timedelta(seconds=i), 1, 1.0)
+        if previous.phase in FINISHED_PHASES:
+            assert status.phase is previous.phase
+            assert status.completion_time == finished_at
+        elif status.phase in RANK and previous.phase in RANK:
+            assert RANK[status.phase] >= RANK[previous.phase]
+        if status.phase in FINISHED_PHASES and finished_at is None:
+            finished_at = status.completion_time
+            assert finished_at == T0 + timedelta(seconds=i)
+        if counts.listing_done and counts.accounted == counts.total:
+            assert status.phase in FINISHED_PHASES
+        assert [c.type for c in status.conditions].count("Complete") == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.builds(
+        Counts,
+        total=st.integers(0, 100),
+        published=st.integers(0, 100),
+        succeeded=st.integers(0, 100),
+        skipped=st.integers(0, 100),
+        failed=st.integers(0, 100),
+        bytes_in=st.integers(0, 10**6),
+        bytes_out=st.integers(0, 10**6),
+        listing_done=st.booleans(),
+    ),
+    st.none() | st.floats(0, 1000, allow_nan=False),
+)
+def test_counts_never_exceed_total_whatever_the_input(counts, rate):
+    s = next_status(CompressionJobStatus(), counts, SPEC, WORKERS, T0, 1, rate)
+    assert s.succeeded + s.skipped + s.failed <= s.total
+    assert s.published <= s.total
+    done, total = (int(part) for part in s.progress.split("/"))
+    assert done <= total == s.total
+    assert s.outstanding <= s.published
+    assert s.images_per_second >= 0
+    assert s.estimated_seconds_remaining is None or s.estimated_seconds_remaining >= 0
+    CompressionJobStatus.model_validate(s.model_dump())  # still within the contract's bounds
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from("ABC"), st.sampled_from(["True", "False", "Unknown"])), max_size=10),
+    st.sampled_from("ABCD"),
+    st.sampled_from(["True", "False", "Unknown"]),
+)
+def test_set_condition_is_idempotent_and_keeps_one_per_type(existing, type, status):
+    conditions = []
+    for i, (t, s) in enumerate(existing):
+        conditions = set_condition(conditions, t, s, "R", "", T0 + timedelta(seconds=i))
+    later = T0 + timedelta(hours=1)
+    once = set_condition(conditions, type, status, "Why", "msg", later)
+    twice = set_condition(once, type, status, "Why", "msg", later + timedelta(hours=1))
+    assert once == twice
+    types = [c.type for c in once]
+    assert len(types) == len(set(types))
+    assert set(types) == {t for t, _ in existing} | {type}

@@ -21,8 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from kompressor.addresses import AddressPolicy
 from kompressor_worker import fetch
-from kompressor_worker.fetch import AddressPolicy, FetchError, RateLimiter, fetch_url
+from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
 
 LOOPBACK = AddressPolicy.allowing("127.0.0.0/8")
 ONLY_127_0_0_1 = AddressPolicy.allowing("127.0.0.1/32")

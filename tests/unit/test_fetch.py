@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kompressor.addresses import AddressPolicy, address_allowed
 from kompressor_worker import fetch
-from kompressor_worker.fetch import AddressPolicy, FetchError, RateLimiter, address_allowed, fetch_url
+from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
 
 NOTHING = AddressPolicy()
 

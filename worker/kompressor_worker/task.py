@@ -15,10 +15,11 @@ import posixpath
 import time
 from dataclasses import dataclass
 
+from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing
 from kompressor.messages import Outcome, Result, Task
 from kompressor_worker.codec import CodecError, compress
-from kompressor_worker.fetch import AddressPolicy, FetchError, RateLimiter, fetch_url
+from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
 from kompressor_worker.settings import WorkerSettings
 from kompressor_worker.storage import (
     StorageError,

@@ -1,0 +1,140 @@
+"""Which network addresses kompressor may connect to on a job's behalf (the SSRF guard).
+
+One rule for every door a spec opens to the network: URL sources (the worker's fetch) and the
+finish webhook (the operator). Loopback, private, link-local, metadata and other non-public
+addresses are refused, in every IPv4 and IPv6 spelling, unless an allow-list re-admits them.
+`address_allowed` is pure; `vetted_addresses` resolves a name and refuses it when any of its
+addresses is refused (so DNS cannot smuggle a private address in beside a public one).
+
+The rule, in detail: REFUSED_IPV4 (this-network, RFC 1918, CGNAT, loopback, link-local with
+169.254.169.254, IETF/documentation/benchmarking ranges, multicast, reserved, broadcast); IPv6 outside
+global unicast 2000::/3 or in REFUSED_IPV6; IPv6 forms carrying an IPv4 address (::ffff:a.b.c.d,
+NAT64 64:ff9b::/96, 6to4 2002::/16) judged by that address. Python's `is_global` differs between
+patch releases, so the tables are the rule and the standard library only adds refusals.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+REFUSED_IPV4: tuple[ipaddress.IPv4Network, ...] = tuple(
+    ipaddress.IPv4Network(network)
+    for network in (
+        "0.0.0.0/8",  # this network, with the unspecified address
+        "10.0.0.0/8",  # RFC 1918
+        "100.64.0.0/10",  # CGNAT shared space (also Alibaba's metadata address 100.100.100.200)
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, with the cloud metadata address 169.254.169.254
+        "172.16.0.0/12",  # RFC 1918
+        "192.0.0.0/24",  # IETF protocol assignments (also Oracle's metadata address 192.0.0.192)
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "192.168.0.0/16",  # RFC 1918
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, with the broadcast address 255.255.255.255
+    )
+)
+
+GLOBAL_UNICAST_IPV6 = ipaddress.IPv6Network("2000::/3")
+REFUSED_IPV6: tuple[ipaddress.IPv6Network, ...] = tuple(
+    ipaddress.IPv6Network(network)
+    for network in (
+        # Inside global unicast 2000::/3:
+        "2001::/23",  # IETF protocol assignments, with Teredo 2001::/32 and benchmarking
+        "2001:db8::/32",  # documentation
+        "3fff::/20",  # documentation (RFC 9637)
+        # Outside it, refused by that rule already; listed to be explicit:
+        "::/128",  # unspecified
+        "::1/128",  # loopback
+        "::/96",  # IPv4-compatible (deprecated)
+        "::ffff:0:0:0/96",  # SIIT IPv4-translated
+        "64:ff9b:1::/48",  # local-use NAT64
+        "100::/64",  # discard-only
+        "fc00::/7",  # unique local, with the metadata address fd00:ec2::254
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
+
+
+class AddressRefused(ValueError):
+    """A host whose address the policy refuses, or that does not resolve."""
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """Which refused addresses a worker may reach anyway: those inside `allow_networks`
+    (e.g. `AddressPolicy.allowing("10.20.0.0/16")` for an in-cluster image server)."""
+
+    allow_networks: tuple[IPNetwork, ...] = ()
+
+    def __post_init__(self) -> None:
+        networks = tuple(ipaddress.ip_network(network) for network in self.allow_networks)
+        object.__setattr__(self, "allow_networks", networks)
+
+    @classmethod
+    def allowing(cls, *networks: str | IPNetwork) -> AddressPolicy:
+        return cls(allow_networks=tuple(ipaddress.ip_network(network) for network in networks))
+
+    def allows(self, ip: IPAddress) -> bool:
+        return any(ip.version == network.version and ip in network for network in self.allow_networks)
+
+
+def address_allowed(ip: IPAddress | str, policy: AddressPolicy) -> bool:
+    """May a worker connect to `ip`? Pure; see the module docstring for the rule."""
+    if isinstance(ip, str):
+        try:
+            ip = ipaddress.ip_address(ip)
+        except ValueError:
+            return False  # not an address we can judge
+    if policy.allows(ip):
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.scope_id is not None:
+            ip = ipaddress.IPv6Address(ip.packed)  # a zone changes nothing about where it leads
+        mapped = ip.ipv4_mapped
+        if mapped is not None:
+            return policy.allows(mapped) or _public_ipv4(mapped)
+        if ip in _NAT64:
+            return _public_ipv4(ipaddress.IPv4Address(ip.packed[-4:]))
+        if ip in _SIX_TO_FOUR:
+            return _public_ipv4(ipaddress.IPv4Address(ip.packed[2:6]))
+        return _public_ipv6(ip)
+    return _public_ipv4(ip)
+
+
+def _public_ipv4(ip: ipaddress.IPv4Address) -> bool:
+    if any(ip in network for network in REFUSED_IPV4):
+        return False
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_private)
+
+
+def _public_ipv6(ip: ipaddress.IPv6Address) -> bool:
+    if ip not in GLOBAL_UNICAST_IPV6 or any(ip in network for network in REFUSED_IPV6):
+        return False
+    return not (ip.is_multicast or ip.is_private or ip.is_link_local or ip.is_site_local)
+
+
+def vetted_addresses(host: str, port: int, policy: AddressPolicy) -> list[tuple[int, tuple]]:
+    """(family, sockaddr) of every address of `host`, all allowed; else AddressRefused."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise AddressRefused(f"{host} does not resolve: {exc}") from None
+    found = [(family, sockaddr) for family, _type, _proto, _name, sockaddr in infos]
+    for _family, sockaddr in found:
+        if not address_allowed(sockaddr[0], policy):
+            raise AddressRefused(f"{host} resolves to {sockaddr[0]}, a non-public address")
+    return found

@@ -1,0 +1,531 @@
+"""The Helm chart, rendered offline: it lints, refuses bad values, grants exactly the RBAC the operator
+uses, hardens every pod, hands the operator settings it can parse, and matches manifests/ and crd().
+
+Rendering goes through scripts/render_manifests.py, so the tests and the generator agree: a real
+`helm` on PATH when there is one, else helm-python-sdk (Helm v4's Go SDK in a shared library).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kompressor.crd import API_VERSION, KIND, crd, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kompressor"
+EXAMPLES = ROOT / "examples"
+
+
+def _load_generator() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "render_manifests", ROOT / "scripts" / "render_manifests.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+gen = _load_generator()
+
+if not shutil.which("helm") and importlib.util.find_spec("helm_python") is None:
+    pytest.skip(
+        "neither a `helm` binary nor helm-python-sdk: pip install helm-python-sdk", allow_module_level=True
+    )
+
+RELEASE_NS = gen.NAMESPACE
+DEV = {"dev": {"enabled": True}}
+WATCHING = {"watchNamespaces": ["shop", "media"]}
+EVERYTHING = {
+    "dev": {"enabled": True},
+    "watchNamespaces": ["shop", "media"],
+    "grafana": {"dashboard": {"enabled": True}},
+}
+VALUE_SETS = {"defaults": {}, "dev": DEV, "watchNamespaces": WATCHING, "everything": EVERYTHING}
+
+_cache: dict[str, list[dict[str, Any]]] = {}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    key = json.dumps(values or {}, sort_keys=True)
+    if key not in _cache:
+        _cache[key] = gen.render_chart(values or {})
+    return _cache[key]
+
+
+def objects(values: dict[str, Any] | None, kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in render(values) if obj["kind"] == kind]
+
+
+def operator_deployment(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    (deployment,) = [d for d in objects(values, "Deployment") if d["metadata"]["name"] == "kompressor"]
+    return deployment
+
+
+def operator_container(values: dict[str, Any] | None = None) -> dict[str, Any]:
+    (container,) = operator_deployment(values)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# --- lint and render ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_chart_lints_clean(values):
+    assert gen.lint_chart(values) == []
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_chart_renders_labelled_objects(values):
+    rendered = render(values)
+    assert {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"} <= {
+        o["kind"] for o in rendered
+    }
+    for obj in rendered:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "kompressor"
+        assert labels["app.kubernetes.io/instance"] == "kompressor"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "kompressor-0.1.0"
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"].get("namespace"), (
+                f"{obj['kind']} {obj['metadata']['name']} has no namespace"
+            )
+
+
+def test_defaults_render_only_the_operator():
+    kinds = sorted(o["kind"] for o in render({}))
+    assert kinds == sorted(["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"])
+
+
+def test_dev_adds_rabbitmq_seaweedfs_and_one_secret_per_name_and_namespace():
+    names = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in render(DEV)}
+    for kind in ("Deployment", "Service"):
+        assert (kind, RELEASE_NS, "kompressor-rabbitmq") in names
+        assert (kind, RELEASE_NS, "kompressor-seaweedfs") in names
+    secrets = [o for o in objects(DEV, "Secret")]
+    keys = [(s["metadata"]["namespace"], s["metadata"]["name"]) for s in secrets]
+    assert len(keys) == len(set(keys)), "two Secrets with the same name in one namespace"
+    # The operator's and the workers' Secrets share their default names: one of each serves both.
+    broker = next(s for s in secrets if s["metadata"]["name"] == "kompressor-broker")
+    assert broker["stringData"]["url"].startswith("amqp://kompressor:kompressor-dev@kompressor-rabbitmq.")
+    storage = next(s for s in secrets if s["metadata"]["name"] == "kompressor-storage")
+    assert set(storage["stringData"]) == {"accessKeyId", "secretAccessKey"}
+    env = {e["name"]: e for e in operator_container(DEV)["env"]}
+    assert (
+        env["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == "http://kompressor-seaweedfs.kompressor.svc:8333"
+    )
+
+
+def test_dev_creates_worker_secrets_in_every_watched_namespace():
+    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in objects(EVERYTHING, "Secret")}
+    for namespace in ("shop", "media"):
+        assert {(namespace, "kompressor-broker"), (namespace, "kompressor-storage")} <= secrets
+
+
+def test_dev_refuses_one_secret_name_for_broker_and_storage():
+    values = {"dev": {"enabled": True}, "worker": {"storageSecret": "kompressor-broker"}}
+    with pytest.raises(gen.RenderError, match="both the AMQP URL and the S3 credentials"):
+        gen.render_chart(values)
+
+
+def test_grafana_dashboard_is_opt_in_and_labelled_for_the_sidecar():
+    assert objects({}, "ConfigMap") == []
+    (configmap,) = objects({"grafana": {"dashboard": {"enabled": True}}}, "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["kompressor.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "kompressor.json").read_text())
+
+
+def test_dashboard_covers_every_metric_and_the_panels_people_ask_for():
+    dashboard = json.loads((CHART / "dashboards" / "kompressor.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in (
+        "kompressor_outstanding_tasks",
+        "kompressor_desired_replicas",
+        "kompressor_scale_events_total",
+        "kompressor_tasks_total",
+        "kompressor_task_seconds_bucket",
+        "kompressor_bytes_in_total",
+        "kompressor_bytes_out_total",
+        "kompressor_busy_processes",
+    ):
+        assert metric in exprs
+    titles = " | ".join(p["title"].lower() for p in dashboard["panels"])
+    for word in ("backlog", "replicas", "images per second", "bytes saved", "failures by reason"):
+        assert word in titles
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_notes_tell_how_to_run_and_watch_a_first_job():
+    helm = pytest.importorskip("helm_python", reason="NOTES.txt is rendered with helm-python-sdk")
+    with helm.Chart.load(CHART) as chart:
+        notes = chart.render({}, name="kompressor", namespace=RELEASE_NS)["kompressor/templates/NOTES.txt"]
+    assert "kubectl apply -n kompressor -f examples/s3-to-webp.yaml" in notes
+    assert "kubectl get compjob -n kompressor -w" in notes
+
+
+# --- values.schema.json ---------------------------------------------------------------------------
+
+BAD_VALUES = {
+    "negative replicas": ({"operator": {"replicas": -1}}, "/operator/replicas"),
+    "two operators": ({"operator": {"replicas": 2}}, "/operator/replicas"),
+    "replicas of the wrong type": ({"operator": {"replicas": "one"}}, "/operator/replicas"),
+    "unknown top-level key": ({"replicaCount": 2}, "replicaCount"),
+    "unknown operator key": ({"operator": {"replica": 1}}, "replica"),
+    "bad pull policy": ({"operator": {"image": {"pullPolicy": "Sometimes"}}}, "/operator/image/pullPolicy"),
+    "bad worker pull policy": ({"worker": {"image": {"pullPolicy": "always"}}}, "/worker/image/pullPolicy"),
+    "numeric image tag": ({"worker": {"image": {"tag": 1.2}}}, "/worker/image/tag"),
+    "max workers of the wrong type": ({"operator": {"maxTotalWorkers": "many"}}, "/operator/maxTotalWorkers"),
+    "negative max workers": ({"operator": {"maxTotalWorkers": -5}}, "/operator/maxTotalWorkers"),
+    "zero poll interval": ({"operator": {"pollIntervalSeconds": 0}}, "/operator/pollIntervalSeconds"),
+    "port out of range": ({"worker": {"healthPort": 70000}}, "/worker/healthPort"),
+    "namespace not a DNS label": ({"watchNamespaces": ["Shop_1"]}, "/watchNamespaces/0"),
+    "namespaces not a list": ({"watchNamespaces": "shop"}, "/watchNamespaces"),
+    "empty broker secret": ({"broker": {"secretName": ""}}, "/broker/secretName"),
+    "dev flag of the wrong type": ({"dev": {"enabled": "yes"}}, "/dev/enabled"),
+    "bad log format": ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
+    "endpoint without scheme": ({"storage": {"endpointURL": "seaweedfs:8333"}}, "/storage/endpointURL"),
+    "bad cpu quantity": ({"operator": {"resources": {"limits": {"cpu": "lots"}}}}, "/operator/resources"),
+}
+
+
+@pytest.mark.parametrize(("values", "field"), BAD_VALUES.values(), ids=BAD_VALUES.keys())
+def test_schema_rejects_bad_values(values, field):
+    with pytest.raises(gen.RenderError) as caught:
+        gen.render_chart(values)
+    message = str(caught.value)
+    assert "schema" in message
+    assert field in message, message
+
+
+def test_every_value_has_a_comment():
+    """A comment right above each key covers it and everything under it; every leaf must be covered."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    stack: list[tuple[int, str, bool]] = []  # (indent, key, covered)
+    uncovered = []
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z_][\w.-]*):(.*)$", line)
+        if not match:
+            continue
+        indent, key, rest = len(match[1]), match[2], match[3].strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        previous = lines[number - 1].strip() if number else ""
+        covered = previous.startswith("#") or any(c for _, _, c in stack)
+        path = ".".join([k for _, k, _ in stack] + [key])
+        stack.append((indent, key, covered))
+        is_leaf = rest not in ("", "|", ">") or _next_is_list(lines, number)
+        if is_leaf and not covered:
+            uncovered.append(path)
+    assert uncovered == []
+
+
+def _next_is_list(lines: list[str], number: int) -> bool:
+    for line in lines[number + 1 :]:
+        if line.strip() and not line.strip().startswith("#"):
+            return line.strip().startswith("- ")
+    return False
+
+
+def test_default_values_pass_the_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(values, schema)
+
+
+# --- the operator Deployment ----------------------------------------------------------------------
+
+
+def test_operator_is_one_kopf_standalone_replica_recreated_on_upgrade():
+    deployment = operator_deployment()
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    container = operator_container()
+    assert container["command"] == ["kopf", "run"]
+    args = container["args"]
+    assert "--standalone" in args
+    assert "--all-namespaces" in args
+    assert args[-2:] == ["-m", "kompressor_operator.handlers"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in args
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8080, "metrics": 9090}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_operator_watches_only_the_listed_namespaces():
+    args = operator_container(WATCHING)["args"]
+    assert "--all-namespaces" not in args
+    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=shop", "--namespace=media"]
+
+
+def _operator_settings_class() -> Any:
+    try:
+        from kompressor_operator.settings import OperatorSettings
+    except ModuleNotFoundError:  # the package is not installed: import it from its source folder
+        sys.path.insert(0, str(ROOT / "operator"))
+        from kompressor_operator.settings import OperatorSettings
+    return OperatorSettings
+
+
+def _field_exists(model: Any, path: list[str]) -> bool:
+    fields = {name.upper(): info for name, info in model.model_fields.items()}
+    info = fields.get(path[0])
+    if info is None:
+        return False
+    if len(path) == 1:
+        return True
+    return hasattr(info.annotation, "model_fields") and _field_exists(info.annotation, path[1:])
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_operator_env_is_what_its_settings_read(values, monkeypatch):
+    settings_class = _operator_settings_class()
+    env = operator_container(values)["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names))
+    resolved = {}
+    for entry in env:
+        name = entry["name"]
+        assert name.startswith("KOMPRESSOR_")
+        assert _field_exists(settings_class, name.removeprefix("KOMPRESSOR_").split("__")), name
+        if "valueFrom" in entry:
+            ref = entry["valueFrom"]["secretKeyRef"]
+            resolved[name] = f"secret:{ref['name']}/{ref['key']}"
+        else:
+            resolved[name] = entry["value"]
+    for name in list(os.environ):
+        if name.startswith("KOMPRESSOR_"):
+            monkeypatch.delenv(name)
+    for name, value in resolved.items():
+        monkeypatch.setenv(name, value)
+    settings = settings_class()
+    assert settings.broker.url.get_secret_value() == "secret:kompressor-broker/url"
+    assert settings.storage.access_key_id.get_secret_value() == "secret:kompressor-storage/accessKeyId"
+    assert settings.namespaces == values.get("watchNamespaces", [])
+    assert settings.max_total_workers == 100
+    assert settings.poll_interval_seconds == 3.0
+    assert settings.metrics_port == 9090
+    assert settings.worker.image == "ghcr.io/kompressor/worker:0.1.0"
+    assert settings.worker.image_pull_policy == "IfNotPresent"
+    assert settings.worker.broker_secret == "kompressor-broker"
+    assert settings.worker.storage_secret == "kompressor-storage"
+    assert settings.worker.health_port == 8080
+
+
+def test_operator_env_follows_the_values():
+    values = {
+        "storage": {"endpointURL": "https://s3.example.com", "region": "eu-west-1", "credentialsSecret": ""},
+        "operator": {"maxTotalWorkers": 1000000, "pollIntervalSeconds": 2.5},
+        "worker": {"image": {"repository": "registry.local/worker", "tag": "dev", "pullPolicy": "Always"}},
+    }
+    env = {e["name"]: e.get("value") for e in operator_container(values)["env"]}
+    assert env["KOMPRESSOR_STORAGE__ENDPOINT_URL"] == "https://s3.example.com"
+    assert env["KOMPRESSOR_STORAGE__REGION"] == "eu-west-1"
+    assert "KOMPRESSOR_STORAGE__ACCESS_KEY_ID" not in env  # ambient credentials, e.g. IRSA
+    assert env["KOMPRESSOR_MAX_TOTAL_WORKERS"] == "1000000"
+    assert env["KOMPRESSOR_POLL_INTERVAL_SECONDS"] == "2.5"
+    assert env["KOMPRESSOR_WORKER__IMAGE"] == "registry.local/worker:dev"
+    assert env["KOMPRESSOR_WORKER__IMAGE_PULL_POLICY"] == "Always"
+
+
+# --- every pod is hardened ------------------------------------------------------------------------
+
+
+def _pod_templates(values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"])
+        for o in render(values)
+        if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job")
+    ]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_every_pod_is_hardened_and_bounded(values):
+    templates = _pod_templates(values)
+    assert templates
+    for name, pod in templates:
+        pod_sc = pod.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, name
+        for container in pod["containers"] + pod.get("initContainers", []):
+            where = f"{name}/{container['name']}"
+            sc = container.get("securityContext", {})
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert "add" not in sc.get("capabilities", {}), where
+            seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+            assert seccomp.get("type") == "RuntimeDefault", where
+            assert sc.get("privileged", False) is False, where
+            resources = container.get("resources", {})
+            for bound in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(bound, {})), f"{where} {bound}"
+            assert container.get("livenessProbe"), where
+            assert container.get("readinessProbe"), where
+            assert not container["image"].endswith(":latest"), where
+        if name != "kompressor":  # only the operator talks to the API server
+            assert pod.get("automountServiceAccountToken") is False, name
+
+
+# --- RBAC -----------------------------------------------------------------------------------------
+
+CLUSTER_RULES = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    ("", "namespaces", "list"),
+    ("", "namespaces", "watch"),
+}
+NAMESPACED_RULES = {
+    ("", "events", "create"),
+    ("events.k8s.io", "events", "create"),
+    *{
+        ("kompressor.dev", "compressionjobs", v)
+        for v in ("get", "list", "watch", "patch", "update", "delete")
+    },
+    *{("kompressor.dev", "compressionjobs/status", v) for v in ("get", "patch", "update")},
+    *{("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch", "update")},
+    *{("apps", "deployments/scale", v) for v in ("get", "patch", "update")},
+    *{("", "pods", v) for v in ("get", "list", "watch")},
+    ("", "secrets", "get"),
+}
+
+
+def _grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    grants = set()
+    for rule in role["rules"]:
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, nonResourceURLs
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    grants.add((group, resource, verb))
+    return grants
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_rbac_has_no_wildcards(values):
+    for role in objects(values, "ClusterRole") + objects(values, "Role"):
+        for group, resource, verb in _grants(role):
+            assert "*" not in (group, resource, verb), role["metadata"]["name"]
+
+
+def test_rbac_watching_all_namespaces_is_one_cluster_role_with_exactly_the_operators_rules():
+    (cluster_role,) = objects({}, "ClusterRole")
+    assert _grants(cluster_role) == CLUSTER_RULES | NAMESPACED_RULES
+    assert objects({}, "Role") == []
+    (binding,) = objects({}, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": cluster_role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kompressor", "namespace": RELEASE_NS}]
+
+
+def test_rbac_watching_listed_namespaces_grants_them_roles_and_keeps_the_cluster_role_small():
+    (cluster_role,) = objects(WATCHING, "ClusterRole")
+    assert _grants(cluster_role) == CLUSTER_RULES
+    roles = {r["metadata"]["namespace"]: r for r in objects(WATCHING, "Role")}
+    assert set(roles) == {"shop", "media"}
+    for role in roles.values():
+        assert _grants(role) == NAMESPACED_RULES
+    bindings = {b["metadata"]["namespace"]: b for b in objects(WATCHING, "RoleBinding")}
+    assert set(bindings) == {"shop", "media"}
+    for namespace, binding in bindings.items():
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["roleRef"]["name"] == roles[namespace]["metadata"]["name"]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "kompressor", "namespace": RELEASE_NS}
+        ]
+
+
+def test_service_account_is_the_one_the_operator_runs_as():
+    (account,) = objects({}, "ServiceAccount")
+    pod = operator_deployment()["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+# --- generated files ------------------------------------------------------------------------------
+
+
+def test_chart_crd_file_is_what_crd_returns():
+    assert yaml.safe_load(gen.CRD_FILE.read_text()) == crd()
+    assert yaml.safe_load((ROOT / "manifests" / "crd.yaml").read_text()) == crd()
+
+
+def test_manifests_equal_a_fresh_render():
+    diffs = gen.check()
+    assert not diffs, "run scripts/render-manifests:\n" + "".join(diffs)
+
+
+def test_render_is_deterministic():
+    assert gen.expected_files() == gen.expected_files()
+
+
+def test_check_reports_a_drifted_file(tmp_path, monkeypatch):
+    manifests = tmp_path / "manifests"
+    shutil.copytree(ROOT / "manifests", manifests)
+    crd_file = tmp_path / "crd.yaml"
+    shutil.copy(gen.CRD_FILE, crd_file)
+    monkeypatch.setattr(gen, "ROOT", tmp_path)
+    monkeypatch.setattr(gen, "MANIFESTS", manifests)
+    monkeypatch.setattr(gen, "CRD_FILE", crd_file)
+    assert gen.check() == []
+    operator_yaml = manifests / "operator.yaml"
+    operator_yaml.write_text(operator_yaml.read_text().replace("replicas: 1", "replicas: 2"))
+    (diff,) = gen.check()
+    assert "-  replicas: 2" in diff and "+  replicas: 1" in diff
+    assert gen.main(["--check"]) == 1
+    assert gen.main([]) == 0
+    assert gen.check() == []
+
+
+# --- examples -------------------------------------------------------------------------------------
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
+
+
+def test_the_three_examples_exist():
+    assert {p.name for p in EXAMPLE_FILES} >= {
+        "s3-to-webp.yaml",
+        "urls-to-jpeg.yaml",
+        "small-high-priority.yaml",
+    }
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=[p.name for p in EXAMPLE_FILES])
+def test_example_validates_against_the_model_and_the_crd_schema(path):
+    doc = yaml.safe_load(path.read_text())
+    assert doc["apiVersion"] == API_VERSION
+    assert doc["kind"] == KIND
+    assert "namespace" not in doc["metadata"], "examples take the namespace from kubectl -n"
+    parse_spec(doc["spec"])
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    jsonschema.validate(doc, schema)
+
+
+def test_examples_say_what_the_issue_asked_for():
+    webp = parse_spec(yaml.safe_load((EXAMPLES / "s3-to-webp.yaml").read_text())["spec"])
+    assert webp.source.s3 is not None and webp.output.format == "webp"
+    assert (webp.output.resize.max_width, webp.output.resize.max_height) == (1600, 1600)
+    jpeg = parse_spec(yaml.safe_load((EXAMPLES / "urls-to-jpeg.yaml").read_text())["spec"])
+    assert jpeg.source.urls is not None and jpeg.source.urls.manifest is not None
+    assert jpeg.output.format == "jpeg"
+    urgent = parse_spec(yaml.safe_load((EXAMPLES / "small-high-priority.yaml").read_text())["spec"])
+    assert urgent.priority == 100 and urgent.workers.max_replicas == 2

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kompressor.addresses import AddressPolicy
 from kompressor.crd import (
     FINISHED_PHASES,
     CompressionJobSpec,
@@ -277,7 +278,8 @@ class Controller:
             except SecretMissing as exc:
                 outcome.events.append(Event("Warning", "WebhookFailed", str(exc)))
         body = notify.summary(state.job, status)
-        error = notify.post(state.spec.notify.webhook_url, body, key)
+        policy = AddressPolicy.allowing(*self.settings.webhook_allow_networks)
+        error = notify.post(state.spec.notify.webhook_url, body, key, policy)
         now = datetime.now(UTC)
         if error is None:
             conditions = set_condition(status.conditions, "Notified", "True", "WebhookDelivered", "", now)

@@ -9,5 +9,11 @@ test: setup
 setup:
 	scripts/setup.sh
 
+# Real photographs through `kompressor run` (RabbitMQ and S3 from KOMPRESSOR_* or started for it);
+# writes demo-output/ (contact-sheet.png, manifest.jsonl, job.yaml, the WebP files).
+demo:
+	scripts/setup.sh apt pip
+	.venv/bin/python scripts/demo.py $(DEMO_ARGS)
+
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/lint-imports

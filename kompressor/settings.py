@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, SecretStr
 
+from kompressor.crd import Storage
+
 
 class BrokerSettings(BaseModel):
     """How to reach RabbitMQ."""
@@ -31,6 +33,16 @@ class StorageSettings(BaseModel):
     max_attempts: int = Field(default=5, ge=1, description="botocore standard-mode retry attempts.")
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     read_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    def for_job(self, storage: Storage) -> StorageSettings:
+        """These settings with a job's spec.storage: its endpoint when set, its region when the
+        spec names one (else ours), and always our credentials (a job names Secrets, not keys)."""
+        update: dict = {}
+        if storage.endpoint_url:
+            update["endpoint_url"] = storage.endpoint_url
+        if "region" in storage.model_fields_set:
+            update["region"] = storage.region
+        return self.model_copy(update=update)
 
     def client(self):
         """A boto3 S3 client with botocore's standard retry mode (exponential backoff with jitter).

@@ -285,9 +285,22 @@ def create_bucket(client, bucket: str) -> None:
             raise DemoError(f"cannot create bucket {bucket!r}: {exc}") from None
 
 
+def upload(client, photos: dict[str, bytes], prefix: str) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    endpoint = os.environ.get("KOMPRESSOR_STORAGE__ENDPOINT_URL")
+    try:
+        for bucket in (SOURCE_BUCKET, DEST_BUCKET):
+            create_bucket(client, bucket)
+        for name, body in photos.items():
+            client.put_object(Bucket=SOURCE_BUCKET, Key=prefix + name, Body=body, ContentType="image/jpeg")
+    except (BotoCoreError, ClientError) as exc:
+        raise DemoError(f"S3 at {endpoint}: {exc} (check the KOMPRESSOR_STORAGE__* variables)") from None
+
+
 def job_yaml(prefix: str) -> str:
     return f"""\
-# Written by scripts/demo.py. The same file works with `kubectl apply` once the operator runs.
+# Written by scripts/demo.py (make demo) for `kompressor run`; the photos are under the prefix below.
 apiVersion: kompressor.dev/v1alpha1
 kind: CompressionJob
 metadata:
@@ -518,10 +531,7 @@ def demo(output: Path, limit: int | None) -> int:
         step(f"2/4  {len(photos)} sample photographs (Debian's opencv-doc) into S3")
         prefix = time.strftime("%Y%m%d-%H%M%S/")
         client = storage_client()
-        for bucket in (SOURCE_BUCKET, DEST_BUCKET):
-            create_bucket(client, bucket)
-        for name, body in photos.items():
-            client.put_object(Bucket=SOURCE_BUCKET, Key=prefix + name, Body=body, ContentType="image/jpeg")
+        upload(client, photos, prefix)
         say(
             f"uploaded {len(photos)} JPEGs, {size(sum(map(len, photos.values())))}, "
             f"to s3://{SOURCE_BUCKET}/{prefix}"
@@ -548,7 +558,10 @@ def demo(output: Path, limit: int | None) -> int:
 
         spec = local.load_job_file(job_path).spec
         key = manifest_key(JobRef(namespace="local", name=JOB_NAME, uid="0"), spec)
-        body = client.get_object(Bucket=DEST_BUCKET, Key=key)["Body"].read()
+        try:
+            body = client.get_object(Bucket=DEST_BUCKET, Key=key)["Body"].read()
+        except Exception as exc:  # botocore's ClientError: the job ended without writing one
+            raise DemoError(f"no manifest at s3://{DEST_BUCKET}/{key}: {exc}") from None
         (output / "manifest.jsonl").write_bytes(body)
         manifest = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         rows = collect(client, manifest, photos, prefix, compressed_dir)
@@ -580,7 +593,10 @@ def demo(output: Path, limit: int | None) -> int:
     finally:
         if testbed is not None:
             testbed.stop()
-    say(f"\nDone in {time.monotonic() - started:.0f}s. Look at {shown(sheet)}: before/after of every photo.")
+    say(
+        f"\nDone in {time.monotonic() - started:.0f}s. Look at {shown(sheet)} (before/after of every photo)"
+        f" and the WebP files in {shown(compressed_dir)}/"
+    )
     return 0
 
 

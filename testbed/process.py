@@ -82,6 +82,14 @@ class Service:
             return "(no log)"
 
     def wait_ready(self, check: Callable[[], bool], timeout: float) -> None:
+        """Poll `check`; a service that dies, times out or is interrupted meanwhile is stopped."""
+        try:
+            self._wait_ready(check, timeout)
+        except BaseException:
+            self.stop(timeout=5)
+            raise
+
+    def _wait_ready(self, check: Callable[[], bool], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             self.check_alive()

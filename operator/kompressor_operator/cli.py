@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -17,10 +18,17 @@ def render_crd() -> str:
     return yaml.safe_dump(crd(), sort_keys=False, width=100)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(args: argparse.Namespace) -> int:
     from kompressor.crd import Phase
     from kompressor_operator import local, progress
 
+    # SIGTERM stops the workers as Ctrl-C does: they run in sessions of their own and would
+    # otherwise go on consuming after we are gone.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         job_file = local.load_job_file(Path(args.job))
         settings = local.settings_from_environment()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import SecretStr
+
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import (
     FINISHED_PHASES,
@@ -134,15 +136,8 @@ class Controller:
         return outcome
 
     def _storage(self, job: JobRef, spec: CompressionJobSpec):
-        storage = self.settings.storage.model_copy(
-            update={
-                "endpoint_url": spec.storage.endpoint_url or self.settings.storage.endpoint_url,
-                "region": spec.storage.region,
-            }
-        )
+        storage = self.settings.storage.for_job(spec.storage)
         if spec.storage.credentials_secret:
-            from pydantic import SecretStr
-
             name = spec.storage.credentials_secret
             try:
                 storage = storage.model_copy(

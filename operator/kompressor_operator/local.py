@@ -83,16 +83,6 @@ def load_job_file(path: Path) -> JobFile:
     return JobFile(name=name, spec=spec)
 
 
-def storage_for(spec: CompressionJobSpec, settings: OperatorSettings) -> StorageSettings:
-    """The job's endpoint and region with this machine's credentials (no Secrets locally)."""
-    return settings.storage.model_copy(
-        update={
-            "endpoint_url": spec.storage.endpoint_url or settings.storage.endpoint_url,
-            "region": spec.storage.region,
-        }
-    )
-
-
 def preflight(spec: CompressionJobSpec, settings: OperatorSettings, storage: StorageSettings):
     """Check the broker and the buckets before starting anything; returns an S3 client."""
     url = settings.broker.url.get_secret_value()
@@ -103,7 +93,8 @@ def preflight(spec: CompressionJobSpec, settings: OperatorSettings, storage: Sto
         raise ConfigError(f"RabbitMQ at {shown} refused the credentials in KOMPRESSOR_BROKER__URL") from None
     except (pika.exceptions.AMQPError, OSError):
         raise ConfigError(
-            f"cannot reach RabbitMQ at {shown}: start it (make demo starts one) or set KOMPRESSOR_BROKER__URL"
+            f"cannot reach RabbitMQ at {shown}: start one (python -m testbed up --only rabbitmq,s3) "
+            "or set KOMPRESSOR_BROKER__URL"
         ) from None
     client = storage.client()
     buckets = {spec.destination.s3.bucket}
@@ -172,7 +163,7 @@ def run_job(
     log_dir: Path | None = None,
     keep_queues: bool = False,
 ) -> Run:
-    storage = storage_for(job_file.spec, settings)
+    storage = settings.storage.for_job(job_file.spec.storage)
     client = preflight(job_file.spec, settings, storage)
     spec = job_file.spec
     job = JobRef(namespace="local", name=job_file.name, uid=str(uuid.uuid4()))

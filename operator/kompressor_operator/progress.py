@@ -57,7 +57,7 @@ def print_summary(out: Console, name: str, run) -> None:
     status = run.status
     table = Table(title=f"CompressionJob {name}: {status.phase.value}", show_header=False)
     table.add_column(justify="right", style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # the manifest URL must stay whole, to be copied
     seconds = (
         (status.completion_time - status.start_time).total_seconds()
         if status.completion_time and status.start_time

@@ -10,7 +10,8 @@ deletion sends SIGTERM, waits the Pod's grace period, SIGKILLs, and deletes the 
 
 Deliberately simpler than a kubelet: one process per Pod (Pods with one container and no init
 containers), probes every `probe_period` seconds whatever the spec says, no liveness probe, no
-`$(VAR)` expansion, no volumes, no resource limits, a short fixed restart back-off. The container's
+`$(VAR)` expansion, no volumes, no resource limits, no taints or affinity (a nodeSelector is
+honoured), restartPolicy Always with a short back-off (0.5 s doubling to 10 s). The container's
 ports are the host's: the agent gives each Pod its own free port for `port_env` (the worker's health
 port) and maps the container port to it for the readiness probe.
 
@@ -580,6 +581,9 @@ class NodeAgent:
         if pod["spec"].get("nodeName") not in (None, self.node_name):
             self._forget(record, "bound elsewhere")  # another scheduler won the race
             return
+        if pod["spec"].get("nodeName") == self.node_name and not record.bound:
+            record.bound = True  # bound by an earlier attempt whose answer was lost
+            record.start_time = record.start_time or _now()
         if not record.bound or pod["spec"].get("nodeName"):
             record.pod = pod
         else:  # our binding is not in this (older) event yet: keep our nodeName
@@ -703,7 +707,7 @@ class NodeAgent:
                 return (meta.get(values) or {}).get(path[len(prefix) + 2 : -2], "")
         raise ConfigError(f"unsupported fieldRef {path}")
 
-    def resolve_env(self, record: _Pod) -> dict[str, str]:
+    def _resolve_env(self, record: _Pod) -> dict[str, str]:
         """The container's environment as a kubelet builds it: envFrom, then env (which wins)."""
         namespace = record.pod["metadata"]["namespace"]
         container = record.container
@@ -736,7 +740,7 @@ class NodeAgent:
 
     def _start(self, record: _Pod, now: float) -> None:
         try:
-            env = self.resolve_env(record)
+            env = self._resolve_env(record)
         except ConfigError as exc:
             message = str(exc)
             if message != record.config_error:

@@ -138,7 +138,10 @@ class Consumer:
             if not self._stopping:
                 continue
             if tag is not None:
-                channel.basic_cancel(tag)
+                # pika hands back deliveries it buffered but never dispatched: they are ours to
+                # finish too, or the broker would redeliver them as a further attempt.
+                for method, properties, body in channel.basic_cancel(tag):
+                    on_message(channel, method, properties, body)
                 tag = None
                 self.health.consuming = False
             if not self._inflight:

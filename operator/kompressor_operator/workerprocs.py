@@ -54,11 +54,17 @@ class WorkerProcesses:
     terminating: list[WorkerProcess] = field(default_factory=list)
     started_total: int = 0
 
-    def start_one(self, extra_env: Mapping[str, str] | None = None) -> WorkerProcess:
+    def base_environment(self) -> dict[str, str]:
+        """What every worker inherits before `env` and `extra_env` (this process's environment)."""
+        return dict(os.environ)
+
+    def start_one(
+        self, extra_env: Mapping[str, str] | None = None, log_name: str = "worker"
+    ) -> WorkerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.started_total += 1
-        log = self.log_dir / f"worker-{self.started_total}.log"
-        env = {**os.environ, **self.env, **(extra_env or {})}
+        log = self.log_dir / f"{log_name}-{self.started_total}.log"
+        env = {**self.base_environment(), **self.env, **(extra_env or {})}
         with log.open("ab") as out:
             process = subprocess.Popen(
                 worker_command(),

@@ -45,7 +45,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from kompressor_operator.workerprocs import WorkerProcess, WorkerProcesses, worker_command
+from kompressor_operator.workerprocs import WorkerProcess, WorkerProcesses
 from testbed import KubeAPI
 from testbed.process import free_port
 
@@ -69,26 +69,8 @@ class PodProcesses(WorkerProcesses):
     plus exactly what the Pod gives them: a setting the test process happens to have cannot leak into
     a "container". Each process logs to `<log_dir>/<namespace>_<pod>-<n>.log` when `log_name` is given."""
 
-    def start_one(
-        self, extra_env: Mapping[str, str] | None = None, log_name: str | None = None
-    ) -> WorkerProcess:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.started_total += 1
-        log_path = self.log_dir / f"{log_name or 'worker'}-{self.started_total}.log"
-        base = {key: value for key, value in os.environ.items() if not key.startswith("KOMPRESSOR_")}
-        env = {**base, **self.env, **(extra_env or {})}
-        with log_path.open("ab") as out:
-            process = subprocess.Popen(
-                worker_command(),
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        worker = WorkerProcess(process, log_path)
-        self.running.append(worker)
-        return worker
+    def base_environment(self) -> dict[str, str]:
+        return {key: value for key, value in os.environ.items() if not key.startswith("KOMPRESSOR_")}
 
 
 class ConfigError(Exception):

@@ -162,8 +162,11 @@ def test_sigterm_drains_in_flight_tasks_and_exits_zero(
         pool.stop_all()
     final = results.final()
     assert sorted(final) == list(range(total))
-    # Everything the first worker held was settled by it: nothing needed a second delivery.
-    assert all(r.attempts == 1 and len(results.by_id[i]) == 1 for i, r in final.items())
+    # Every task the first worker took on was finished by it: none ran twice. (A delivery in transit
+    # at the cancel is requeued unstarted; RabbitMQ counts it as an attempt, so attempts may be 2.)
+    twice = {i: [(r.attempts, r.message) for r in rs] for i, rs in results.by_id.items() if len(rs) > 1}
+    assert not twice, (twice, first.log.read_text()[-3000:])
+    assert not [r for r in final.values() if r.message == "already stored by this job"]
 
 
 def test_a_task_longer_than_the_heartbeat_keeps_the_connection(

@@ -179,14 +179,7 @@ class Controller:
         )
         state.last_step = now
         counts = progress.counts
-        sample = Sample(
-            ready=progress.ready,
-            unacked=0,
-            published=counts.published,
-            accounted=counts.accounted,
-            finished=progress.finished,
-            suspended=spec.suspend,
-        )
+        sample = progress.sample(suspended=spec.suspend)
         decision = self._decide(uid, state, sample, spec, now)
         outcome = Outcome()
         name = worker_deployment_name(state.job.name)

@@ -117,7 +117,9 @@ class Ledger:
                 body = self.client.get_object(Bucket=self.bucket, Key=item["Key"])["Body"].read()
                 for line in body.decode().splitlines():
                     self._count(json.loads(line))
-                self._parts += 1
+                # The highest number, not how many: a new part must never overwrite a saved one.
+                number = item["Key"].removeprefix(f"{self.prefix}part-").removesuffix(".jsonl")
+                self._parts = max(self._parts, int(number) if number.isdigit() else 0)
         try:
             raw = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}cursor.json")["Body"].read()
         except self.client.exceptions.NoSuchKey:
@@ -126,6 +128,8 @@ class Ledger:
         return self
 
     def _count(self, line: dict) -> None:
+        if line["id"] in self._seen:
+            return  # counted once, whatever a part holds
         self._seen.add(line["id"])
         result = Result(
             job=JobRef(namespace="", name="", uid=""),
@@ -154,14 +158,16 @@ class Ledger:
             lines.append(json.dumps(manifest_line(result), separators=(",", ":")))
         if not fresh:
             return 0
-        self._parts += 1
-        key = f"{self.prefix}part-{self._parts:08d}.jsonl"
+        # Numbered on success only: a put that failed (and perhaps landed) is redone under the same
+        # key, so the results it held, redelivered because unacked, are never in two parts.
+        key = f"{self.prefix}part-{self._parts + 1:08d}.jsonl"
         self.client.put_object(
             Bucket=self.bucket,
             Key=key,
             Body=("\n".join(lines) + "\n").encode(),
             ContentType="application/x-ndjson",
         )
+        self._parts += 1
         for result in fresh:
             self._seen.add(result.id)
             self.tally.add(result)

@@ -34,7 +34,7 @@ from kompressor.messages import JobRef, task_queue
 from kompressor.settings import StorageSettings
 from kompressor_operator import broker
 from kompressor_operator.engine import JobEngine
-from kompressor_operator.policy import Sample, ScaleState, decide_replicas
+from kompressor_operator.policy import ScaleState, decide_replicas
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import check_spec, next_status, throughput
 from kompressor_operator.workerprocs import WorkerProcesses
@@ -176,6 +176,7 @@ def run_job(
     )
     status = CompressionJobStatus()
     state, rate, decisions = ScaleState(), None, []
+    failed_exits = 0
     started = last = time.monotonic()
     try:
         while True:
@@ -184,20 +185,14 @@ def run_job(
             rate = throughput(rate, progress.accounted_now, now - last) if now > last else rate
             last = now
             counts = progress.counts
-            sample = Sample(
-                ready=progress.ready,
-                unacked=0,
-                published=counts.published,
-                accounted=counts.accounted,
-                finished=progress.finished,
-                suspended=spec.suspend,
-            )
+            sample = progress.sample(suspended=spec.suspend)
             decision = decide_replicas(sample, spec.workers, state, now)
             state = decision.state
             if decision.changed or not decisions:
                 decisions.append((round(now - started, 2), decision.replicas, decision.reason))
+            failed_exits += sum(1 for w in workers.running if not w.alive() and w.process.returncode > 0)
             workers.scale_to(decision.replicas)
-            _check_workers_start(workers, spec)
+            _check_workers_start(workers, spec, failed_exits)
             status = next_status(
                 status, counts, spec, _worker_counts(decision.replicas, workers), datetime.now(UTC), 1, rate
             )
@@ -217,14 +212,16 @@ def run_job(
     return Run(status=status, log_dir=log_dir, decisions=decisions)
 
 
-def _check_workers_start(workers: WorkerProcesses, spec: CompressionJobSpec) -> None:
-    """Workers that keep exiting (a bad setting, a missing binary) would loop for ever: stop and say why."""
-    if workers.started_total > 5 + 3 * spec.workers.max_replicas:
+def _check_workers_start(workers: WorkerProcesses, spec: CompressionJobSpec, failed_exits: int) -> None:
+    """Workers that keep exiting (a bad setting, a missing binary) would loop for ever: stop and say why.
+    Only exits with an error code count: a worker killed by a signal (an OOM kill) or scaled down
+    and started again later is no sign of a bad setting."""
+    if failed_exits > 5 + 3 * spec.workers.max_replicas:
         newest = max(workers.log_dir.glob("worker-*.log"), key=lambda p: p.stat().st_mtime, default=None)
         last = newest.read_text(errors="replace").strip().splitlines()[-1:] if newest else []
         raise ConfigError(
-            f"worker processes keep exiting ({workers.started_total} started); last log line: "
-            f"{last[0] if last else '(none)'}"
+            f"worker processes keep exiting ({failed_exits} of {workers.started_total} exited with an "
+            f"error); last log line: {last[0] if last else '(none)'}"
         )
 
 

@@ -8,13 +8,14 @@ import pickle
 import struct
 import time
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from kompressor.crd import Format, Limits, Output, Resize
-from kompressor_worker import codec
+from kompressor_worker import codec, quality
 from kompressor_worker.codec import CodecError, Compressed, compress, encode, prepare
 from tests import corpus
 
@@ -710,3 +711,97 @@ def test_mutated_images_never_raise_anything_but_codec_error(
     if cut is not None:
         data = data[: max(1, int(cut * len(data)))]
     _survives(bytes(data), fmt)
+
+
+# --- automatic quality (targetSSIM) ---------------------------------------------------------------
+
+
+def stored_ssim(data: bytes, output: Output, result: Compressed) -> float:
+    """SSIM of the stored bytes against the prepared source, measured from scratch."""
+    reference = quality.luma(prepare(data, output, LIMITS).image)
+    return quality.ssim(reference, quality.luma(decode(result)))
+
+
+@pytest.mark.parametrize("fmt", [Format.jpeg, Format.webp, Format.avif], ids=str)
+def test_target_ssim_stores_the_lowest_quality_that_meets_the_floor(fmt: Format) -> None:
+    data = small_photo("baboon.jpg", side=256)
+    output = out(fmt, target_ssim=0.95, never_larger=False)
+    result = compress(data, output, LIMITS)
+    search = quality.SEARCH[fmt]
+    assert search.lowest <= result.quality <= search.highest and result.reason == ""
+    assert result.ssim is not None and result.ssim >= 0.95
+    # What is stored (for JPEG: re-encoded with optimize + progressive after a baseline
+    # measurement) decodes to exactly what was measured.
+    assert stored_ssim(data, output, result) == pytest.approx(result.ssim, abs=1e-9)
+    full = [a for a in result.attempts if a.full]
+    assert result.quality == min(a.quality for a in full if a.ssim >= 0.95)
+    below = [a for a in full if a.quality < result.quality]
+    assert all(a.ssim < 0.95 for a in below)
+
+
+def test_target_ssim_jpeg_is_stored_optimized_and_progressive() -> None:
+    data = small_photo()
+    result = compress(data, out(Format.jpeg, target_ssim=0.97, never_larger=False), LIMITS)
+    image = decode(result)
+    assert "progressive" in image.info or "progression" in image.info
+    fixed = compress(data, out(Format.jpeg, quality=result.quality, never_larger=False), LIMITS)
+    assert result.data == fixed.data
+
+
+def test_baseline_jpeg_decodes_to_the_pixels_of_the_stored_jpeg() -> None:
+    assert codec.jpeg_measures_exactly()
+    image = prepare(photo("aloeL.jpg"), out(Format.jpeg), LIMITS).image
+    for q in (35, 70, 89, 90, 95):
+        measured = encode(image, Format.jpeg, q, None, measure_only=True)
+        stored = encode(image, Format.jpeg, q, None)
+        assert len(measured) > len(stored)
+        assert Image.open(io.BytesIO(measured)).tobytes() == Image.open(io.BytesIO(stored)).tobytes()
+
+
+def test_an_unreachable_floor_stores_the_best_attempt_with_a_reason() -> None:
+    pixels = 128 + np.random.default_rng(3).normal(0, 6, (300, 300, 3))
+    grain = Image.fromarray(pixels.clip(0, 255).astype("uint8"))
+    buffer = io.BytesIO()
+    grain.save(buffer, "PNG")
+    result = compress(buffer.getvalue(), out(Format.jpeg, target_ssim=0.99), LIMITS)
+    assert result.reason == "quality_floor_unreachable"
+    assert result.quality == quality.SEARCH[Format.jpeg].highest and result.ssim < 0.99
+    assert not result.stored_original and result.format == "jpeg"
+
+
+def test_target_ssim_then_never_larger_stores_the_original() -> None:
+    """The lowest quality meeting the floor against a q30 JPEG's own pixels is larger than it: the
+    original is stored (it is the source: SSIM 1), without a quality."""
+    data = small_jpeg(30)
+    result = compress(data, out(Format.jpeg, target_ssim=0.995), LIMITS)
+    assert result.stored_original and result.data == data
+    assert result.quality is None and result.ssim == 1.0 and result.reason == ""
+    assert any(a.full for a in result.attempts)
+    assert not compress(data, out(Format.jpeg, target_ssim=0.995, never_larger=False), LIMITS).stored_original
+
+
+def test_fixed_quality_carries_no_ssim() -> None:
+    result = compress(small_photo(), out(Format.jpeg, quality=80), LIMITS)
+    assert result.ssim is None and result.reason == "" and result.attempts == ()
+
+
+def test_automatic_quality_counts_in_the_memory_estimate() -> None:
+    data = photo("aloeL.jpg")
+    needed = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110))
+    searching = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), auto_quality=True)
+    assert searching == needed + 1282 * 1110 * codec.AUTO_QUALITY_BYTES_PER_PIXEL
+    budget = (needed + searching) // 2
+    assert compress(data, out(Format.jpeg), LIMITS, memory_budget_bytes=budget).quality == 80
+    with pytest.raises(CodecError) as caught:
+        compress(data, out(Format.jpeg, target_ssim=0.98), LIMITS, memory_budget_bytes=budget)
+    assert caught.value.reason == "too_much_memory"
+
+
+def test_noisy_jpeg_at_high_quality_fits_pillows_buffer() -> None:
+    """Pillow buffers a whole optimized progressive JPEG in max(64 KiB, w*h) bytes: random noise at
+    q90+ (4:4:4) needs ~2-3 bytes per pixel and used to fail as encode_error."""
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    for q in (90, 100):
+        data = encode(noise, Format.jpeg, q, None)
+        assert len(data) > 65536 and Image.open(io.BytesIO(data)).size == (200, 200)
+    assert ImageFile.MAXBLOCK == 65536  # restored

@@ -10,8 +10,8 @@ settings or the environment, or changing Pillow's global state at import. It is 
 and settings give the same output bytes.
 
 Pipeline: `prepare` (identify, check limits from the header, decode, 8-bit mode, resize, orient)
-then `encode` (one encoder run with our settings). They are separate so that automatic quality can
-prepare once and encode many times.
+then `encode` (one encoder run with our settings). They are separate so that automatic quality
+(`output.targetSSIM`, the search in `quality.py`) prepares once and encodes many times.
 
 Choices, documented once here:
 
@@ -53,16 +53,36 @@ Choices, documented once here:
   one encoder thread (the worker runs one process per CPU; speed 8 would be ~2.5x faster for ~4%
   more bytes at the same quality on the photo corpus); PNG optimize (zlib level 9: measured ~1.4x
   the time of the default level for ~1% smaller files on photos).
+- Automatic quality (`targetSSIM`, JPEG/WebP/AVIF): `quality.choose_quality` searches for the
+  lowest quality whose output keeps luma SSIM ≥ the floor against the prepared image (the source
+  after orientation, resize and mode conversion: what a viewer would see without compression loss),
+  within per-format bounds (`quality.SEARCH`: 30..95 for all three) and an encode budget; the
+  stored output's SSIM was measured at full size. When even the highest quality misses the floor,
+  the best attempt is stored and `Compressed.reason` says `quality_floor_unreachable` (the task
+  still succeeds). JPEG is measured with baseline encodes (no optimize, no progressive):
+  libjpeg-turbo decodes them to exactly the pixels of the optimized progressive encode, in about a
+  fifth of the time; the chosen quality is then encoded once with our settings. A one-time check per
+  process (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
+  libjpeg ever breaks that identity. The search holds about 24 more bytes per output pixel (luma
+  planes, a decoded candidate), counted in the memory estimate.
+- Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes
+  (2×w×h from q95); noisy pictures at q90+ need more and failed with "Suspension not allowed
+  here": such a save is retried once with a buffer of 2 bytes per pixel and band.
 - neverLarger: when the encoded result is not smaller than the input, the input's own bytes are
   stored instead (`stored_original=True`) only if they are an equivalent output: same format as the
   output, no resize and no orientation change needed, a single frame, and — when metadata is to be
   stripped — no EXIF or XMP in the input. Otherwise the (larger) result is kept: storing a JPEG body
   under a key named `.webp`, an image larger than the requested box, or the GPS position the user
   asked to strip would break a promise the job made, while a few extra bytes do not.
+  With automatic quality neverLarger applies after the search, to the chosen output: if the lowest
+  quality that meets the floor is still not smaller than the input and the input is an equivalent
+  output, the input is stored (it is the source itself, so its SSIM is 1 and the floor is met;
+  `quality` is None and no reason is recorded, even when the floor was unreachable by encoding).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import threading
@@ -74,6 +94,7 @@ from dataclasses import dataclass
 from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
 
 from kompressor.crd import Format, Limits, Output
+from kompressor_worker import quality as auto
 
 # Pillow format id -> our name of the source format.
 _SOURCE_FORMATS = {
@@ -122,6 +143,10 @@ AVIF_SPEED = 6
 AVIF_THREADS = 1
 RESIZE_REDUCING_GAP = 3.0
 WHITE = 255
+# Extra bytes per output pixel that automatic quality needs: two float32 luma planes, a decoded
+# candidate (4 bytes per pixel in Pillow), its float conversion, and the encoded candidates. Measured
+# peak over a fixed quality on a 12 MP picture: +17 (JPEG) and +23 (WebP).
+AUTO_QUALITY_BYTES_PER_PIXEL = 24
 
 # Pillow's decoder settings are module globals: set per call, restored after, one call at a time.
 _PILLOW_GLOBALS = threading.Lock()
@@ -152,6 +177,9 @@ class Compressed:
     quality: int | None  # encoder quality used; None for png and for a stored original
     stored_original: bool  # neverLarger kept the input's bytes
     frames: int  # frames in the input (only the first is encoded)
+    ssim: float | None = None  # automatic quality: luma SSIM of what is stored against the source
+    reason: str = ""  # automatic quality: quality_floor_unreachable when no quality met the floor
+    attempts: tuple[auto.Attempt, ...] = ()  # automatic quality: every encode the search measured
 
 
 @dataclass(frozen=True)
@@ -179,19 +207,23 @@ def compress(
 ) -> Compressed:
     """Compress one input following `output`; raise CodecError with a reason when it cannot be.
 
-    Uses `output.effective_quality` (automatic quality is a separate step built on `prepare` and
-    `encode`). See the module docstring for the choices on formats, metadata and neverLarger.
+    With `output.targetSSIM` (a lossy format) the quality is searched per image (see the module
+    docstring); otherwise it is `output.effective_quality`. neverLarger applies to the result.
     """
     prepared = prepare(data, output, limits, memory_budget_bytes)
-    quality = output.effective_quality
-    encoded = encode(
-        prepared.image,
-        prepared.format,
-        quality,
-        prepared.icc_profile,
-        exif=prepared.exif,
-        xmp=prepared.xmp,
-    )
+    ssim: float | None = None
+    reason = ""
+    attempts: tuple[auto.Attempt, ...] = ()
+    if output.target_ssim is not None and prepared.format in _LOSSY:
+        choice = choose_quality(prepared, output.target_ssim)
+        quality, ssim, reason, attempts = choice.quality, choice.ssim, choice.reason, choice.attempts
+        encoded = choice.data
+        if prepared.format is Format.jpeg and jpeg_measures_exactly():
+            # Measured with a baseline encode: the same pixels; now the bytes we store.
+            encoded = _encode_prepared(prepared, quality)
+    else:
+        quality = output.effective_quality
+        encoded = _encode_prepared(prepared, quality)
     if output.never_larger and len(encoded) >= len(data) and original_is_equivalent(prepared, output):
         width, height = prepared.source_size
         return Compressed(
@@ -202,6 +234,8 @@ def compress(
             quality=None,
             stored_original=True,
             frames=prepared.frames,
+            ssim=None if ssim is None else 1.0,
+            attempts=attempts,
         )
     return Compressed(
         data=encoded,
@@ -211,6 +245,54 @@ def compress(
         quality=quality if prepared.format in _LOSSY else None,
         stored_original=False,
         frames=prepared.frames,
+        ssim=ssim,
+        reason=reason,
+        attempts=attempts,
+    )
+
+
+def choose_quality(prepared: Prepared, floor: float) -> auto.Choice:
+    """Automatic quality for a prepared lossy output: the search of `quality.py` with this format's
+    bounds, measuring JPEG with baseline encodes when they decode to the stored encode's pixels.
+    `Choice.data` is then a baseline JPEG: encode `Choice.quality` again to store it."""
+    if prepared.format not in _LOSSY:
+        raise ValueError(f"automatic quality needs a lossy format, not {prepared.format.value}")
+    measure_only = prepared.format is Format.jpeg and jpeg_measures_exactly()
+
+    def encoder(image: Image.Image, quality: int) -> bytes:
+        if image is prepared.image and not measure_only:
+            return _encode_prepared(prepared, quality)
+        return encode(image, prepared.format, quality, None, measure_only=measure_only)
+
+    return auto.choose_quality(prepared.image, floor, encoder, auto.SEARCH[prepared.format])
+
+
+@functools.cache
+def jpeg_measures_exactly() -> bool:
+    """Whether a baseline JPEG (no optimize, no progressive) decodes to exactly the pixels of our
+    optimized progressive JPEG at the same quality. True with libjpeg-turbo (entropy coding is
+    lossless); checked once per process on a small synthetic image at both subsamplings."""
+    ramp = Image.linear_gradient("L").resize((64, 48))
+    stripes = ramp.point(lambda v: v * 37 % 256)  # sharp edges: every coefficient counts
+    disc = Image.radial_gradient("L").resize((64, 48))
+    image = Image.merge("RGB", (stripes, disc, ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
+    for quality in (50, JPEG_FULL_CHROMA_FROM_QUALITY):
+        measured = encode(image, Format.jpeg, quality, None, measure_only=True)
+        stored = encode(image, Format.jpeg, quality, None)
+        with Image.open(io.BytesIO(measured)) as a, Image.open(io.BytesIO(stored)) as b:
+            if a.tobytes() != b.tobytes():
+                return False
+    return True
+
+
+def _encode_prepared(prepared: Prepared, quality: int) -> bytes:
+    return encode(
+        prepared.image,
+        prepared.format,
+        quality,
+        prepared.icc_profile,
+        exif=prepared.exif,
+        xmp=prepared.xmp,
     )
 
 
@@ -282,11 +364,14 @@ def encode(
     *,
     exif: bytes | None = None,
     xmp: bytes | None = None,
+    measure_only: bool = False,
 ) -> bytes:
     """Encode `image` once as `fmt` (not keep) at `quality` with our encoder settings.
 
     `image` should come from `prepare` for the same format; other modes are converted as `prepare`
     would. Raises CodecError("encode_error") when the encoder refuses (e.g. WebP beyond 16383 px).
+    `measure_only`: for JPEG a baseline encode without optimize or progressive (same pixels, more
+    bytes, ~5x faster), to measure a quality rather than to store it; other formats are unchanged.
     """
     if fmt is Format.keep:
         raise ValueError("encode needs a concrete format; resolve keep with resolve_format first")
@@ -295,6 +380,8 @@ def encode(
     try:
         image = _fit_mode(image, fmt)
         params = _encoder_params(image, fmt, quality)
+        if measure_only and fmt is Format.jpeg:
+            params.update(optimize=False, progressive=False)
         if icc_profile and _icc_matches(icc_profile, image.mode):
             params["icc_profile"] = icc_profile
         else:
@@ -309,7 +396,17 @@ def encode(
             else:
                 params["xmp"] = xmp
         buffer = io.BytesIO()
-        image.save(buffer, _PILLOW_FORMAT[fmt], **params)
+        try:
+            image.save(buffer, _PILLOW_FORMAT[fmt], **params)
+        except OSError:
+            if fmt is not Format.jpeg or not (params.get("optimize") or params.get("progressive")):
+                raise
+            # Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w*h)
+            # bytes (2*w*h from q95); noisy pictures at high quality need more ("Suspension not
+            # allowed here"). Retry once with room for the worst case.
+            buffer = io.BytesIO()
+            with _jpeg_buffer(image, params):
+                image.save(buffer, _PILLOW_FORMAT[fmt], **params)
         return buffer.getvalue()
     except MemoryError:
         raise CodecError("too_much_memory", f"encoding {fmt.value} ran out of memory") from None
@@ -320,14 +417,18 @@ def encode(
         ) from None
 
 
-def estimate_memory(size: tuple[int, int], mode: str, target: tuple[int, int]) -> int:
+def estimate_memory(
+    size: tuple[int, int], mode: str, target: tuple[int, int], auto_quality: bool = False
+) -> int:
     """Bytes needed to decode an image of `size` and `mode` and bring it to `target`: the decoded
-    image, one 4-byte-per-pixel working copy (mode conversion) and the resized result."""
+    image, one 4-byte-per-pixel working copy (mode conversion) and the resized result; with
+    `auto_quality`, also what the quality search holds per output pixel."""
     width, height = size
     decoded = width * height * _bytes_per_pixel(mode)
     working = width * height * 4
     resized = target[0] * target[1] * 4
-    return decoded + working + resized
+    search = target[0] * target[1] * AUTO_QUALITY_BYTES_PER_PIXEL if auto_quality else 0
+    return decoded + working + resized + search
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -346,6 +447,22 @@ def _pillow_limits(max_pixels: int) -> Iterator[None]:
             yield
         finally:
             Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+@contextmanager
+def _jpeg_buffer(image: Image.Image, params: dict[str, object]) -> Iterator[None]:
+    """Pillow's minimum encoder buffer (`ImageFile.MAXBLOCK`) raised for one JPEG save: 2 bytes per
+    pixel and band (random noise at q100 4:4:4 takes 1.0) plus the metadata; restored after, under
+    the same lock as decoding."""
+    metadata = sum(len(v) for k, v in params.items() if k in ("icc_profile", "exif", "xmp") and v)
+    needed = 2 * image.width * image.height * len(image.getbands()) + metadata + 65536
+    with _PILLOW_GLOBALS:
+        saved = ImageFile.MAXBLOCK
+        ImageFile.MAXBLOCK = max(saved, needed)
+        try:
+            yield
+        finally:
+            ImageFile.MAXBLOCK = saved
 
 
 def _open(data: bytes) -> tuple[ImageFile.ImageFile, str]:
@@ -402,7 +519,8 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
     if memory_budget_bytes is not None:
         # Unknown orientation: budget for the larger of the two possible targets.
         targets = [target] if exif_in_header else [_stored_target((width, height), o, *box) for o in (1, 6)]
-        needed = max(estimate_memory(image.size, image.mode, t) for t in targets)
+        searching = output.target_ssim is not None and fmt in _LOSSY
+        needed = max(estimate_memory(image.size, image.mode, t, searching) for t in targets)
         if needed > memory_budget_bytes:
             raise CodecError(
                 "too_much_memory",

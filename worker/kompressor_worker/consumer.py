@@ -19,8 +19,10 @@ import contextlib
 import logging
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import pebble
 import pika
@@ -48,6 +50,14 @@ class _InFlight:
     task: Task
     attempts: int
     started: float
+    future: Any = None
+
+
+# Tasks handed to the pool and none of them started for this long: the pool is stuck. pebble waits
+# up to 60 s per lock of the pipe its tasks go through (CONSTS.channel_lock_timeout) when a pool
+# process was killed holding it, and a frozen process takes tasks it never runs; a healthy pool
+# starts a task within a second or two (a new process and its initializer included).
+POOL_STALL_SECONDS = 20.0
 
 
 def delivery_attempt(properties: pika.BasicProperties) -> int:
@@ -81,6 +91,7 @@ class Consumer:
         self._stopping = False
         self._deadline: float | None = None
         self._inflight: dict[int, _InFlight] = {}
+        self._stalled_since: float | None = None
 
     def stop(self) -> None:
         """Stop consuming and drain in-flight tasks within the grace period (safe in a signal handler)."""
@@ -116,6 +127,28 @@ class Consumer:
                     with contextlib.suppress(_CONNECTION_ERRORS):
                         connection.close()
 
+    def _pool_lost(self, why: str) -> None:
+        """pebble's pool is broken for good once one of its processes dies while it runs no task (an
+        OOM kill of an idle child, a failing initializer), and can be stuck for minutes (see
+        POOL_STALL_SECONDS). Either way its tasks fail (a stuck pool is stopped for that) and are
+        requeued; stop consuming and exit, for the Deployment (or local mode) to start a new worker,
+        rather than crash on the next delivery or sit on the tasks."""
+        log.error("%s; stopping to be restarted", why)
+        if self.pool.active:
+            self.pool.stop()
+            self.pool.join(timeout=10)
+        self.stop()
+
+    def _pool_stalled(self) -> bool:
+        futures = [inflight.future for inflight in self._inflight.values() if inflight.future is not None]
+        if not futures or any(future.running() or future.done() for future in futures):
+            self._stalled_since = None
+            return False
+        now = time.monotonic()
+        if self._stalled_since is None:
+            self._stalled_since = now
+        return now - self._stalled_since > POOL_STALL_SECONDS
+
     def _pause(self, seconds: float, why: str) -> None:
         log.warning("%s; retrying in %.1fs", why, seconds)
         end = time.monotonic() + seconds
@@ -135,13 +168,16 @@ class Consumer:
         while True:
             connection.process_data_events(time_limit=0.25)
             self.metrics.busy.set(min(len(self._inflight), self.processes))
+            if not self._stopping and not self.pool.active:
+                self._pool_lost("the process pool broke (a pool process died outside a task)")
+            elif self._pool_stalled():  # also while draining: a stuck pool never drains
+                self._pool_lost(f"the process pool is stuck: no task started for {POOL_STALL_SECONDS:.0f}s")
             if not self._stopping:
                 continue
             if tag is not None:
-                # pika hands back deliveries it buffered but never dispatched: they are ours to
-                # finish too, or the broker would redeliver them as a further attempt.
-                for method, properties, body in channel.basic_cancel(tag):
-                    on_message(channel, method, properties, body)
+                # Deliveries still in transit are requeued by pika during the cancel; they never
+                # started here, but RabbitMQ 3.10 counts them as a delivery (x-delivery-count).
+                channel.basic_cancel(tag)
                 tag = None
                 self.health.consuming = False
             if not self._inflight:
@@ -157,16 +193,21 @@ class Consumer:
     def _on_message(self, connection, channel, method, properties, body: bytes) -> None:
         try:
             task = Task.decode(body)
-        except MessageError as exc:
-            log.error("rejecting an undecodable task (%s): %s", exc.reason, exc)
-            self.metrics.tasks.labels("failed", exc.reason).inc()
+        except (MessageError, RecursionError) as exc:  # json.loads: RecursionError when nested too deep
+            reason = getattr(exc, "reason", "malformed_message")
+            log.error("rejecting an undecodable task (%s): %s", reason, exc)
+            self.metrics.tasks.labels("failed", reason).inc()
             channel.basic_reject(method.delivery_tag, requeue=False)
             return
         attempts = delivery_attempt(properties)
-        self._inflight[method.delivery_tag] = _InFlight(task, attempts, time.monotonic())
-        future = self.pool.schedule(
-            task_module.run, args=(body, attempts), timeout=task.limits.task_timeout_seconds
-        )
+        try:
+            future = self.pool.schedule(
+                task_module.run, args=(body, attempts), timeout=task.limits.task_timeout_seconds
+            )
+        except RuntimeError:  # the pool is broken: _serve stops consuming on its next turn
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        self._inflight[method.delivery_tag] = _InFlight(task, attempts, time.monotonic(), future)
         settle = partial(self._settle, channel, method.delivery_tag)
 
         def done(finished) -> None:
@@ -215,6 +256,8 @@ class Consumer:
             reason, message = "timeout", f"killed after {task.limits.task_timeout_seconds}s"
         except pebble.ProcessExpired as exc:
             reason, message = "worker_crashed", f"pool process died (exit code {exc.exitcode})"
+        except BrokenProcessPool:
+            reason, message = "worker_crashed", "the process pool broke"
         except Exception as exc:  # a bug: retry like a transient failure, bounded by maxAttempts
             log.exception("task %d raised", task.id)
             reason, message = "internal_error", f"{type(exc).__name__}: {exc}"
@@ -236,3 +279,4 @@ class Consumer:
         self.metrics.task_seconds.observe(time.monotonic() - inflight.started)
         self.metrics.bytes_in.inc(result.bytes_in)
         self.metrics.bytes_out.inc(result.bytes_out)
+        self.metrics.observe_quality(result.quality, result.ssim)

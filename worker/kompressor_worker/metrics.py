@@ -35,3 +35,14 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.chosen_quality = Histogram(
+            "kompressor_chosen_quality",
+            "Encoder quality chosen by automatic quality (targetSSIM), per stored output.",
+            buckets=(30, 40, 50, 60, 65, 70, 75, 80, 85, 90, 95, 100),
+            registry=self.registry,
+        )
+
+    def observe_quality(self, quality: int | None, ssim: float | None) -> None:
+        """Count a result's quality when automatic quality chose it (the result carries an SSIM)."""
+        if quality is not None and ssim is not None:
+            self.chosen_quality.observe(quality)

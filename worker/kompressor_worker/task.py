@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing
 from kompressor.messages import Outcome, Result, Task
-from kompressor_worker.codec import CodecError, compress
+from kompressor_worker.codec import CodecError, Compressed, compress
 from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
 from kompressor_worker.settings import WorkerSettings
 from kompressor_worker.storage import (
@@ -163,12 +163,25 @@ def _run(task: Task, child: _Child) -> Result:
             bytes_in=len(data),
             bytes_out=len(compressed.data),
             quality=compressed.quality,
+            ssim=compressed.ssim,
+            reason=compressed.reason,
+            message=_quality_message(task, compressed),
             stored_original=compressed.stored_original,
         )
     except (StorageError, FetchError) as exc:
         if exc.transient:
             raise TransientError(exc.reason, str(exc)) from None
         return _result(task, Outcome.failed, reason=exc.reason, message=str(exc))
+
+
+def _quality_message(task: Task, compressed: Compressed) -> str:
+    """Why automatic quality stored an output below its floor, for people; else empty."""
+    if not compressed.reason:
+        return ""
+    return (
+        f"no quality within the search's bounds reached SSIM {task.output.target_ssim}; stored the "
+        f"best attempt (quality {compressed.quality}, SSIM {compressed.ssim:.4f})"
+    )
 
 
 def _fetch(task: Task, child: _Child) -> tuple[bytes, str]:

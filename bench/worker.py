@@ -1,0 +1,1068 @@
+"""Worker throughput: `kompressor-worker` end to end against the bare encoder, in one run.
+
+For each output setting (webp q80 and jpeg q80, resize 1600x1600) and each pool size N (1, 2):
+
+  (a) bare encoder: a multiprocessing pool of N processes calling `kompressor_worker.codec.compress`
+      on the in-memory corpus (no queue, no storage);
+  (b) the worker: the job's tasks published to RabbitMQ first, then one `kompressor-worker` process
+      with KOMPRESSOR_PROCESSES=N, its results read from the results queue as they arrive.
+
+Both are timed the same way: the first W completions (W = 3 x N) are the warm-up, and the steady
+rate is (completions after the W-th) / (time from the W-th completion to the last). Start-up (pool
+creation or `Popen` to the first completion) is reported separately. Results are consumed with
+basic_consume, so each arrival is timestamped to the millisecond (tests.jobs.collect_results polls
+every 0.2 s, a 2 % error on a 10 s run).
+
+RabbitMQ and SeaweedFS come from the test bed (started in a temp dir), or from the environment
+(KOMPRESSOR_BROKER__URL; KOMPRESSOR_STORAGE__ENDPOINT_URL/ACCESS_KEY_ID/SECRET_ACCESS_KEY/REGION).
+On the test bed, the CPU time each process tree uses during the steady window is read from /proc,
+so the share taken by the broker and S3 server (which run on the same cores here) is visible.
+
+A serial breakdown follows: per task, S3 HEAD / GET / PUT, encode, and a confirmed result publish.
+Stalls (gaps between results far above the median, e.g. pool children being recycled) and the time
+each process group waited for a CPU (schedstat run delay: contention) are reported too.
+
+    python bench/worker.py                      # both settings, N = 1 and 2, ~2 minutes
+    python bench/worker.py --formats webp --repeat 3
+    python bench/worker.py --worker-env KOMPRESSOR_PREFETCH=8 --py-spy bench/results/profiles
+
+Prints a table and writes bench/results/worker.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import PIL  # noqa: E402
+from PIL import features  # noqa: E402
+
+from kompressor.crd import CompressionJobSpec, Limits, Output, parse_spec  # noqa: E402
+from kompressor.messages import JobRef, Result, Task, result_queue  # noqa: E402
+from kompressor.settings import StorageSettings  # noqa: E402
+from kompressor_operator import broker as broker_adapter  # noqa: E402
+from kompressor_operator.listing import list_s3_sources  # noqa: E402
+from kompressor_operator.planning import plan_tasks  # noqa: E402
+from kompressor_operator.workerprocs import worker_command  # noqa: E402
+from kompressor_worker.codec import compress  # noqa: E402
+from kompressor_worker.storage import existing_output, read_source, write_output  # noqa: E402
+from kompressor_worker.task import CONTENT_TYPES  # noqa: E402
+from tests.corpus import OPENCV_DATA, real_photos  # noqa: E402
+from tests.jobs import new_job, publish_job, worker_env  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "worker.json"
+TARGET_RATIO = 0.95
+# Images per setting, rounded up to whole repetitions of the corpus. JPEG encodes ~4x faster than
+# WebP method 4 here, so it gets more images for a run of similar length.
+DEFAULT_IMAGES = {"webp": 200, "jpeg": 600}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# --- services -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    """What tests.jobs needs of a broker (`url`), and the pids to account CPU to (test bed only)."""
+
+    url: str
+    pid: int | None = None
+
+
+@dataclass
+class Storage:
+    """What tests.jobs needs of an S3 server (`client()`, `env()`)."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str
+    pid: int | None = None
+
+    def env(self) -> dict[str, str]:
+        return {
+            "KOMPRESSOR_STORAGE__ENDPOINT_URL": self.endpoint_url,
+            "KOMPRESSOR_STORAGE__ACCESS_KEY_ID": self.access_key,
+            "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": self.secret_key,
+            "KOMPRESSOR_STORAGE__REGION": self.region,
+        }
+
+    def settings(self) -> StorageSettings:
+        return StorageSettings.model_validate(
+            {
+                "endpoint_url": self.endpoint_url,
+                "access_key_id": self.access_key,
+                "secret_access_key": self.secret_key,
+                "region": self.region,
+            }
+        )
+
+    def client(self):
+        return self.settings().client()
+
+
+@dataclass
+class Services:
+    broker: Broker
+    storage: Storage
+    source: str  # "testbed" or "environment"
+    startup_seconds: dict[str, float] = field(default_factory=dict)
+    stoppers: list = field(default_factory=list)
+    run_dir: Path | None = None
+
+    def stop(self, keep: bool) -> None:
+        for stop in reversed(self.stoppers):
+            try:
+                stop()
+            except Exception as exc:  # a bench must not hide its figures behind a teardown error
+                print(f"warning: stopping a service failed: {exc}", file=sys.stderr)
+        if self.run_dir is not None and not keep:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def _start(start, path: Path, attempts: int = 3):
+    """The test bed picks free ports by binding and releasing them, so a port can be taken again
+    before the service binds it (seen with SeaweedFS's gRPC ports): try again with new ports."""
+    for attempt in range(attempts):
+        try:
+            return start(path)
+        except RuntimeError as exc:
+            if attempt == attempts - 1:
+                raise
+            print(f"retrying {start.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def start_services(run_dir: Path | None) -> Services:
+    env = os.environ
+    external_broker = env.get("KOMPRESSOR_BROKER__URL")
+    external_s3 = env.get("KOMPRESSOR_STORAGE__ENDPOINT_URL")
+    if external_broker and external_s3:
+        return Services(
+            broker=Broker(external_broker),
+            storage=Storage(
+                external_s3,
+                env.get("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", ""),
+                env.get("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", ""),
+                env.get("KOMPRESSOR_STORAGE__REGION", "us-east-1"),
+            ),
+            source="environment",
+        )
+    from testbed import start_rabbitmq, start_s3
+
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="kompressor-bench-"))
+    services = Services(broker=Broker(""), storage=Storage("", "", "", ""), source="testbed", run_dir=run_dir)
+    try:
+        if external_broker:
+            services.broker = Broker(external_broker)
+        else:
+            started = time.monotonic()
+            rabbitmq = _start(start_rabbitmq, run_dir / "rabbitmq")
+            services.stoppers.append(rabbitmq.stop)
+            services.startup_seconds["rabbitmq"] = round(time.monotonic() - started, 2)
+            assert rabbitmq.service.process is not None
+            services.broker = Broker(rabbitmq.url, rabbitmq.service.process.pid)
+        if external_s3:
+            services.storage = Storage(
+                external_s3,
+                env.get("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", ""),
+                env.get("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", ""),
+                env.get("KOMPRESSOR_STORAGE__REGION", "us-east-1"),
+            )
+        else:
+            started = time.monotonic()
+            s3 = _start(start_s3, run_dir / "s3")
+            services.stoppers.append(s3.stop)
+            services.startup_seconds["s3"] = round(time.monotonic() - started, 2)
+            assert s3.service.process is not None
+            services.storage = Storage(
+                s3.endpoint_url, s3.access_key, s3.secret_key, s3.region, s3.service.process.pid
+            )
+    except BaseException:
+        services.stop(keep=True)
+        print(f"service start-up failed; logs in {run_dir}", file=sys.stderr)
+        raise
+    return services
+
+
+# --- machine and corpus ---------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpu_max = None
+    try:
+        cpu_max = Path("/sys/fs/cgroup/cpu.max").read_text().strip()
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "cgroup_cpu_max": cpu_max,
+        "python": platform.python_version(),
+        "pillow": PIL.__version__,
+        "libwebp": features.version("webp"),
+        "libjpeg": features.version("jpg"),
+        "kernel": platform.release(),
+    }
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    output: dict[str, Any]
+    images: int
+
+
+def settings_for(formats: list[str], images: int | None) -> list[Setting]:
+    return [
+        Setting(
+            name=f"{fmt} q80 fit 1600",
+            output={"format": fmt, "quality": 80, "resize": {"maxWidth": 1600, "maxHeight": 1600}},
+            images=images or DEFAULT_IMAGES.get(fmt, 200),
+        )
+        for fmt in formats
+    ]
+
+
+def corpus_keys(photos: dict[str, bytes], images: int) -> list[tuple[str, str]]:
+    """(relative key, photo name) for `images` rounded up to whole repetitions, in S3 key order."""
+    reps = math.ceil(images / len(photos))
+    keys = [(f"r{rep:03d}/{name}", name) for rep in range(reps) for name in photos]
+    return sorted(keys)
+
+
+def describe_corpus(photos: dict[str, bytes]) -> dict[str, Any]:
+    import io
+
+    from PIL import Image
+
+    items = []
+    for name, data in photos.items():
+        with Image.open(io.BytesIO(data)) as image:
+            items.append({"name": name, "bytes": len(data), "width": image.width, "height": image.height})
+    pixels = [item["width"] * item["height"] / 1e6 for item in items]
+    sizes = [item["bytes"] for item in items]
+    return {
+        "source": f"tests.corpus.real_photos(): Debian opencv-doc sample photographs in {OPENCV_DATA}",
+        "photos": len(items),
+        "bytes_total": sum(sizes),
+        "bytes_min": min(sizes),
+        "bytes_median": int(statistics.median(sizes)),
+        "bytes_max": max(sizes),
+        "megapixels_min": round(min(pixels), 3),
+        "megapixels_median": round(statistics.median(pixels), 3),
+        "megapixels_max": round(max(pixels), 3),
+        "largest": max(items, key=lambda item: item["width"] * item["height"]),
+        "note": "no photo is larger than 1600 px, so resize 1600 is a no-op: the work is decode + encode",
+        "items": items,
+    }
+
+
+def job_spec(bucket: str, prefix: str, dest_prefix: str, output: dict[str, Any]) -> CompressionJobSpec:
+    return parse_spec(
+        {
+            "source": {"s3": {"bucket": bucket, "prefix": prefix, "include": ["*"]}},
+            "destination": {"s3": {"bucket": bucket, "prefix": dest_prefix}},
+            "output": output,
+        }
+    )
+
+
+def upload(storage: Storage, bucket: str, prefix: str, keys, photos: dict[str, bytes]) -> float:
+    started = time.monotonic()
+    client = storage.client()
+
+    def put(item: tuple[str, str]) -> None:
+        key, name = item
+        client.put_object(Bucket=bucket, Key=prefix + key, Body=photos[name], ContentType="image/jpeg")
+
+    with concurrent.futures.ThreadPoolExecutor(8) as executor:
+        list(executor.map(put, keys))
+    return time.monotonic() - started
+
+
+# --- CPU accounting from /proc --------------------------------------------------------------------
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime of the process itself
+
+
+def _run_delay_ns(pid: int) -> int | None:
+    """Time the process's threads spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat):
+    the part of a wall-clock figure that other work on the same cores added."""
+    total, found = 0, False
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue
+    return total if found else None
+
+
+def _system_busy_ticks() -> int:
+    """Busy CPU time of the whole machine (all CPUs): everything but idle and iowait."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]) - fields[3] - fields[4]
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class CpuMeter:
+    """CPU seconds used by this process's tree, grouped, between `start()` and the last `sample()`,
+    and by everything else on the machine ("other": /proc/stat's busy time less the tree's).
+
+    Groups: a process under one of `roots` (name -> pid) belongs to that name, the rest of the tree
+    to "bench"; under the worker, its parent, forkserver and pool children are told apart. Each
+    pid's own utime + stime is read at every sample; a pid that exits between two samples loses at
+    most what it used since the last one (pool children are recycled). The tree is re-scanned at
+    most every `rescan` seconds.
+    """
+
+    def __init__(self, roots: dict[str, int | None], rescan: float = 0.5):
+        self.roots = {pid: name for name, pid in roots.items() if pid is not None}
+        self.rescan = rescan
+        self.groups: dict[int, str] = {}
+        self.first: dict[int, int] = {}
+        self.last: dict[int, int] = {}
+        self.wait_first: dict[int, int] = {}
+        self.wait_last: dict[int, int] = {}
+        self.system_first = self.system_last = 0
+        self.started = False
+        self._scanned = 0.0
+
+    def add_root(self, name: str, pid: int) -> None:
+        self.roots[pid] = name
+
+    def _scan(self) -> None:
+        parents = _parents()
+        me = os.getpid()
+        for pid in parents:
+            if pid in self.groups:
+                continue
+            chain, node = [], pid
+            while node and node != me and node not in self.roots:
+                chain.append(node)
+                node = parents.get(node, 0)
+            if node == 0:
+                continue  # not in this process's tree
+            root_name = self.roots.get(node, "bench")
+            self.groups[pid] = self._classify(root_name, pid, depth=len(chain))
+        self._scanned = time.monotonic()
+
+    def _classify(self, root_name: str, pid: int, depth: int) -> str:
+        """depth: 0 for the root itself, 1 for its children (forkserver, resource tracker), 2 and
+        more for what the forkserver forks (pool children inherit its command line)."""
+        if root_name not in ("worker", "bench"):
+            return root_name
+        if depth == 0:
+            return "worker parent" if root_name == "worker" else "bench"
+        if depth == 1 and ("forkserver" in _cmdline(pid) or "resource_tracker" in _cmdline(pid)):
+            return f"{root_name} forkserver"
+        return "worker pool" if root_name == "worker" else "bare pool"
+
+    def start(self) -> None:
+        self._scan()
+        self.first, self.last, self.wait_first, self.wait_last = {}, {}, {}, {}
+        for pid in self.groups:
+            ticks, wait = _cpu_ticks(pid), _run_delay_ns(pid)
+            if ticks is not None:
+                self.first[pid] = self.last[pid] = ticks
+            if wait is not None:
+                self.wait_first[pid] = self.wait_last[pid] = wait
+        self.system_first = self.system_last = _system_busy_ticks()
+        self.started = True
+
+    def sample(self) -> None:
+        if not self.started:
+            return
+        if time.monotonic() - self._scanned > self.rescan:
+            self._scan()
+        for pid in self.groups:
+            ticks, wait = _cpu_ticks(pid), _run_delay_ns(pid)
+            if ticks is not None:
+                self.first.setdefault(pid, 0)  # born after start: all of its CPU counts
+                self.last[pid] = ticks
+            if wait is not None:
+                self.wait_first.setdefault(pid, 0)
+                self.wait_last[pid] = wait
+        self.system_last = _system_busy_ticks()
+
+    def seconds(self) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for pid, last in self.last.items():
+            group = self.groups[pid]
+            totals[group] = totals.get(group, 0.0) + (last - self.first.get(pid, 0)) / CLK_TCK
+        system = (self.system_last - self.system_first) / CLK_TCK
+        totals["other"] = max(0.0, system - sum(totals.values()))
+        return totals
+
+    def run_delay(self) -> dict[str, float]:
+        """Seconds each group's threads waited for a CPU while runnable."""
+        totals: dict[str, float] = {}
+        for pid, last in self.wait_last.items():
+            group = self.groups[pid]
+            totals[group] = totals.get(group, 0.0) + (last - self.wait_first.get(pid, 0)) / 1e9
+        return totals
+
+
+def wait_for_quiet(limit: float, patience: float) -> float:
+    """Wait (up to `patience` s) until the machine's busy CPU, sampled over 2 s, is under `limit`
+    cores; returns the last figure. Other work on the same cores skews every rate measured here."""
+    deadline = time.monotonic() + patience
+    while True:
+        before = _system_busy_ticks()
+        time.sleep(2.0)
+        busy = (_system_busy_ticks() - before) / CLK_TCK / 2.0
+        if busy < limit or time.monotonic() > deadline:
+            return busy
+        print(f"machine busy ({busy:.2f} cores used by others); waiting", file=sys.stderr)
+
+
+# --- (a) the bare encoder -------------------------------------------------------------------------
+
+_BARE: dict[str, Any] = {}
+
+
+def _bare_init(output: Output, limits: Limits) -> None:
+    _BARE["photos"] = real_photos()
+    _BARE["output"] = output
+    _BARE["limits"] = limits
+
+
+def _bare_task(name: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    compressed = compress(_BARE["photos"][name], _BARE["output"], _BARE["limits"])
+    return time.perf_counter() - started, len(compressed.data)
+
+
+def steady_rate(times: list[float], warmup: int) -> tuple[float, float]:
+    """(images/s, seconds) from the `warmup`-th completion to the last."""
+    window = times[-1] - times[warmup - 1]
+    return (len(times) - warmup) / window, window
+
+
+def run_bare(services: Services, spec: CompressionJobSpec, names: list[str], processes: int, warmup: int):
+    context = multiprocessing.get_context("forkserver")
+    meter = CpuMeter({"rabbitmq": services.broker.pid, "s3": services.storage.pid})
+    started = time.monotonic()
+    times: list[float] = []
+    encode: list[float] = []
+    with context.Pool(processes, initializer=_bare_init, initargs=(spec.output, spec.limits)) as pool:
+        for seconds, _size in pool.imap_unordered(_bare_task, names, chunksize=1):
+            times.append(time.monotonic())
+            encode.append(seconds)
+            if len(times) == warmup:
+                meter.start()
+            elif len(times) == len(names):
+                meter.sample()
+    rate, window = steady_rate(times, warmup)
+    steady_encode = encode[warmup:]
+    return {
+        "images": len(times),
+        "rate": rate,
+        "window_seconds": window,
+        "startup_seconds": times[0] - started,
+        "encode_ms_mean": 1000 * statistics.fmean(steady_encode),
+        "busy": sum(steady_encode) / (processes * window),
+        **_cpu_report(meter, len(times) - warmup, window),
+    }
+
+
+def _cpu_report(meter: CpuMeter, images: int, window: float) -> dict[str, Any]:
+    cpu = meter.seconds()
+    return {
+        "cpu_wait_ms_per_image": {
+            group: round(1000 * seconds / images, 2) for group, seconds in sorted(meter.run_delay().items())
+        },
+        "cpu_ms_per_image": {
+            group: round(1000 * seconds / images, 2) for group, seconds in sorted(cpu.items())
+        },
+        "cpu_cores_used": {group: round(seconds / window, 3) for group, seconds in sorted(cpu.items())},
+    }
+
+
+# --- (b) the worker end to end --------------------------------------------------------------------
+
+
+class ResultClock:
+    """Consumes a job's results queue and timestamps each arrival."""
+
+    def __init__(self, url: str, job: JobRef, on_arrival):
+        self.connection = broker_adapter.connect(url)
+        self.channel = self.connection.channel()
+        self.channel.basic_qos(prefetch_count=1000)
+        self.arrivals: list[tuple[float, Result]] = []
+        self.ids: set[int] = set()
+        self.first_of_id: list[float] = []  # arrival time of each id's first result, in order
+        self.on_arrival = on_arrival
+        self.channel.basic_consume(result_queue(job), self._on_message, auto_ack=True)
+
+    def _on_message(self, _channel, _method, _properties, body: bytes) -> None:
+        now = time.monotonic()
+        result = Result.decode(body)
+        self.arrivals.append((now, result))
+        if result.id not in self.ids:
+            self.ids.add(result.id)
+            self.first_of_id.append(now)
+            self.on_arrival(len(self.first_of_id))
+
+    def wait(self, expected: int, timeout: float, alive, tick) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ids) < expected:
+            self.connection.process_data_events(time_limit=0.05)
+            tick()
+            if not alive():
+                raise RuntimeError(f"the worker exited after {len(self.ids)}/{expected} results")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.ids)}/{expected} results after {timeout:.0f}s")
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()
+
+
+def run_worker(
+    services: Services,
+    setting: Setting,
+    bucket: str,
+    source_prefix: str,
+    processes: int,
+    warmup: int,
+    log_dir: Path,
+    extra_env: dict[str, str],
+    py_spy: Path | None,
+) -> dict[str, Any]:
+    job = new_job(f"bench-p{processes}")
+    spec = job_spec(bucket, source_prefix, f"out/{job.uid8}/", setting.output)
+    published_at = time.monotonic()
+    expected = publish_job(services.broker, services.storage, job, spec)  # type: ignore[arg-type]
+    publish_seconds = time.monotonic() - published_at
+
+    env = {
+        **os.environ,
+        **worker_env(services.broker, services.storage, job),  # type: ignore[arg-type]
+        "KOMPRESSOR_PROCESSES": str(processes),
+        **extra_env,
+    }
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"worker-{job.name}.log"
+    command = worker_command()
+    if py_spy is not None:
+        py_spy.mkdir(parents=True, exist_ok=True)
+        profile = py_spy / f"{setting.name.split()[0]}-p{processes}-{job.uid8}.txt"
+        command = [
+            "py-spy", "record", "--subprocesses", "--idle", "--format", "raw",
+            "--rate", "200", "-o", str(profile), "--", *command,
+        ]  # fmt: skip
+
+    meter = CpuMeter({"rabbitmq": services.broker.pid, "s3": services.storage.pid})
+    marks: dict[str, float] = {}
+
+    def on_arrival(count: int) -> None:
+        if count == warmup:
+            meter.start()
+        elif count == expected:
+            meter.sample()
+            marks["cpu_end"] = time.monotonic()
+
+    clock = ResultClock(services.broker.url, job, on_arrival)
+    with log_path.open("ab") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+    worker_pid = process.pid
+    if py_spy is not None:  # the worker is py-spy's child
+        meter.add_root("py-spy", process.pid)
+        worker_pid = _first_child(process.pid, timeout=10)
+    meter.add_root("worker", worker_pid)
+    last_tick = [0.0]
+
+    def tick() -> None:
+        if time.monotonic() - last_tick[0] > 0.2:
+            meter.sample()
+            last_tick[0] = time.monotonic()
+
+    try:
+        clock.wait(
+            expected, timeout=max(120.0, expected * 1.0), alive=lambda: process.poll() is None, tick=tick
+        )
+    finally:
+        clock.close()
+        if process.poll() is None:
+            # The worker drains (nothing is in flight) and exits; py-spy then writes its profile.
+            os.kill(worker_pid, signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+        connection = broker_adapter.connect(services.broker.url)
+        try:
+            broker_adapter.delete_job_queues(connection.channel(), job)
+        finally:
+            connection.close()
+
+    times = clock.first_of_id
+    rate, window = steady_rate(times, warmup)
+    steady_ids = {result.id for when, result in clock.arrivals if when > times[warmup - 1]}
+    steady = [result for _when, result in clock.arrivals if result.id in steady_ids]
+    outcomes: dict[str, int] = {}
+    for _when, result in clock.arrivals:
+        key = result.outcome.value + (f":{result.reason}" if result.reason else "")
+        outcomes[key] = outcomes.get(key, 0) + 1
+    images = len(times) - warmup
+    # Stalls: gaps between arrivals far above the typical one, e.g. a pool child being recycled
+    # after KOMPRESSOR_MAX_TASKS_PER_CHILD tasks (with N = 1 nothing runs meanwhile). The corpus's
+    # largest photos take ~4x the median on their own, hence the margin.
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times[warmup - 1 :])]
+    typical = statistics.median(gaps)
+    stalls = [
+        {"after_result": warmup + index, "seconds": round(gap, 3)}
+        for index, gap in enumerate(gaps)
+        if gap > max(0.4, 8 * typical)
+    ]
+    return {
+        "images": len(times),
+        "rate": rate,
+        "window_seconds": window,
+        "startup_seconds": times[0] - started,
+        "warmup_seconds": times[warmup - 1] - started,
+        "publish_seconds": publish_seconds,
+        "redelivered": len(clock.arrivals) - len(times),
+        "median_gap_ms": round(1000 * typical, 2),
+        "stalls": stalls,
+        "stall_seconds": round(sum(stall["seconds"] - typical for stall in stalls), 3),
+        "outcomes": outcomes,
+        "task_ms_mean": 1000 * statistics.fmean(result.seconds for result in steady),
+        "busy": sum(result.seconds for result in steady) / (processes * window),
+        **_cpu_report(meter, images, window),
+        "log": f"{log_path} (removed with the test bed unless --keep)",
+    }
+
+
+def _first_child(pid: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = sorted(child for child, parent in _parents().items() if parent == pid)
+        if children:
+            return children[0]
+        time.sleep(0.01)
+    raise TimeoutError(f"process {pid} started no child in {timeout}s")
+
+
+# --- serial breakdown of one task -----------------------------------------------------------------
+
+
+def breakdown(services: Services, setting: Setting, bucket: str, source_prefix: str, samples: int):
+    """Per task, serially in this process, the steps of kompressor_worker.task._run, each timed in
+    wall and in this process's CPU time: decode the task, S3 HEAD (the output is absent), GET,
+    encode, PUT, encode the result; then the latency of one confirmed result publish to a quorum
+    results queue (what the worker's parent waits for before it acks). The client is built as the
+    worker builds it (StorageSettings.client)."""
+    client = services.storage.client()
+    job = new_job("bench-breakdown")
+    spec = job_spec(bucket, source_prefix, f"out/{job.uid8}/", setting.output)
+    assert spec.source.s3 is not None
+    tasks = list(plan_tasks(job, spec, list_s3_sources(client, spec.source.s3)))[: samples + 2]
+    steps = ("task_decode", "s3_head", "s3_get", "encode", "s3_put", "result_encode")
+    wall: dict[str, list[float]] = {step: [] for step in steps}
+    cpu: dict[str, list[float]] = {step: [] for step in steps}
+    for index, task in enumerate(tasks):
+        marks = [(time.perf_counter(), time.process_time())]
+
+        def mark() -> None:
+            marks.append((time.perf_counter(), time.process_time()))  # noqa: B023
+
+        decoded = Task.decode(task.encode())
+        mark()
+        existing_output(client, decoded.dest_bucket, decoded.dest_key)
+        mark()
+        assert decoded.source.key is not None
+        data, etag = read_source(client, bucket, decoded.source.key, decoded.limits.max_input_bytes)
+        mark()
+        compressed = compress(data, decoded.output, decoded.limits)
+        mark()
+        write_output(
+            client, decoded, compressed.data, CONTENT_TYPES[compressed.format], etag, len(data),
+            compressed.stored_original,
+        )  # fmt: skip
+        mark()
+        Result(job=job, id=task.id, outcome="done", source=task.source.describe()).encode()
+        mark()
+        if index < 2:
+            continue  # the first requests open connections
+        for step, (before, after) in zip(steps, itertools.pairwise(marks), strict=True):
+            wall[step].append(after[0] - before[0])
+            cpu[step].append(after[1] - before[1])
+
+    connection = broker_adapter.connect(services.broker.url)
+    publish: list[float] = []
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        broker_adapter.declare_job_queues(channel, job, spec.limits)
+        payload = Result(job=job, id=0, outcome="done", source="s3://x/y").encode()
+        for _ in range(105):
+            begin = time.perf_counter()
+            channel.basic_publish("", result_queue(job), payload, broker_adapter.PERSISTENT, mandatory=True)
+            publish.append(time.perf_counter() - begin)
+        broker_adapter.delete_job_queues(channel, job)
+    finally:
+        connection.close()
+    publish = sorted(publish[5:])
+
+    def ms(values: list[float]) -> float:
+        return round(1000 * statistics.fmean(values), 2)
+
+    wall_ms = {step: ms(values) for step, values in wall.items()}
+    cpu_ms = {step: ms(values) for step, values in cpu.items()}
+    s3 = ("s3_head", "s3_get", "s3_put")
+    task_wall = sum(wall_ms.values())
+    return {
+        "setting": setting.name,
+        "samples": len(wall["encode"]),
+        "wall_ms": wall_ms,
+        "cpu_ms": cpu_ms,
+        "s3_wall_ms": round(sum(wall_ms[step] for step in s3), 2),
+        "s3_client_cpu_ms": round(sum(cpu_ms[step] for step in s3), 2),
+        "non_encode_share_of_task_wall": round(1 - wall_ms["encode"] / task_wall, 3),
+        "result_publish_confirmed_ms": {
+            "mean": ms(publish),
+            "p50": round(1000 * publish[len(publish) // 2], 2),
+            "p90": round(1000 * publish[int(0.9 * len(publish))], 2),
+        },
+    }
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+BARE_GROUPS = ("bare pool", "bench forkserver")
+WORKER_GROUPS = ("worker parent", "worker forkserver", "worker pool")
+SERVICE_GROUPS = ("rabbitmq", "s3")
+
+
+def _group_ms(cpu: dict[str, float], groups: tuple[str, ...]) -> float:
+    return sum(cpu.get(group, 0.0) for group in groups)
+
+
+def other_cores(run: dict[str, Any]) -> float:
+    """Cores used by processes outside this bench during the run's two windows (the larger)."""
+    return max(run[kind]["cpu_cores_used"].get("other", 0.0) for kind in ("bare", "worker"))
+
+
+def summarise(runs: list[dict[str, Any]], settings: list[Setting], process_counts: list[int], quiet: float):
+    """Median and range per (setting, N), over the runs during which other processes used fewer
+    than `quiet` cores when there are any, else over all runs (`clean_runs` says which)."""
+    summary: dict[str, Any] = {}
+    for setting in settings:
+        per_n: dict[str, Any] = {}
+        for n in process_counts:
+            mine = [run for run in runs if run["setting"] == setting.name and run["processes"] == n]
+            if not mine:
+                continue
+            clean = [run for run in mine if other_cores(run) < quiet]
+            use = clean or mine
+            per_n[str(n)] = {
+                "runs": len(mine),
+                "clean_runs": len(clean),
+                "bare_rate": spread([run["bare"]["rate"] for run in use]),
+                "worker_rate": spread([run["worker"]["rate"] for run in use]),
+                "ratio": spread([run["ratio"] for run in use]),
+                "bare_startup_seconds": spread([run["bare"]["startup_seconds"] for run in use]),
+                "worker_startup_seconds": spread([run["worker"]["startup_seconds"] for run in use]),
+                "bare_encode_ms": spread([run["bare"]["encode_ms_mean"] for run in use]),
+                "worker_task_ms": spread([run["worker"]["task_ms_mean"] for run in use]),
+                "worker_busy": spread([run["worker"]["busy"] for run in use]),
+                "worker_stall_seconds": spread([run["worker"]["stall_seconds"] for run in use]),
+                "bare_cpu_ms_per_image": spread(
+                    [_group_ms(run["bare"]["cpu_ms_per_image"], BARE_GROUPS) for run in use]
+                ),
+                "worker_cpu_ms_per_image": spread(
+                    [_group_ms(run["worker"]["cpu_ms_per_image"], WORKER_GROUPS) for run in use]
+                ),
+                "services_cpu_ms_per_image": spread(
+                    [_group_ms(run["worker"]["cpu_ms_per_image"], SERVICE_GROUPS) for run in use]
+                ),
+                "bare_cpu_wait_ms_per_image": spread(
+                    [_group_ms(run["bare"].get("cpu_wait_ms_per_image", {}), BARE_GROUPS) for run in use]
+                ),
+                "worker_cpu_wait_ms_per_image": spread(
+                    [_group_ms(run["worker"].get("cpu_wait_ms_per_image", {}), WORKER_GROUPS) for run in use]
+                ),
+                "other_cores": spread([other_cores(run) for run in use]),
+            }
+        scaling = {}
+        if "1" in per_n and "2" in per_n:
+            for kind in ("bare_rate", "worker_rate"):
+                scaling[kind.removesuffix("_rate")] = per_n["2"][kind]["median"] / per_n["1"][kind]["median"]
+        summary[setting.name] = {"per_processes": per_n, "scaling_2_over_1": scaling}
+    return summary
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console(width=max(170, shutil.get_terminal_size().columns))
+
+    def fmt(s: dict[str, float], digits: int = 1) -> str:
+        if s["n"] == 1:
+            return f"{s['median']:.{digits}f}"
+        return escape(f"{s['median']:.{digits}f} [{s['min']:.{digits}f}–{s['max']:.{digits}f}]")
+
+    m = report["machine"]
+    title = (
+        f"kompressor-worker vs the bare encoder — {m['cpu_model']}, {m['cores']} cores, "
+        f"Python {m['python']}, "
+        f"Pillow {m['pillow']}; median [min–max]; target ratio ≥ {TARGET_RATIO}"
+    )
+    table = Table(title=escape(title))
+    headers = [
+        "setting", "N", "runs (clean)", "bare img/s", "worker img/s", "ratio", "start-up bare s",
+        "start-up worker s", "encode ms", "task ms", "pool busy", "stalls s", "other cores",
+    ]  # fmt: skip
+    for header in headers:
+        table.add_column(header, justify="left" if header == "setting" else "right")
+    for name, entry in report["summary"].items():
+        for n, s in entry["per_processes"].items():
+            mark = "" if s["ratio"]["median"] >= TARGET_RATIO else " ✗"
+            table.add_row(
+                name, n, f"{s['runs']} ({s['clean_runs']})", fmt(s["bare_rate"]), fmt(s["worker_rate"]),
+                fmt(s["ratio"], 3) + mark, fmt(s["bare_startup_seconds"], 2),
+                fmt(s["worker_startup_seconds"], 2), fmt(s["bare_encode_ms"]), fmt(s["worker_task_ms"]),
+                fmt(s["worker_busy"], 2), fmt(s["worker_stall_seconds"], 2), fmt(s["other_cores"], 2),
+            )  # fmt: skip
+        if entry["scaling_2_over_1"]:
+            sc = entry["scaling_2_over_1"]
+            table.add_row(name, "2/1", "", f"×{sc['bare']:.2f}", f"×{sc['worker']:.2f}", *[""] * 8)
+    console.print(table)
+
+    cpu = Table(title="CPU ms per image in the steady window (from /proc)")
+    for header in (
+        "setting", "N", "bare pool", "worker (parent+pool)", "rabbitmq + s3",
+        "bare / worker", "bare / (worker + services)", "bare waited for CPU", "worker waited for CPU",
+    ):  # fmt: skip
+        cpu.add_column(header, justify="left" if header == "setting" else "right")
+    for name, entry in report["summary"].items():
+        for n, s in entry["per_processes"].items():
+            bare, worker = s["bare_cpu_ms_per_image"]["median"], s["worker_cpu_ms_per_image"]["median"]
+            services = s["services_cpu_ms_per_image"]["median"]
+            cpu.add_row(
+                name, n, fmt(s["bare_cpu_ms_per_image"]), fmt(s["worker_cpu_ms_per_image"]),
+                fmt(s["services_cpu_ms_per_image"]), f"{bare / worker:.3f}" if worker else "",
+                f"{bare / (worker + services):.3f}" if worker else "",
+                fmt(s["bare_cpu_wait_ms_per_image"]), fmt(s["worker_cpu_wait_ms_per_image"]),
+            )  # fmt: skip
+    console.print(cpu)
+
+    for item in report.get("breakdown", []):
+        steps = ", ".join(
+            f"{step} {item['wall_ms'][step]} / {item['cpu_ms'][step]}" for step in item["wall_ms"]
+        )
+        console.print(
+            f"serial breakdown of one task, {item['setting']} ({item['samples']} tasks), ms wall / ms CPU: "
+            f"{steps}. S3 total {item['s3_wall_ms']} ms wall, {item['s3_client_cpu_ms']} ms client CPU; "
+            f"not encoding {100 * item['non_encode_share_of_task_wall']:.0f}% of the task's wall time; "
+            f"confirmed result publish ms {item['result_publish_confirmed_ms']}",
+            highlight=False,
+            markup=False,
+        )
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--formats", default="webp,jpeg", help="comma-separated output formats (webp,jpeg)")
+    parser.add_argument(
+        "--images", type=int, default=None, help="images per setting (default webp 200, jpeg 600)"
+    )
+    parser.add_argument("--processes", default="1,2", help="comma-separated pool sizes")
+    parser.add_argument("--repeat", type=int, default=1, help="measure every (setting, N) this many times")
+    parser.add_argument("--warmup-per-process", type=int, default=3, help="warm-up completions per process")
+    parser.add_argument("--breakdown-samples", type=int, default=48, help="tasks timed serially (0 = skip)")
+    parser.add_argument(
+        "--worker-env", action="append", default=[], metavar="KEY=VALUE", help="extra worker environment"
+    )
+    parser.add_argument("--py-spy", type=Path, default=None, help="record the worker runs with py-spy here")
+    parser.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.15,
+        help="before each measurement, wait until other processes use fewer cores than this",
+    )
+    parser.add_argument(
+        "--quiet-patience", type=float, default=30, help="longest wait for a quiet machine (s)"
+    )
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--run-dir", type=Path, default=None, help="test bed directory (default: temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the test bed directory (logs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    photos = real_photos()
+    if not photos:
+        print("no corpus: apt-get install opencv-doc", file=sys.stderr)
+        return 2
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    process_counts = [int(n) for n in args.processes.split(",")]
+    settings = settings_for(formats, args.images)
+    extra_env = dict(item.split("=", 1) for item in args.worker_env)
+
+    services = start_services(args.run_dir)
+    log_dir = (services.run_dir or Path(tempfile.mkdtemp(prefix="kompressor-bench-"))) / "workers"
+    print(
+        f"services ({services.source}) {services.startup_seconds}; worker logs in {log_dir}", file=sys.stderr
+    )
+    report: dict[str, Any] = {
+        "benchmark": "worker",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "services": {"source": services.source, "startup_seconds": services.startup_seconds},
+        "corpus": describe_corpus(photos),
+        "method": {
+            "warmup_completions": {str(n): args.warmup_per_process * n for n in process_counts},
+            "rate": "completions after the warm-up / seconds from the last warm-up completion to the last",
+            "startup": "pool creation (bare) or Popen (worker) to the first completion",
+            "clean_run": f"other processes used < {args.quiet_cores} cores in both windows",
+            "worker_env": extra_env,
+        },
+        "repeat": args.repeat,
+        "settings": [],
+        "runs": [],
+    }
+    try:
+        bucket = f"bench-{uuid.uuid4().hex[:10]}"
+        services.storage.client().create_bucket(Bucket=bucket)
+        prepared = []
+        for index, setting in enumerate(settings):
+            prefix = f"in{index}/"
+            keys = corpus_keys(photos, setting.images)
+            seconds = upload(services.storage, bucket, prefix, keys, photos)
+            spec = job_spec(bucket, prefix, "unused/", setting.output)
+            names = [name for _key, name in keys]
+            prepared.append((setting, prefix, spec, names))
+            report["settings"].append(
+                {"name": setting.name, "output": setting.output, "images": len(keys),
+                 "repetitions_of_corpus": len(keys) // len(photos), "upload_seconds": round(seconds, 2)}
+            )  # fmt: skip
+            print(f"{setting.name}: {len(keys)} images uploaded in {seconds:.1f}s", file=sys.stderr)
+
+        for repeat in range(args.repeat):
+            for setting, prefix, spec, names in prepared:
+                for n in process_counts:
+                    warmup = args.warmup_per_process * n
+                    background = wait_for_quiet(args.quiet_cores, args.quiet_patience)
+                    bare = run_bare(services, spec, names, n, warmup)
+                    worker = run_worker(
+                        services, setting, bucket, prefix, n, warmup, log_dir, extra_env, args.py_spy
+                    )
+                    ratio = worker["rate"] / bare["rate"]
+                    report["runs"].append(
+                        {"repeat": repeat, "setting": setting.name, "processes": n, "warmup": warmup,
+                         "background_cores_before": round(background, 3), "bare": bare, "worker": worker,
+                         "ratio": ratio}
+                    )  # fmt: skip
+                    print(
+                        f"[{repeat + 1}/{args.repeat}] {setting.name} N={n}: bare {bare['rate']:.1f}/s, "
+                        f"worker {worker['rate']:.1f}/s, ratio {ratio:.3f} "
+                        f"(start-up bare {bare['startup_seconds']:.2f}s, "
+                        f"worker {worker['startup_seconds']:.2f}s; "
+                        f"other processes {bare['cpu_cores_used'].get('other', 0):.2f} / "
+                        f"{worker['cpu_cores_used'].get('other', 0):.2f} cores)",
+                        file=sys.stderr,
+                    )
+        report["summary"] = summarise(report["runs"], settings, process_counts, args.quiet_cores)
+        if args.breakdown_samples:
+            report["breakdown"] = [
+                breakdown(services, setting, bucket, prefix, args.breakdown_samples)
+                for setting, prefix, _spec, _names in prepared
+            ]
+    finally:
+        services.stop(keep=args.keep)
+
+    print_report(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -232,6 +232,7 @@ def machine() -> dict[str, Any]:
         "pillow": PIL.__version__,
         "libwebp": features.version("webp"),
         "libjpeg": features.version("jpg"),
+        "libjpeg_turbo": features.version("libjpeg_turbo"),
         "kernel": platform.release(),
     }
 

@@ -57,7 +57,7 @@ class _Wire(BaseModel):
 def _peek_version(body: bytes) -> Any:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise MessageError("malformed_message", f"not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MessageError("malformed_message", "not a JSON object")

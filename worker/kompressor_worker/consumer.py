@@ -92,6 +92,7 @@ class Consumer:
         self._deadline: float | None = None
         self._inflight: dict[int, _InFlight] = {}
         self._stalled_since: float | None = None
+        self._requeue_inflight = False
 
     def stop(self) -> None:
         """Stop consuming and drain in-flight tasks within the grace period (safe in a signal handler)."""
@@ -130,13 +131,14 @@ class Consumer:
     def _pool_lost(self, why: str) -> None:
         """pebble's pool is broken for good once one of its processes dies while it runs no task (an
         OOM kill of an idle child, a failing initializer), and can be stuck for minutes (see
-        POOL_STALL_SECONDS). Either way its tasks fail (a stuck pool is stopped for that) and are
-        requeued; stop consuming and exit, for the Deployment (or local mode) to start a new worker,
-        rather than crash on the next delivery or sit on the tasks."""
+        POOL_STALL_SECONDS). Either way: stop it, stop consuming, requeue its tasks (`_serve`, once
+        the consumer is cancelled) and exit, for the Deployment (or local mode) to start a new
+        worker, rather than crash on the next delivery or sit on the tasks."""
         log.error("%s; stopping to be restarted", why)
         if self.pool.active:
             self.pool.stop()
             self.pool.join(timeout=10)
+        self._requeue_inflight = True
         self.stop()
 
     def _pool_stalled(self) -> bool:
@@ -180,6 +182,11 @@ class Consumer:
                 channel.basic_cancel(tag)
                 tag = None
                 self.health.consuming = False
+            if self._requeue_inflight:  # the pool is gone: its tasks will not finish here
+                for delivery_tag in list(self._inflight):
+                    channel.basic_nack(delivery_tag, requeue=True)
+                self._inflight.clear()
+                self._requeue_inflight = False
             if not self._inflight:
                 break
             if self._deadline is not None and time.monotonic() > self._deadline:

@@ -149,6 +149,15 @@ def throughput(previous: float | None, accounted_delta: int, seconds: float, smo
     return smoothing * rate + (1 - smoothing) * previous
 
 
+# An estimate beyond this says nothing (and a near-zero rate would overflow the status's int64).
+ETA_LIMIT_SECONDS = 366 * 86400
+
+
+def _eta(remaining: int, rate: float) -> int | None:
+    seconds = remaining / rate
+    return math.ceil(seconds) if seconds <= ETA_LIMIT_SECONDS else None
+
+
 def next_status(
     previous: CompressionJobStatus,
     counts: Counts,
@@ -170,7 +179,7 @@ def next_status(
     if finished:
         eta = 0
     elif counts.listing_done and rate > 0 and phase is not Phase.suspended:
-        eta = math.ceil(remaining / rate)
+        eta = _eta(remaining, rate)
     start = previous.start_time
     if start is None and (counts.started or phase not in (Phase.pending, Phase.suspended)):
         start = now

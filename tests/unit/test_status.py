@@ -367,3 +367,13 @@ def test_set_condition_is_idempotent_and_keeps_one_per_type(existing, type, stat
     types = [c.type for c in once]
     assert len(types) == len(set(types))
     assert set(types) == {t for t, _ in existing} | {type}
+
+
+def test_no_estimate_from_a_vanishing_rate():
+    """A rate near zero (a stalled job's moving average) would make an ETA of centuries, or
+    overflow: there is none instead."""
+    counts = Counts(total=10, published=10, listing_done=True)
+    slow = next_status(CompressionJobStatus(), counts, SPEC, WORKERS, T0, 1, 2.2e-309)
+    assert slow.estimated_seconds_remaining is None
+    fast = next_status(CompressionJobStatus(), counts, SPEC, WORKERS, T0, 1, 2.0)
+    assert fast.estimated_seconds_remaining == 5

@@ -736,7 +736,7 @@ def breakdown(services: Services, setting: Setting, bucket: str, source_prefix: 
 
         decoded = Task.decode(task.encode())
         mark()
-        existing_output(client, decoded.dest_bucket, decoded.dest_key)
+        found = existing_output(client, decoded.dest_bucket, decoded.dest_key)
         mark()
         assert decoded.source.key is not None
         data, etag = read_source(client, bucket, decoded.source.key, decoded.limits.max_input_bytes)
@@ -745,7 +745,7 @@ def breakdown(services: Services, setting: Setting, bucket: str, source_prefix: 
         mark()
         write_output(
             client, decoded, compressed.data, CONTENT_TYPES[compressed.format], etag, len(data),
-            compressed.stored_original,
+            compressed.stored_original, replaces=found,
         )  # fmt: skip
         mark()
         Result(job=job, id=task.id, outcome="done", source=task.source.describe()).encode()

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kompressor.messages import Outcome
+from kompressor.messages import Outcome, SourceObject
+from kompressor_operator.planning import plan_task
+from kompressor_worker.storage import OutputChanged, existing_output, write_output
 from testbed import RabbitMQ, S3Server
 from testbed.process import wait_until
 from tests.corpus import awkward_inputs, real_photos
@@ -67,6 +69,27 @@ def test_photos_and_awkward_inputs_all_end_with_the_right_outcome(
     assert _decoded(s3, bucket, "out/icc-srgb-jpg.webp").info.get("icc_profile")
 
 
+def test_an_output_is_written_only_over_what_its_task_saw(s3: S3Server, bucket: str):
+    """Two tasks racing for one key (a duplicate delivery; two sources with one output key): the
+    write is conditional on the key's state when the task looked, so only the first one lands."""
+    client = s3.client()
+    task = plan_task(new_job("race"), job_spec(bucket), 0, SourceObject(bucket=bucket, key="in/a.jpg"))
+
+    def write(body: bytes, replaces) -> None:
+        write_output(client, task, body, "image/webp", "etag", 10, False, replaces=replaces)
+
+    write(b"first", replaces=None)
+    with pytest.raises(OutputChanged):
+        write(b"second", replaces=None)  # saw no output, but one is there now
+    seen = existing_output(client, bucket, task.dest_key)
+    assert seen is not None and seen.job == task.job.uid
+    write(b"third", replaces=seen)
+    with pytest.raises(OutputChanged):
+        write(b"fourth", replaces=seen)  # what it saw was replaced meanwhile
+    body = client.get_object(Bucket=bucket, Key=task.dest_key)["Body"].read()
+    assert body == b"third"
+
+
 def test_two_inputs_for_one_output_key_end_as_one_output_and_one_collision(
     rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
 ):
@@ -76,7 +99,8 @@ def test_two_inputs_for_one_output_key_end_as_one_output_and_one_collision(
     upload(s3, bucket, {"same.jpg": photo, "same.png": png.getvalue()})
     job = new_job("collide")
     publish_job(rabbitmq, s3, job, job_spec(bucket))
-    pool = workers(rabbitmq, s3, job, tmp_path, KOMPRESSOR_PROCESSES="1")
+    # Two processes: both tasks look at the key before either writes it.
+    pool = workers(rabbitmq, s3, job, tmp_path, KOMPRESSOR_PROCESSES="2")
     pool.start_one()
     try:
         final = collect_results(rabbitmq, job, 2, timeout=60).final()

@@ -1,8 +1,10 @@
 """The broker side of a worker: consume tasks, hand them to the pool, settle each one exactly once.
 
 pika's BlockingConnection is not thread-safe and services heartbeats only inside its own calls, so
-the connection stays on this thread: the pool's completion callbacks come back through
-`add_callback_threadsafe`, and all publishing and acking happens here.
+the connection stays on this thread. Each task runs on an I/O thread (task.TaskRunner: storage
+calls there, the encode in the process pool); its completion comes back through
+`add_callback_threadsafe`, and all publishing and acking happens here. The threads are as many as
+the prefetch, so every task held has a thread to fetch its input while earlier ones are encoded.
 
 A task is settled only after its result is confirmed by the broker:
 - done / skipped: publish the result, then ack.
@@ -18,21 +20,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import pebble
 import pika
 import pika.exceptions
 
 from kompressor.messages import CONTENT_TYPE, MessageError, Outcome, Result, Task, result_queue
-from kompressor_worker import task as task_module
 from kompressor_worker.health import Health
 from kompressor_worker.metrics import Metrics
 from kompressor_worker.settings import WorkerSettings
+from kompressor_worker.task import TaskRunner, TransientError
 
 log = logging.getLogger("kompressor.worker")
 
@@ -50,7 +52,7 @@ class _InFlight:
     task: Task
     attempts: int
     started: float
-    future: Any = None
+    encoding: Future | None = None  # the encode in the pool, once scheduled (set from the I/O thread)
 
 
 # Tasks handed to the pool and none of them started for this long: the pool is stuck. pebble waits
@@ -86,6 +88,8 @@ class Consumer:
         self.pool = pool
         self.processes = processes
         self.prefetch = settings.prefetch or processes * 2
+        self.runner = TaskRunner(settings, pool)
+        self.threads = ThreadPoolExecutor(self.prefetch, thread_name_prefix="task")
         self.metrics = metrics
         self.health = health
         self._stopping = False
@@ -141,8 +145,11 @@ class Consumer:
         self._requeue_inflight = True
         self.stop()
 
+    def _encodings(self) -> list[Future]:
+        return [inflight.encoding for inflight in list(self._inflight.values()) if inflight.encoding]
+
     def _pool_stalled(self) -> bool:
-        futures = [inflight.future for inflight in self._inflight.values() if inflight.future is not None]
+        futures = self._encodings()
         if not futures or any(future.running() or future.done() for future in futures):
             self._stalled_since = None
             return False
@@ -169,7 +176,7 @@ class Consumer:
         )
         while True:
             connection.process_data_events(time_limit=0.25)
-            self.metrics.busy.set(min(len(self._inflight), self.processes))
+            self.metrics.busy.set(sum(future.running() for future in self._encodings()))
             if not self._stopping and not self.pool.active:
                 self._pool_lost("the process pool broke (a pool process died outside a task)")
             elif self._pool_stalled():  # also while draining: a stuck pool never drains
@@ -206,15 +213,11 @@ class Consumer:
             self.metrics.tasks.labels("failed", reason).inc()
             channel.basic_reject(method.delivery_tag, requeue=False)
             return
-        attempts = delivery_attempt(properties)
-        try:
-            future = self.pool.schedule(
-                task_module.run, args=(body, attempts), timeout=task.limits.task_timeout_seconds
-            )
-        except RuntimeError:  # the pool is broken: _serve stops consuming on its next turn
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            return
-        self._inflight[method.delivery_tag] = _InFlight(task, attempts, time.monotonic(), future)
+        inflight = _InFlight(task, delivery_attempt(properties), time.monotonic())
+        self._inflight[method.delivery_tag] = inflight
+        future = self.threads.submit(
+            self.runner.run, task, inflight.attempts, partial(setattr, inflight, "encoding")
+        )
         settle = partial(self._settle, channel, method.delivery_tag)
 
         def done(finished) -> None:
@@ -256,14 +259,14 @@ class Consumer:
     def _outcome(self, task: Task, attempts: int, future) -> Result | str:
         """The task's Result, or the reason to requeue it for another attempt."""
         try:
-            return Result.decode(future.result())
-        except task_module.TransientError as exc:
+            return future.result()
+        except TransientError as exc:
             reason, message = exc.reason, str(exc)
         except FutureTimeout:
             reason, message = "timeout", f"killed after {task.limits.task_timeout_seconds}s"
         except pebble.ProcessExpired as exc:
             reason, message = "worker_crashed", f"pool process died (exit code {exc.exitcode})"
-        except BrokenProcessPool:
+        except (BrokenProcessPool, CancelledError):  # CancelledError: the pool was stopped
             reason, message = "worker_crashed", "the process pool broke"
         except Exception as exc:  # a bug: retry like a transient failure, bounded by maxAttempts
             log.exception("task %d raised", task.id)

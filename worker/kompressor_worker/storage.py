@@ -3,6 +3,10 @@
 An output's metadata records which job wrote it, from which source version (ETag) and with which
 settings (a fingerprint). A redelivered task finds its own output and reports it instead of doing the
 work again; `existing: skip` finds another run's output for the same source and settings and skips.
+
+Writes are conditional on what the task saw before it started (nothing: If-None-Match *; an older
+output: If-Match its ETag), so of two tasks racing for one key (a duplicate delivery, two sources
+of one job with the same output key) exactly one writes; the other learns it from `OutputChanged`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ def _classify(exc: Exception, what: str) -> StorageError:
     return StorageError("storage_unavailable", f"{what}: {exc}", transient=True)
 
 
+class OutputChanged(Exception):
+    """The output key changed since the task looked at it: another task wrote it meanwhile."""
+
+
 def settings_fingerprint(task: Task) -> str:
     """Identifies the output settings, so an output made with other settings is never skipped."""
     payload = task.output.model_dump_json() + task.limits.model_dump_json(include={"max_pixels"})
@@ -81,6 +89,7 @@ def read_source(client, bucket: str, key: str, max_bytes: int) -> tuple[bytes, s
 
 @dataclass(frozen=True)
 class ExistingOutput:
+    etag: str
     job: str
     source: str
     source_etag: str
@@ -102,6 +111,7 @@ def existing_output(client, bucket: str, key: str) -> ExistingOutput | None:
         raise _classify(exc, f"s3://{bucket}/{key}") from None
     meta = head.get("Metadata", {})
     return ExistingOutput(
+        etag=head.get("ETag", ""),
         job=meta.get(META_JOB, ""),
         source=unquote(meta.get(META_SOURCE, "")),
         source_etag=meta.get(META_SOURCE_ETAG, ""),
@@ -113,8 +123,16 @@ def existing_output(client, bucket: str, key: str) -> ExistingOutput | None:
 
 
 def write_output(
-    client, task: Task, body: bytes, content_type: str, source_etag: str, bytes_in: int, stored_original: bool
+    client,
+    task: Task,
+    body: bytes,
+    content_type: str,
+    source_etag: str,
+    bytes_in: int,
+    stored_original: bool,
+    replaces: ExistingOutput | None,
 ) -> None:
+    """Store the output, only if the key still holds `replaces` (None: nothing); else OutputChanged."""
     metadata = {
         META_JOB: task.job.uid,
         # Object metadata must be ASCII: URL-quote the source's key or URL.
@@ -124,12 +142,26 @@ def write_output(
         META_BYTES_IN: str(bytes_in),
         META_ORIGINAL: "true" if stored_original else "false",
     }
+    condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces.etag}
     try:
         client.put_object(
-            Bucket=task.dest_bucket, Key=task.dest_key, Body=body, ContentType=content_type, Metadata=metadata
+            Bucket=task.dest_bucket,
+            Key=task.dest_key,
+            Body=body,
+            ContentType=content_type,
+            Metadata=metadata,
+            **condition,
         )
-    except (ClientError, BotoCoreError) as exc:
-        error = _classify(exc, f"s3://{task.dest_bucket}/{task.dest_key}")
-        if error.reason == "source_missing":  # the destination bucket is gone
-            error = StorageError("destination_missing", str(error), transient=False)
-        raise error from None
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            raise OutputChanged(f"s3://{task.dest_bucket}/{task.dest_key}") from None
+        raise _output_error(exc, task) from None
+    except BotoCoreError as exc:
+        raise _output_error(exc, task) from None
+
+
+def _output_error(exc: Exception, task: Task) -> StorageError:
+    error = _classify(exc, f"s3://{task.dest_bucket}/{task.dest_key}")
+    if error.reason == "source_missing":  # the destination bucket is gone
+        return StorageError("destination_missing", str(error), transient=False)
+    return error

@@ -7,14 +7,14 @@ them would take minutes) or, against an S3 server from the environment, with a b
 Then, each timed on its own:
 
 - listing: `listing.list_s3_sources` over the N keys (pages of 1000), with the product's client
-  (`StorageSettings.client()`) and with the same client given an ISO-8601 timestamp parser (a
-  proposed change: botocore parses every LastModified with dateutil);
+  (`StorageSettings.client()`, which parses timestamps with the standard library) and with the
+  same client given botocore's own timestamp parser (dateutil: what the product used before);
 - planning: `planning.plan_task` + `Task.encode` for the N sources, in memory (CPU only);
 - publishing, bare: `broker.publish_tasks` on a BlockingChannel in confirm mode (one round trip per
   task: a sample, extrapolated) against `broker.ConfirmedPublisher` (batches of 1000 in flight);
 - the engine: `JobEngine.step()` until the listing is done, maxOutstanding = 1,000,000 (no
   backpressure): the figure the target (< 15 s for 100,000) is about. Run --repeat times (2),
-  interleaved with the same run given the proposed timestamp parser; the best run is reported
+  interleaved with the same run given botocore's timestamp parser; the best run is reported
   and every run is in the JSON. After the first run the queue is drained to check that every id
   0..N-1 was published exactly once. Then one more run under py-spy (where the time goes).
 - restart: a 10,000-task fan-out "crashes" at its 5th batch — once right after a cursor save, once
@@ -37,9 +37,9 @@ import json
 import sys
 import uuid
 from collections import Counter
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 from common import (
     RESULTS,
@@ -111,41 +111,13 @@ def new_job(name: str) -> JobRef:
     return JobRef(namespace="bench", name=f"{name}-{uuid.uuid4().hex[:6]}", uid=str(uuid.uuid4()))
 
 
-def iso_timestamp(value):
-    """The proposed botocore timestamp parser: ISO 8601 (S3 listings) natively, anything else
-    (HTTP dates in headers, epoch numbers) as botocore does."""
+def botocore_timestamps_client(found: Services):
+    """The product's client as it was before it parsed timestamps itself: botocore's parser
+    (dateutil) in place of `kompressor.settings.parse_timestamp`, everything else the same."""
     from botocore.utils import parse_timestamp
 
-    try:
-        return datetime.fromisoformat(value)
-    except (TypeError, ValueError):
-        return parse_timestamp(value)
-
-
-def fast_timestamp_client(found: Services):
-    """The product's client (same settings) from a botocore session with `iso_timestamp`."""
-    import boto3
-    import botocore.session
-    from botocore.config import Config
-
-    settings = found.storage_settings()
-    session = botocore.session.get_session()  # a new session: no global state is changed
-    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=iso_timestamp)
-    return boto3.Session(botocore_session=session).client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        region_name=settings.region,
-        aws_access_key_id=settings.access_key_id.get_secret_value() if settings.access_key_id else None,
-        aws_secret_access_key=(
-            settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
-        ),
-        config=Config(
-            retries={"mode": "standard", "max_attempts": settings.max_attempts},
-            connect_timeout=settings.connect_timeout_seconds,
-            read_timeout=settings.read_timeout_seconds,
-            s3={"addressing_style": "path"},
-        ),
-    )
+    with mock.patch("kompressor.settings.parse_timestamp", parse_timestamp):
+        return found.storage_settings().client()
 
 
 # --- the parts ------------------------------------------------------------------------------------
@@ -342,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"set-up: {count} objects in {setup['seconds']} s ({setup['how']}, not timed)", flush=True)
         spec = job_spec()
         product_client = found.storage_settings().client()
-        proposed_client = fast_timestamp_client(found)
+        botocore_client = botocore_timestamps_client(found)
 
         meter, sources = measure_listing(found, product_client, spec)
         if len(sources) != count:
@@ -357,11 +329,11 @@ def main(argv: list[str] | None = None) -> int:
                 meter.describe(),
             ]
         )
-        meter, _ = measure_listing(found, proposed_client, spec)
-        report["listing_iso_timestamps"] = {**meter.as_dict(), "rate_per_s": round(rate(count, meter))}
+        meter, _ = measure_listing(found, botocore_client, spec)
+        report["listing_botocore_timestamps"] = {**meter.as_dict(), "rate_per_s": round(rate(count, meter))}
         rows.append(
             [
-                "listing, ISO-8601 timestamp parser (proposed)",
+                "listing, botocore's timestamp parser (before)",
                 count,
                 meter.wall,
                 rate(count, meter),
@@ -408,11 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         print("publishing done", flush=True)
         del sources
 
-        # The engine runs, product and proposed client interleaved: the best of --repeat runs is
+        # The engine runs, product and botocore-parser client interleaved: the best of --repeat runs is
         # what the machine can do, the spread what the other load on it did to the figures.
-        engine_runs: dict[str, list[dict[str, Any]]] = {"product": [], "iso_timestamps": []}
+        engine_runs: dict[str, list[dict[str, Any]]] = {"product": [], "botocore_timestamps": []}
         for attempt in range(args.repeat):
-            for variant, client in (("product", product_client), ("iso_timestamps", proposed_client)):
+            for variant, client in (("product", product_client), ("botocore_timestamps", botocore_client)):
                 meter, steps, published, job, engine = engine_fan_out(found, client, spec)
                 try:
                     run = {**meter.as_dict(), "rate_per_s": round(rate(published, meter)), "steps": steps}
@@ -432,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         for variant, label in (
             ("product", "ENGINE fan-out: step() until listed (product)"),
-            ("iso_timestamps", "engine fan-out, ISO-8601 timestamp parser (proposed)"),
+            ("botocore_timestamps", "engine fan-out, botocore's timestamp parser (before)"),
         ):
             runs = engine_runs[variant]
             best = min(runs, key=lambda r: r["wall_seconds"])
@@ -447,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                     cpu,
                 ]
             )
-            report["engine" if variant == "product" else "engine_iso_timestamps"] = {
+            report["engine" if variant == "product" else "engine_botocore_timestamps"] = {
                 "best": best,
                 "runs": runs,
                 "target_met": best["wall_seconds"] < TARGET_SECONDS,

@@ -634,7 +634,7 @@ def run_worker(
     worker_pid = process.pid
     if py_spy is not None:  # the worker is py-spy's child
         meter.add_root("py-spy", process.pid)
-        worker_pid = _first_child(process.pid, timeout=10)
+        worker_pid = _child_running(process.pid, "kompressor-worker", timeout=10)
     meter.add_root("worker", worker_pid)
     last_tick = [0.0]
 
@@ -701,14 +701,15 @@ def run_worker(
     }
 
 
-def _first_child(pid: int, timeout: float) -> int:
+def _child_running(pid: int, command: str, timeout: float) -> int:
+    """The child of `pid` whose command line has `command` (py-spy starts helpers of its own)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = sorted(child for child, parent in _parents().items() if parent == pid)
-        if children:
-            return children[0]
+        for child, parent in sorted(_parents().items()):
+            if parent == pid and command in _cmdline(child):
+                return child
         time.sleep(0.01)
-    raise TimeoutError(f"process {pid} started no child in {timeout}s")
+    raise TimeoutError(f"process {pid} started no {command} in {timeout}s")
 
 
 # --- serial breakdown of one task -----------------------------------------------------------------

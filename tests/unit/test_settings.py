@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import email.utils
+from datetime import UTC, datetime, timedelta
 
+import pytest
+from botocore.utils import parse_timestamp as botocore_parse
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kompressor.settings import parse_timestamp
 from kompressor_operator.settings import OperatorSettings
 
 
@@ -21,3 +28,14 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch):
     assert settings.namespaces == ["shop", "media"]
     shown = repr(settings) + str(settings.model_dump())
     assert "hunter2" not in shown and "s3cr3t-value" not in shown and "AKIA-test" not in shown
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2999, 12, 31), timezones=st.just(UTC)))
+def test_s3_timestamps_parse_as_botocore_parses_them(moment: datetime):
+    """The fast parser agrees with botocore's own on both forms S3 sends."""
+    iso = moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    rfc = email.utils.format_datetime(moment.replace(microsecond=0), usegmt=True)
+    for text in (iso, rfc):
+        assert parse_timestamp(text) == botocore_parse(text)
+        assert parse_timestamp(text).utcoffset() == timedelta(0)

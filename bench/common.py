@@ -1,4 +1,5 @@
-"""Shared helpers of the control-plane and codec benchmarks (fanout.py, scaling.py, codec_defaults.py).
+"""Shared helpers of the benchmarks (fanout.py, scaling.py, codec_defaults.py, quality.py, worker.py,
+pipeline.py).
 
 The machine a figure comes from, the services it ran against (the test bed's RabbitMQ and SeaweedFS
 in a temp dir, or those named by KOMPRESSOR_BROKER__URL and KOMPRESSOR_STORAGE__*), a plain-text
@@ -280,6 +281,35 @@ def put_empty_objects(
     with concurrent.futures.ThreadPoolExecutor(threads) as executor:
         list(executor.map(put, keys))
     return time.monotonic() - started, how
+
+
+# --- the bare encoder ----------------------------------------------------------------------------
+
+_BARE: dict[str, Any] = {}
+
+
+def _bare_init(photos: dict[str, bytes], output, limits) -> None:
+    _BARE.update(photos=photos, output=output, limits=limits)
+
+
+def _bare_encode(name: str) -> float:
+    from kompressor_worker.codec import compress
+
+    started = time.perf_counter()
+    compress(_BARE["photos"][name], _BARE["output"], _BARE["limits"])
+    return time.perf_counter() - started
+
+
+def bare_encodes(photos: dict[str, bytes], names: Sequence[str], output, limits, processes: int):
+    """What the pipeline is measured against: `kompressor_worker.codec.compress` with the job's
+    settings on the in-memory inputs, in a pool of `processes`, nothing else. Yields (completion
+    time on the monotonic clock, encode seconds) of each image as it completes."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    with context.Pool(processes, initializer=_bare_init, initargs=(photos, output, limits)) as pool:
+        for seconds in pool.imap_unordered(_bare_encode, names, chunksize=1):
+            yield time.monotonic(), seconds
 
 
 # --- CPU accounting from /proc -------------------------------------------------------------------

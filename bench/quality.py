@@ -41,8 +41,6 @@ import argparse
 import io
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -55,8 +53,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import PIL  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont, features  # noqa: E402
+from common import describe_machine, load_average, machine  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from kompressor.crd import Format, Limits, Output  # noqa: E402
 from kompressor_worker import quality  # noqa: E402
@@ -66,38 +64,6 @@ from tests.corpus import OPENCV_DATA, real_photos  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 CURVE_QUALITIES = (30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 100)
 LIMITS = Limits()
-
-
-# --- machine --------------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "load_average_at_start": load,
-        "python": platform.python_version(),
-        "pillow": PIL.__version__,
-        "libjpeg": features.version("jpg"),
-        "libjpeg_turbo": features.version("libjpeg_turbo"),
-        "libwebp": features.version("webp"),
-        "libavif": features.version("avif") if features.check("avif") else None,
-        "numpy": np.__version__,
-        "kernel": platform.release(),
-    }
 
 
 # --- one image ------------------------------------------------------------------------------------
@@ -414,11 +380,9 @@ def plot(result: dict[str, Any], photos: list[Photo], fmt: str, max_side: int, p
 
 
 def print_report(report: dict[str, Any]) -> None:
-    m = report["machine"]
     print(
-        f"\nMachine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs, load {m['load_average_at_start']}; "
-        f"Pillow {m['pillow']} (libjpeg-turbo {m['libjpeg_turbo']}, libwebp {m['libwebp']}, "
-        f"libavif {m['libavif']}), numpy {m['numpy']}"
+        f"\nMachine: {describe_machine(report['machine'])}, numpy {np.__version__}; "
+        f"load {report['load_average_at_start']}"
     )
     c = report["corpus"]
     print(f"Corpus: {c['photos']} photos from {c['source']}, fit {c['max_side']} px ({c['megapixels']})")
@@ -489,7 +453,11 @@ def main(argv: list[str] | None = None) -> int:
     if not photos_raw:
         print(f"no photos: install Debian's opencv-doc ({OPENCV_DATA})", file=sys.stderr)
         return 2
-    report: dict[str, Any] = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "load_average_at_start": load_average(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     runs = []
     for fmt in args.formats:
         output = output_for(fmt, args.max_side)

@@ -36,9 +36,7 @@ import concurrent.futures
 import itertools
 import json
 import math
-import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -55,10 +53,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import PIL  # noqa: E402
-from PIL import features  # noqa: E402
+from common import bare_encodes, describe_machine, machine  # noqa: E402
 
-from kompressor.crd import CompressionJobSpec, Limits, Output, parse_spec  # noqa: E402
+from kompressor.crd import CompressionJobSpec, parse_spec  # noqa: E402
 from kompressor.messages import JobRef, Result, Task, result_queue  # noqa: E402
 from kompressor.settings import StorageSettings  # noqa: E402
 from kompressor_operator import broker as broker_adapter  # noqa: E402
@@ -207,34 +204,6 @@ def start_services(run_dir: Path | None) -> Services:
 
 
 # --- machine and corpus ---------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cpu_max = None
-    try:
-        cpu_max = Path("/sys/fs/cgroup/cpu.max").read_text().strip()
-    except OSError:
-        pass
-    return {
-        "cpu_model": model,
-        "cores": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "cgroup_cpu_max": cpu_max,
-        "python": platform.python_version(),
-        "pillow": PIL.__version__,
-        "libwebp": features.version("webp"),
-        "libjpeg": features.version("jpg"),
-        "libjpeg_turbo": features.version("libjpeg_turbo"),
-        "kernel": platform.release(),
-    }
 
 
 @dataclass(frozen=True)
@@ -479,20 +448,6 @@ def wait_for_quiet(limit: float, patience: float) -> float:
 
 # --- (a) the bare encoder -------------------------------------------------------------------------
 
-_BARE: dict[str, Any] = {}
-
-
-def _bare_init(output: Output, limits: Limits) -> None:
-    _BARE["photos"] = real_photos()
-    _BARE["output"] = output
-    _BARE["limits"] = limits
-
-
-def _bare_task(name: str) -> tuple[float, int]:
-    started = time.perf_counter()
-    compressed = compress(_BARE["photos"][name], _BARE["output"], _BARE["limits"])
-    return time.perf_counter() - started, len(compressed.data)
-
 
 def steady_rate(times: list[float], warmup: int) -> tuple[float, float]:
     """(images/s, seconds) from the `warmup`-th completion to the last."""
@@ -500,20 +455,25 @@ def steady_rate(times: list[float], warmup: int) -> tuple[float, float]:
     return (len(times) - warmup) / window, window
 
 
-def run_bare(services: Services, spec: CompressionJobSpec, names: list[str], processes: int, warmup: int):
-    context = multiprocessing.get_context("forkserver")
+def run_bare(
+    services: Services,
+    spec: CompressionJobSpec,
+    photos: dict[str, bytes],
+    names: list[str],
+    processes: int,
+    warmup: int,
+):
     meter = CpuMeter({"rabbitmq": services.broker.pid, "s3": services.storage.pid})
     started = time.monotonic()
     times: list[float] = []
     encode: list[float] = []
-    with context.Pool(processes, initializer=_bare_init, initargs=(spec.output, spec.limits)) as pool:
-        for seconds, _size in pool.imap_unordered(_bare_task, names, chunksize=1):
-            times.append(time.monotonic())
-            encode.append(seconds)
-            if len(times) == warmup:
-                meter.start()
-            elif len(times) == len(names):
-                meter.sample()
+    for when, seconds in bare_encodes(photos, names, spec.output, spec.limits, processes):
+        times.append(when)
+        encode.append(seconds)
+        if len(times) == warmup:
+            meter.start()
+        elif len(times) == len(names):
+            meter.sample()
     rate, window = steady_rate(times, warmup)
     steady_encode = encode[warmup:]
     return {
@@ -885,9 +845,8 @@ def print_report(report: dict[str, Any]) -> None:
 
     m = report["machine"]
     title = (
-        f"kompressor-worker vs the bare encoder — {m['cpu_model']}, {m['cores']} cores, "
-        f"Python {m['python']}, "
-        f"Pillow {m['pillow']}; median [min–max]; target ratio ≥ {TARGET_RATIO}"
+        f"kompressor-worker vs the bare encoder — {describe_machine(m)}; median [min–max]; "
+        f"target ratio ≥ {TARGET_RATIO}"
     )
     table = Table(title=escape(title))
     headers = [
@@ -1031,7 +990,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n in process_counts:
                     warmup = args.warmup_per_process * n
                     background = wait_for_quiet(args.quiet_cores, args.quiet_patience)
-                    bare = run_bare(services, spec, names, n, warmup)
+                    bare = run_bare(services, spec, photos, names, n, warmup)
                     worker = run_worker(
                         services, setting, bucket, prefix, n, warmup, log_dir, extra_env, args.py_spy
                     )

@@ -494,8 +494,29 @@ def test_compress_is_deterministic() -> None:
         assert compress(data, out(fmt), LIMITS) == compress(data, out(fmt), LIMITS)
 
 
+@pytest.mark.parametrize(
+    ("source", "resize", "expected"),
+    [
+        (2, None, 2),  # a 4:2:0 source stays 4:2:0 at q95: 4:4:4 would pay for chroma it lacks
+        (1, None, 1),  # 4:2:2 likewise
+        (0, None, 0),  # a 4:4:4 source keeps its chroma
+        (2, Resize(max_width=200), 0),  # downscaled: the source's chroma resolution suffices for 4:4:4
+    ],
+)
+def test_jpeg_output_keeps_no_more_chroma_than_its_jpeg_source(source, resize, expected) -> None:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo())).convert("RGB").resize((400, 300)).save(
+        buffer, "JPEG", quality=95, subsampling=source
+    )
+    fields = {"resize": resize} if resize else {}
+    result = compress(buffer.getvalue(), out(Format.jpeg, quality=95, never_larger=False, **fields), LIMITS)
+    assert JpegImagePlugin.get_sampling(decode(result)) == expected
+
+
 def test_jpeg_subsampling_follows_quality() -> None:
-    data = small_photo()
+    png = io.BytesIO()  # a source with full chroma (a JPEG source also bounds it: see above)
+    Image.open(io.BytesIO(small_photo())).save(png, "PNG")
+    data = png.getvalue()
     low = decode(compress(data, out(Format.jpeg, quality=80, never_larger=False), LIMITS))
     high = decode(compress(data, out(Format.jpeg, quality=92, never_larger=False), LIMITS))
     assert JpegImagePlugin.get_sampling(low) == 2  # 4:2:0

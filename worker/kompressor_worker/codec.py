@@ -49,7 +49,9 @@ Choices, documented once here:
 - Metadata: with `stripMetadata` EXIF and XMP are dropped. Without it, EXIF (orientation reset to
   1) and XMP are kept for every output format; TIFF inputs keep none (their tags are not EXIF).
 - Encoders: JPEG optimize + progressive, chroma subsampling 4:2:0 below quality 90 and 4:4:4 from 90
-  (at high quality the colour detail is what the user pays for); WebP method 4; AVIF speed 6 with
+  (at high quality the colour detail is what the user pays for), but never more chroma than a JPEG
+  source kept at its size has (a 4:2:0 photo at q90 in 4:4:4 costs ~22 % more bytes for a chroma
+  SSIM no better: bench/codec_defaults.py); WebP method 4; AVIF speed 6 with
   one encoder thread (the worker runs one process per CPU; speed 8 would be ~2.5x faster for ~4%
   more bytes at the same quality on the photo corpus); PNG optimize (zlib level 9: measured ~1.4x
   the time of the default level for ~1% smaller files on photos).
@@ -91,7 +93,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from PIL import ExifTags, Image, ImageCms, ImageFile, PngImagePlugin, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageCms, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from kompressor.crd import Format, Limits, Output
 from kompressor_worker import quality as auto
@@ -197,6 +199,9 @@ class Prepared:
     resized: bool
     reoriented: bool
     source_has_metadata: bool  # the input carries EXIF or XMP
+    # A JPEG source kept at its size: its chroma subsampling (Pillow's 0 = 4:4:4, 1 = 4:2:2,
+    # 2 = 4:2:0), which a JPEG output does not exceed; None otherwise.
+    source_subsampling: int | None = None
 
 
 # --- public API -----------------------------------------------------------------------------------
@@ -262,7 +267,14 @@ def choose_quality(prepared: Prepared, floor: float) -> auto.Choice:
     def encoder(image: Image.Image, quality: int) -> bytes:
         if image is prepared.image and not measure_only:
             return _encode_prepared(prepared, quality)
-        return encode(image, prepared.format, quality, None, measure_only=measure_only)
+        return encode(
+            image,
+            prepared.format,
+            quality,
+            None,
+            measure_only=measure_only,
+            source_subsampling=prepared.source_subsampling,
+        )
 
     return auto.choose_quality(prepared.image, floor, encoder, auto.SEARCH[prepared.format])
 
@@ -293,6 +305,7 @@ def _encode_prepared(prepared: Prepared, quality: int) -> bytes:
         prepared.icc_profile,
         exif=prepared.exif,
         xmp=prepared.xmp,
+        source_subsampling=prepared.source_subsampling,
     )
 
 
@@ -365,6 +378,7 @@ def encode(
     exif: bytes | None = None,
     xmp: bytes | None = None,
     measure_only: bool = False,
+    source_subsampling: int | None = None,
 ) -> bytes:
     """Encode `image` once as `fmt` (not keep) at `quality` with our encoder settings.
 
@@ -372,6 +386,7 @@ def encode(
     would. Raises CodecError("encode_error") when the encoder refuses (e.g. WebP beyond 16383 px).
     `measure_only`: for JPEG a baseline encode without optimize or progressive (same pixels, more
     bytes, ~5x faster), to measure a quality rather than to store it; other formats are unchanged.
+    `source_subsampling`: a JPEG output keeps no more chroma than this (see `Prepared`).
     """
     if fmt is Format.keep:
         raise ValueError("encode needs a concrete format; resolve keep with resolve_format first")
@@ -379,7 +394,7 @@ def encode(
         raise ValueError(f"quality must be 1..100, got {quality}")
     try:
         image = _fit_mode(image, fmt)
-        params = _encoder_params(image, fmt, quality)
+        params = _encoder_params(image, fmt, quality, source_subsampling)
         if measure_only and fmt is Format.jpeg:
             params.update(optimize=False, progressive=False)
         if icc_profile and _icc_matches(icc_profile, image.mode):
@@ -535,6 +550,7 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
         orientation = _orientation(exif)
         target = _stored_target((width, height), orientation, *box)
     resized = target != (width, height)
+    sampling = JpegImagePlugin.get_sampling(image) if source_format == "jpeg" and not resized else -1
     icc = image.info.get("icc_profile") or None
     xmp = _source_xmp(image)
     exif_bytes = _source_exif_bytes(image)
@@ -569,6 +585,7 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
         resized=resized,
         reoriented=orientation != 1,
         source_has_metadata=source_has_metadata,
+        source_subsampling=sampling if sampling >= 0 else None,
     )
 
 
@@ -766,13 +783,16 @@ def _icc_matches(icc: bytes, mode: str) -> bool:
 # --- encoding -------------------------------------------------------------------------------------
 
 
-def _encoder_params(image: Image.Image, fmt: Format, quality: int) -> dict[str, object]:
+def _encoder_params(
+    image: Image.Image, fmt: Format, quality: int, source_subsampling: int | None = None
+) -> dict[str, object]:
     if fmt is Format.jpeg:
+        subsampling = 0 if quality >= JPEG_FULL_CHROMA_FROM_QUALITY else 2
         return {
             "quality": quality,
             "optimize": True,
             "progressive": True,
-            "subsampling": 0 if quality >= JPEG_FULL_CHROMA_FROM_QUALITY else 2,
+            "subsampling": max(subsampling, source_subsampling or 0),
         }
     if fmt is Format.webp:
         return {"quality": quality, "method": WEBP_METHOD}

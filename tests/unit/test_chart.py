@@ -529,3 +529,27 @@ def test_examples_say_what_the_issue_asked_for():
     assert jpeg.output.format == "jpeg"
     urgent = parse_spec(yaml.safe_load((EXAMPLES / "small-high-priority.yaml").read_text())["spec"])
     assert urgent.priority == 100 and urgent.workers.max_replicas == 2
+
+
+def test_dashboard_groups_and_filters_only_by_labels_its_metrics_have():
+    """The operator's job label is `compressionjob` (Prometheus sets `job` to the scrape job's name):
+    a panel grouping by a label the metric lacks shows one empty series."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from kompressor_operator.metrics import OperatorMetrics
+    from kompressor_worker.metrics import Metrics
+
+    labels: dict[str, set[str]] = {}
+    for owner in (OperatorMetrics(), Metrics()):
+        for metric in vars(owner).values():
+            if isinstance(metric, MetricWrapperBase):
+                # prometheus_client keeps a metric's label names in `_labelnames` only.
+                names = set(metric._labelnames) | {"le"}
+                for suffix in ("", "_total", "_bucket", "_sum", "_count"):
+                    labels[metric._name + suffix] = names
+    dashboard = json.loads((CHART / "dashboards" / "kompressor.json").read_text())
+    for expr in (t["expr"] for p in dashboard["panels"] for t in p["targets"]):
+        allowed = set().union(*(labels[m] for m in re.findall(r"kompressor_[a-z_]+", expr)))
+        used = {label.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for label in group.split(",")}
+        used |= set(re.findall(r"([a-z_]+)=~?\"", expr))
+        assert used <= allowed, (expr, used - allowed)

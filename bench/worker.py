@@ -66,7 +66,7 @@ from kompressor_worker.codec import compress  # noqa: E402
 from kompressor_worker.storage import existing_output, read_source, write_output  # noqa: E402
 from kompressor_worker.task import CONTENT_TYPES  # noqa: E402
 from tests.corpus import OPENCV_DATA, real_photos  # noqa: E402
-from tests.jobs import new_job, publish_job, worker_env  # noqa: E402
+from tests.jobs import new_job, process_tree, publish_job, worker_env  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "worker.json"
 TARGET_RATIO = 0.95
@@ -317,15 +317,7 @@ def _system_busy_ticks() -> int:
 
 
 def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
+    return {child: parent for parent, children in process_tree().items() for child in children}
 
 
 def _cmdline(pid: int) -> str:

@@ -3,6 +3,8 @@ worker processes, and a reader that collects each task's results."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -10,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from kompressor.crd import CompressionJobSpec, parse_spec
 from kompressor.messages import JobRef, Result, task_queue
@@ -107,8 +111,8 @@ def workers(rabbitmq: RabbitMQ, s3: S3Server, job: JobRef, log_dir: Path, **extr
     return WorkerProcesses(env=worker_env(rabbitmq, s3, job, **extra), log_dir=log_dir, grace_seconds=60)
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the pool's forkserver and its children), from /proc."""
+def process_tree() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc."""
     children: dict[int, list[int]] = defaultdict(list)
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -116,11 +120,31 @@ def descendants(pid: int) -> list[int]:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children[parent].append(int(entry.name))
+            children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (the pool's forkserver and its children), from /proc."""
+    children = process_tree()
     found, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):
             found.append(child)
             todo.append(child)
     return found
+
+
+def start_kompressor_run(job: dict, tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`kompressor run --json` on `job` (written to tmp_path/job.yaml), worker logs in tmp_path/logs."""
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    command = [sys.executable, "-m", "kompressor_operator.cli", "run", str(path), "--json"]
+    return subprocess.Popen(
+        [*command, "--log-dir", str(tmp_path / "logs"), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )

@@ -10,8 +10,6 @@ import json
 import logging
 import multiprocessing
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -23,7 +21,6 @@ from pathlib import Path
 import pebble
 import pika
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -32,11 +29,12 @@ from kompressor.crd import Format, Limits, Output, Resize
 from kompressor.messages import SourceObject, task_queue
 from kompressor_operator.engine import JobEngine
 from kompressor_operator.planning import plan_task
+from kompressor_worker import codec
 from kompressor_worker.codec import CodecError, Compressed, compress
 from testbed import RabbitMQ, S3Server
 from tests.chaos.tools import photo_inputs, read_logs, upload_parallel, wait_for, worker_crashes
 from tests.corpus import real_photos
-from tests.jobs import job_spec, new_job, workers
+from tests.jobs import job_spec, new_job, start_kompressor_run, workers
 
 # --- task messages ----------------------------------------------------------------------------------
 
@@ -155,25 +153,12 @@ class _Server:
 
 
 def _run_local(job: dict, tmp_path: Path, env: dict[str, str], timeout: float = 120) -> tuple[int, dict, str]:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kompressor_operator.cli",
-            "run",
-            str(path),
-            "--json",
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    return run.returncode, json.loads(run.stdout) if run.stdout.strip() else {}, run.stderr
+    run = start_kompressor_run(job, tmp_path, env)
+    try:
+        out, err = run.communicate(timeout=timeout)
+    finally:
+        run.kill()
+    return run.returncode, json.loads(out) if out.strip() else {}, err
 
 
 def _manifest(s3: S3Server, url: str) -> dict[str, dict]:
@@ -323,14 +308,6 @@ FUZZ_EXAMPLES = 400
 FUZZ_TIMEOUT = 20.0
 FUZZ_LIMITS = Limits(max_pixels=4_000_000)
 FUZZ_BUDGET = 256 * 2**20
-REASONS = {
-    "empty_input",
-    "decode_error",
-    "unsupported_format",
-    "too_many_pixels",
-    "too_much_memory",
-    "encode_error",
-}
 
 
 def _seeds() -> dict[str, bytes]:
@@ -444,7 +421,7 @@ def test_fuzzed_image_bytes_end_in_clean_codec_errors_without_crash_or_hang(code
             return
         seen[f"{outcome}:{detail}"] += 1
         if outcome == "error":
-            assert detail in REASONS, detail
+            assert detail in codec.REASONS, detail
 
     fuzz()
     seconds = time.monotonic() - started

@@ -10,12 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-
-import yaml
 
 from testbed import RabbitMQ, S3Server
 from tests.chaos.runs import (
@@ -44,30 +40,9 @@ from tests.chaos.tools import (
     worker_crashes,
     worker_leaders,
 )
+from tests.jobs import start_kompressor_run
 
 NAME = "chaos-local"
-
-
-def start_run(job: dict, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kompressor_operator.cli",
-            "run",
-            str(path),
-            "--json",
-            "--log-dir",
-            str(tmp_path / "logs"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def test_local_mode_loses_nothing_under_chaos(
@@ -95,7 +70,7 @@ def test_local_mode_loses_nothing_under_chaos(
         "KOMPRESSOR_STORAGE__ENDPOINT_URL": recorder.url,
     }
     started = time.monotonic()
-    run = start_run(job, tmp_path, env)
+    run = start_kompressor_run(job, tmp_path, env)
     monkey = Monkey(
         lambda: worker_leaders(run.pid), lambda: count_objects(s3, bucket, "out/"), until=KILLS_UNTIL
     )

@@ -73,14 +73,8 @@ def cluster(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, tmp_path_factory) -
     broker = BrokerAs(rabbitmq.port, rabbitmq.run_dir, rabbitmq.env, rabbitmq.service, user_url=url)
     installed = install(kube, broker, s3, tmp_path_factory.mktemp("chaos-operator"), NAMESPACE)
     installed.broker_password = password  # type: ignore[attr-defined]
-    installed.agent.start()
-    installed.start_operator()
-    try:
+    with installed.running():
         yield installed
-    finally:
-        installed.stop_operator()
-        installed.agent.stop()
-        installed.webhook.stop()
 
 
 def _bucket(s3: S3Server) -> str:

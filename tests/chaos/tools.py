@@ -39,6 +39,7 @@ from PIL import Image
 from kompressor.messages import MessageError, Result, Task
 from testbed import RabbitMQ, S3Server
 from tests.corpus import real_photos
+from tests.jobs import process_tree
 
 # --- S3: count the writes ----------------------------------------------------------------------------
 
@@ -293,19 +294,6 @@ def queues_of(rabbitmq: RabbitMQ, needle: str) -> list[str]:
 
 
 # --- processes ---------------------------------------------------------------------------------------
-
-
-def process_tree() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from /proc."""
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            children[int(stat.rsplit(")", 1)[1].split()[1])].append(int(entry.name))
-    return children
 
 
 def _cmdline(pid: int) -> bytes:

@@ -5,6 +5,7 @@ and a webhook receiver. Used by the operator's end-to-end tests."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import importlib.util
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -136,6 +138,18 @@ class Cluster:
                 self.operator.wait(20)
             except subprocess.TimeoutExpired:
                 self.kill_operator()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Cluster]:
+        """The node agent and the operator running, the webhook receiver stopped afterwards."""
+        self.agent.start()
+        self.start_operator()
+        try:
+            yield self
+        finally:
+            self.stop_operator()
+            self.agent.stop()
+            self.webhook.stop()
 
     def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return self.kube.kubectl("-n", self.namespace, *args, **kwargs)

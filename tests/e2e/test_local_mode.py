@@ -10,12 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from testbed import RabbitMQ, S3Server
 from testbed.process import free_port, wait_until
 from tests.corpus import awkward_inputs, real_photos
-from tests.jobs import descendants, upload
+from tests.jobs import descendants, start_kompressor_run, upload
 
 
 def _job(bucket: str, **spec) -> dict:
@@ -42,29 +41,6 @@ def _env(rabbitmq: RabbitMQ, s3: S3Server, **extra: str) -> dict[str, str]:
     return {**os.environ, "KOMPRESSOR_BROKER__URL": rabbitmq.url, **s3.env(), **extra}
 
 
-def _run(job: dict, tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kompressor_operator.cli",
-            "run",
-            str(path),
-            "--json",
-            "--log-dir",
-            str(tmp_path / "logs"),
-            *args,
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def _manifest(s3: S3Server, url: str) -> list[dict]:
     bucket, key = url.removeprefix("s3://").split("/", 1)
     body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
@@ -77,7 +53,7 @@ def test_photos_and_awkward_inputs_counted_exactly(
     photos = real_photos(limit=12, max_side=1200)
     awkward = {f"{Path(n).stem}-{Path(n).suffix[1:]}{Path(n).suffix}": v for n, v in awkward_inputs().items()}
     upload(s3, bucket, photos | {name: body for name, (body, _) in awkward.items()})
-    run = _run(_job(bucket), tmp_path, _env(rabbitmq, s3))
+    run = start_kompressor_run(_job(bucket), tmp_path, _env(rabbitmq, s3))
     out, err = run.communicate(timeout=240)
     failures = sum(1 for _, reason in awkward.values() if reason)
     # More than 1% of the inputs fail, so the job is Failed (exit 1) — with every input accounted.
@@ -100,7 +76,7 @@ def test_rerun_skips_what_exists_and_a_killed_worker_loses_nothing(
     photos = real_photos(limit=24, max_side=1600)
     upload(s3, bucket, photos)
     job = _job(bucket, output={"format": "avif", "quality": 50})
-    run = _run(job, tmp_path, _env(rabbitmq, s3))
+    run = start_kompressor_run(job, tmp_path, _env(rabbitmq, s3))
 
     def a_worker_is_busy() -> bool:
         return any(_is_worker(pid) for pid in descendants(run.pid))
@@ -114,7 +90,7 @@ def test_rerun_skips_what_exists_and_a_killed_worker_loses_nothing(
     assert (status["phase"], status["total"], status["succeeded"]) == ("Succeeded", 24, 24)
     assert len(_manifest(s3, status["manifest"])) == 24
 
-    again = _run(job, tmp_path, _env(rabbitmq, s3))
+    again = start_kompressor_run(job, tmp_path, _env(rabbitmq, s3))
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     status = json.loads(out)
@@ -154,7 +130,7 @@ def test_configuration_errors_are_one_line_naming_the_fix(
         job["spec"]["output"]["colour"] = "red"
     elif case == "overlapping_prefixes":
         job["spec"]["destination"]["s3"]["prefix"] = "in/out/"
-    run = _run(job, tmp_path, env)
+    run = start_kompressor_run(job, tmp_path, env)
     if case == "invalid_yaml":
         (tmp_path / "job.yaml").write_text("spec: [unclosed\n")
         run.wait(30)

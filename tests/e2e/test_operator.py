@@ -29,14 +29,8 @@ NAMESPACE = "shop"
 @pytest.fixture(scope="module")
 def cluster(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, tmp_path_factory) -> Iterator[Cluster]:
     installed = install(kube, rabbitmq, s3, tmp_path_factory.mktemp("operator"), NAMESPACE)
-    installed.agent.start()
-    installed.start_operator()
-    try:
+    with installed.running():
         yield installed
-    finally:
-        installed.stop_operator()
-        installed.agent.stop()
-        installed.webhook.stop()
 
 
 def _photos_bucket(s3: S3Server, count: int) -> str:

@@ -154,9 +154,20 @@ AUTO_QUALITY_BYTES_PER_PIXEL = 24
 _PILLOW_GLOBALS = threading.Lock()
 
 
+REASONS = frozenset(
+    {
+        "empty_input",
+        "decode_error",
+        "unsupported_format",
+        "too_many_pixels",
+        "too_much_memory",
+        "encode_error",
+    }
+)
+
+
 class CodecError(Exception):
-    """An input that cannot become an output; `reason` is one machine-readable word:
-    empty_input, decode_error, unsupported_format, too_many_pixels, too_much_memory, encode_error."""
+    """An input that cannot become an output; `reason` is one of REASONS, a machine-readable word."""
 
     def __init__(self, reason: str, message: str):
         self.reason = reason

@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     if "scaling_2_over_1" in report:
         scaling = report["scaling_2_over_1"]
         print(f"\n2 processes / 1: bare ×{scaling['bare']}, pipeline ×{scaling['pipeline']} (target ≥ 1.9)")
-    plot(RESULTS / "pipeline.png", report["runs"], f"images done over time — {report['setting']}")
+    plot(RESULTS / "pipeline.png", report["runs"], f"images done over time - {report['setting']}")
     for run in report["runs"].values():
         for kind in ("bare", "pipeline"):
             run[kind]["points"] = [(round(t, 3), d) for t, d in run[kind]["points"]]

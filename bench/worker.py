@@ -562,7 +562,7 @@ def run_worker(
         py_spy.mkdir(parents=True, exist_ok=True)
         profile = py_spy / f"{setting.name.split()[0]}-p{processes}-{job.uid8}.txt"
         command = [
-            "py-spy", "record", "--subprocesses", "--idle", "--format", "raw",
+            "py-spy", "record", "--subprocesses", "--format", "raw",
             "--rate", "200", "-o", str(profile), "--", *command,
         ]  # fmt: skip
 
@@ -603,6 +603,8 @@ def run_worker(
         clock.close()
         if process.poll() is None:
             # The worker drains (nothing is in flight) and exits; py-spy then writes its profile.
+            if py_spy is not None:  # found again: py-spy's first child is not always the worker
+                worker_pid = _child_running(process.pid, "kompressor-worker", timeout=10)
             os.kill(worker_pid, signal.SIGTERM)
             try:
                 process.wait(60)

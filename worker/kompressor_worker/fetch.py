@@ -58,8 +58,8 @@ Choices, documented once here:
   fails temporarily), HTTP 429 and 5xx. Not transient: any other HTTP status, a name that does not
   exist, a certificate that does not verify, and every refusal by policy or size.
 - Messages name the URL without its query string, which may carry a signature or a token.
-- `RateLimiter` bounds one worker process: a pod's rate towards one host is the per-process rate
-  times its processes, and a job's is that times its pods.
+- `RateLimiter` bounds one worker (its fetches run on the worker's threads, shared by all of its
+  pool processes): a job's rate towards one host is the per-worker rate times its pods.
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def _transient(reason: str, status: int | None) -> bool:
 class RateLimiter:
     """A token bucket per origin host: `rate` requests per second on average, `burst` at once.
 
-    Thread-safe. It limits the process it lives in: a pod's rate towards a host is this rate times
-    the pod's worker processes. `clock` and `sleep` are injectable for tests."""
+    Thread-safe. It limits the process it lives in, the worker's main process, where all of a
+    pod's fetches run. `clock` and `sleep` are injectable for tests."""
 
     def __init__(
         self,

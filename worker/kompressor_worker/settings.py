@@ -30,6 +30,6 @@ class WorkerSettings(BaseSettings):
         default_factory=list, description="CIDRs URL sources may reach although private (e.g. a test server)."
     )
     url_requests_per_second: float = Field(
-        default=20.0, gt=0, description="Per process and origin host, so an origin is not hammered."
+        default=20.0, gt=0, description="Per worker and origin host, so an origin is not hammered."
     )
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")

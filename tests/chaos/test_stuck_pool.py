@@ -40,11 +40,12 @@ def test_a_worker_with_a_frozen_pool_process_requeues_its_tasks_and_is_restarted
         frozen = pool_children(first.pid)
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 120
-        while not (progress := engine.step()).finished:  # the first step publishes the tasks
-            assert time.monotonic() < deadline, f"not finished: {progress}"
+
+        def finished() -> bool:  # the first step publishes the tasks
             procs.scale_to(1)  # a worker that exited is replaced, as by a Deployment
-            time.sleep(0.5)
+            return engine.step().finished
+
+        wait_for(finished, 120, "the job finished")
         seconds = time.monotonic() - started
     finally:
         for pid in frozen:

@@ -87,8 +87,6 @@ def parse_timestamp(value):
     (LastModified of each listed object) and RFC 7231 dates in headers; the standard library parses
     both. botocore's own parser hands them to dateutil's general one, which took a quarter of the
     CPU of listing 100,000 objects (py-spy, bench/fanout.py). Anything else goes to botocore's."""
-    from botocore.utils import parse_timestamp as botocore_parse
-
     if isinstance(value, str):
         parsed = None
         try:
@@ -100,4 +98,6 @@ def parse_timestamp(value):
             parsed = None
         if parsed is not None:
             return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    from botocore.utils import parse_timestamp as botocore_parse  # the rare case: not on the hot path
+
     return botocore_parse(value)

@@ -5,7 +5,6 @@ Downloads from a real local server are in tests/integration/test_fetch_http.py."
 from __future__ import annotations
 
 import ipaddress
-import pickle
 import socket
 import threading
 import time
@@ -431,19 +430,6 @@ def test_nonsense_arguments_are_programming_errors(kwargs, message):
 )
 def test_which_errors_are_transient(reason, status, transient):
     assert FetchError(reason, "m", status=status).transient is transient
-
-
-def test_fetch_error_survives_pickling():
-    error = FetchError("http_error", "http://x/ answered HTTP 503", status=503)
-    copy = pickle.loads(pickle.dumps(error))
-    assert (copy.reason, copy.message, copy.status, copy.transient) == (
-        "http_error",
-        error.message,
-        503,
-        True,
-    )
-    forced = pickle.loads(pickle.dumps(FetchError("connection_error", "m", transient=False)))
-    assert forced.transient is False
 
 
 # --- RateLimiter --------------------------------------------------------------------------------

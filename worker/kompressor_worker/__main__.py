@@ -71,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         consumer.run()
     finally:
-        # Whatever is still running was given up by the consumer (the broker redelivers it).
-        consumer.runner.close()
-        pool.stop()
-        pool.join(timeout=10)
-        consumer.threads.shutdown(cancel_futures=True)
+        consumer.close()
         if server is not None:
             server.shutdown()
     log.info("stopped")

@@ -98,6 +98,13 @@ class Consumer:
         self._stalled_since: float | None = None
         self._requeue_inflight = False
 
+    def close(self) -> None:
+        """After `run`: give up whatever still runs (the broker redelivers it), stop pool and threads."""
+        self.runner.close()
+        self.pool.stop()
+        self.pool.join(timeout=10)
+        self.threads.shutdown(cancel_futures=True)
+
     def stop(self) -> None:
         """Stop consuming and drain in-flight tasks within the grace period (safe in a signal handler)."""
         if not self._stopping:

@@ -107,10 +107,6 @@ class FetchError(Exception):
         self.transient = _transient(reason, status) if transient is None else transient
         super().__init__(message)
 
-    def __reduce__(self):
-        # Crosses process boundaries (the worker's pool) intact.
-        return (FetchError, (self.reason, self.message, self.transient, self.status))
-
 
 def _transient(reason: str, status: int | None) -> bool:
     if reason == "http_error":

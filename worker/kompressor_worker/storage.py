@@ -39,9 +39,6 @@ class StorageError(Exception):
         self.reason = reason
         self.transient = transient
 
-    def __reduce__(self):  # crosses the process boundary intact
-        return (StorageError, (self.reason, str(self), self.transient))
-
 
 def _classify(exc: Exception, what: str) -> StorageError:
     if isinstance(exc, ClientError):

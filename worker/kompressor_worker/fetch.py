@@ -82,6 +82,9 @@ from kompressor.addresses import (
     IPAddress,
     address_allowed,
 )
+from kompressor.deadline import DeadlineSocket as _DeadlineSocket
+from kompressor.deadline import getaddrinfo_within as _getaddrinfo_within
+from kompressor.deadline import remaining as _remaining
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "kompressor-worker"
@@ -326,28 +329,6 @@ def _vet(ip: IPAddress | str, target: _Target, allow: AddressPolicy, named: bool
         )
 
 
-def _getaddrinfo_within(host: str, port: int, deadline: float) -> list:
-    """socket.getaddrinfo has no timeout: run it in a daemon thread and stop waiting at the deadline
-    (the thread ends when the resolver gives up)."""
-    outcome: dict[str, object] = {}
-    done = threading.Event()
-
-    def lookup() -> None:
-        try:
-            outcome["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except BaseException as error:
-            outcome["error"] = error
-        finally:
-            done.set()
-
-    threading.Thread(target=lookup, name=f"kompressor-dns-{host}", daemon=True).start()
-    if not done.wait(_remaining(deadline)):
-        raise TimeoutError(f"looking up {host} took too long")
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["infos"]  # type: ignore[return-value]
-
-
 def _connect(target: _Target, addresses: list[tuple[int, tuple]], deadline: float) -> socket.socket:
     """A socket connected to the first vetted address that accepts (TLS done for https)."""
     error: Exception | None = None
@@ -420,50 +401,6 @@ def _read_body(response: http.client.HTTPResponse, target: _Target, max_bytes: i
         if size > max_bytes:
             raise FetchError("too_large", f"{target.shown} is larger than the limit of {max_bytes} bytes")
         body.write(chunk)
-
-
-class _DeadlineSocket:
-    """The connected socket as http.client sees it: each send and receive may take only the time
-    left before the deadline, so many slow steps cannot add up past it."""
-
-    def __init__(self, sock: socket.socket, deadline: float):
-        self._sock = sock
-        self._deadline = deadline
-
-    def sendall(self, data: bytes) -> None:
-        self._sock.settimeout(_remaining(self._deadline))
-        self._sock.sendall(data)
-
-    def recv_into(self, buffer) -> int:
-        self._sock.settimeout(_remaining(self._deadline))
-        return self._sock.recv_into(buffer)
-
-    def makefile(self, mode: str = "rb", *args, **kwargs) -> io.BufferedReader:
-        if mode != "rb":
-            raise ValueError(f"only 'rb' is supported, not {mode!r}")
-        return io.BufferedReader(_DeadlineReader(self), buffer_size=CHUNK_BYTES)
-
-    def close(self) -> None:
-        pass  # fetch_url closes the real socket when it is done with the response
-
-
-class _DeadlineReader(io.RawIOBase):
-    def __init__(self, sock: _DeadlineSocket):
-        super().__init__()
-        self._sock = sock
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        return self._sock.recv_into(buffer)
-
-
-def _remaining(deadline: float) -> float:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError("the download's deadline passed")
-    return remaining
 
 
 def _as_fetch_error(

@@ -16,8 +16,9 @@ patch releases, so the tables are the rule and the standard library only adds re
 from __future__ import annotations
 
 import ipaddress
-import socket
 from dataclasses import dataclass
+
+from kompressor.deadline import getaddrinfo_within
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,7 +71,7 @@ _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 
 
 class AddressRefused(ValueError):
-    """A host whose address the policy refuses, or that does not resolve."""
+    """A host whose address the policy refuses."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,10 @@ def _public_ipv6(ip: ipaddress.IPv6Address) -> bool:
     return not (ip.is_multicast or ip.is_private or ip.is_link_local or ip.is_site_local)
 
 
-def vetted_addresses(host: str, port: int, policy: AddressPolicy) -> list[tuple[int, tuple]]:
-    """(family, sockaddr) of every address of `host`, all allowed; else AddressRefused."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise AddressRefused(f"{host} does not resolve: {exc}") from None
+def vetted_addresses(host: str, port: int, policy: AddressPolicy, deadline: float) -> list[tuple[int, tuple]]:
+    """(family, sockaddr) of every address of `host`, all allowed; else AddressRefused. The lookup
+    ends by `deadline` (time.monotonic()) or raises TimeoutError; a failed lookup raises gaierror."""
+    infos = getaddrinfo_within(host, port, deadline)
     found = [(family, sockaddr) for family, _type, _proto, _name, sockaddr in infos]
     for _family, sockaddr in found:
         if not address_allowed(sockaddr[0], policy):

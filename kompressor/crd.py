@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import ipaddress
 import posixpath
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -64,6 +67,40 @@ def _safe_prefix(value: str) -> str:
     if ".." in value.split("/"):
         raise ValueError(f"prefix {value!r} must not contain a '..' segment")
     return value
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+REQUESTABLE_URL_PATTERN = (
+    rf"^https?://(?:\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*\.?)(?::{_PORT})?(?:[/?][!-~]*)?$"
+)
+"""An http(s) URL a client can request: a host name of DNS labels or a bracketed IPv6 address, no
+user info, a port from 1 to 65535, and a path and query of printable ASCII without spaces (a
+space, a control character or a byte beyond ASCII makes http.client refuse the request line)."""
+
+
+def _requestable_url(value: str) -> str:
+    """REQUESTABLE_URL_PATTERN, with a message that says the rule, and what it cannot say: that a
+    bracketed address parses."""
+    try:
+        if not re.match(REQUESTABLE_URL_PATTERN, value):
+            raise ValueError(
+                "must be an http(s) URL with a host name or [IPv6 address], no user info, a port from "
+                "1 to 65535, and a path of printable ASCII without spaces"
+            )
+        host = urlsplit(value).hostname or ""
+        if ":" in host:
+            ipaddress.IPv6Address(host)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} cannot be requested: {exc}") from None
+    return value
+
+
+RequestableURL = Annotated[
+    str,
+    Field(max_length=2048, json_schema_extra={"pattern": REQUESTABLE_URL_PATTERN}),
+    AfterValidator(_requestable_url),
+]
 
 
 class _Model(BaseModel):
@@ -355,14 +392,17 @@ class Workers(_Model):
 class Notify(_Model):
     """A webhook told when the job finishes."""
 
-    webhook_url: str = Field(
-        alias="webhookURL", pattern=r"^https?://", max_length=2048, description="URL POSTed on finish."
+    webhook_url: RequestableURL = Field(
+        alias="webhookURL",
+        description="http(s) URL POSTed once the finished status is stored (no user info; a port "
+        "from 1 to 65535; printable ASCII without spaces).",
     )
     secret_ref: str | None = Field(
         default=None,
         max_length=253,
-        description="Name of a Secret whose key `hmacKey` signs the body (X-Kompressor-Signature: "
-        "sha256=<hex>).",
+        description="Name of a Secret whose key `hmacKey` signs each delivery the Standard Webhooks "
+        "way (headers webhook-id, webhook-timestamp, webhook-signature); when it or the key is "
+        "missing or empty, nothing is sent.",
     )
 
 

@@ -83,6 +83,16 @@ class _Job:
     listed_announced: bool = False
 
 
+@dataclass
+class _Delivery:
+    """A finish webhook being delivered: attempts made, when the next is due (time.monotonic()),
+    and whether it ended (kept until the stored status says so, so a stale body sends nothing twice)."""
+
+    attempts: int = 0
+    due: float = 0.0
+    settled: bool = False
+
+
 def accepted_spec(body: dict[str, Any]) -> tuple[CompressionJobSpec, list[str]]:
     """The spec to run: the current one, except that fields immutable after start keep the values
     accepted at start (recorded in an annotation). Returns it and the refused changes."""
@@ -105,6 +115,7 @@ class Controller:
         self.metrics = metrics
         self.jobs: dict[str, _Job] = {}
         self.claims: dict[str, Claim] = {}
+        self.deliveries: dict[str, _Delivery] = {}
 
     # --- create / resume ------------------------------------------------------------------------
 
@@ -250,34 +261,74 @@ class Controller:
                 f"{status.skipped} skipped, {status.failed} failed; manifest {manifest}",
             )
         )
-        status = status.model_copy(
-            update={"manifest": manifest, "workers": WorkerCounts(desired=0, ready=status.workers.ready)}
-        )
+        conditions = status.conditions
         if state.spec.notify is not None:
-            status = self._notify(state, status, outcome)
-        return status
+            # The webhook goes out from a later step, once this finished status is stored: no
+            # receiver can keep a job from finishing.
+            conditions = notify.noted(conditions, notify.PENDING, datetime.now(UTC))
+        return status.model_copy(
+            update={
+                "manifest": manifest,
+                "workers": WorkerCounts(desired=0, ready=status.workers.ready),
+                "conditions": conditions,
+            }
+        )
 
-    def _notify(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
-        assert state.spec.notify is not None
-        key = None
-        if state.spec.notify.secret_ref:
-            try:
-                key = self.kube.secret_value(state.job.namespace, state.spec.notify.secret_ref, "hmacKey")
-            except SecretMissing as exc:
-                outcome.events.append(Event("Warning", "WebhookFailed", str(exc)))
-        body = notify.summary(state.job, status)
-        policy = AddressPolicy.allowing(*self.settings.webhook_allow_networks)
-        error = notify.post(state.spec.notify.webhook_url, body, key, policy)
-        now = datetime.now(UTC)
-        if error is None:
-            conditions = set_condition(status.conditions, "Notified", "True", "WebhookDelivered", "", now)
+    def _deliver(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
+        """One attempt at the finish webhook when one is due; its end goes in the Notified condition."""
+        job = job_ref(body["metadata"])
+        delivery = self.deliveries.setdefault(job.uid, _Delivery())
+        if delivery.settled or time.monotonic() < delivery.due:
+            return None
+        try:
+            hook = parse_spec(body["spec"]).notify
+            if hook is None:
+                raise ValueError("spec.notify was removed before the webhook was sent")
+            key = self._webhook_key(job, hook.secret_ref)
+        except ValueError as exc:  # SpecError is one too
+            result = notify.Attempt(str(exc))
         else:
-            outcome.events.append(Event("Warning", "WebhookFailed", error))
-            conditions = set_condition(status.conditions, "Notified", "False", "WebhookFailed", error, now)
-        return status.model_copy(update={"conditions": conditions})
+            result = notify.attempt(
+                hook.webhook_url,
+                notify.summary(job, status),
+                notify.delivery_id(job),
+                key,
+                AddressPolicy.allowing(*self.settings.webhook_allow_networks),
+                self.settings.webhook_timeout_seconds,
+            )
+        delivery.attempts += 1
+        verdict = notify.verdict(result, delivery.attempts, self.settings.webhook_attempts)
+        outcome = Outcome()
+        if verdict.retry_in is None:
+            delivery.settled = True
+            kind = "Normal" if verdict.status == "True" else "Warning"
+            outcome.events.append(Event(kind, verdict.reason, verdict.message))
+        else:
+            delivery.due = time.monotonic() + verdict.retry_in
+        conditions = notify.noted(status.conditions, verdict, datetime.now(UTC))
+        outcome.status = status.model_copy(update={"conditions": conditions})
+        return outcome
+
+    def _webhook_key(self, job: JobRef, secret: str | None) -> bytes | None:
+        """The signing key, None when no signature is asked for; ValueError naming what is missing,
+        for nothing is ever sent unsigned when a signature was asked for."""
+        if secret is None:
+            return None
+        try:
+            return notify.hmac_key(self.kube.secret_value(job.namespace, secret, "hmacKey"))
+        except SecretMissing as exc:
+            raise ValueError(f"spec.notify.secretRef: {exc}; nothing sent unsigned") from None
+        except ValueError as exc:
+            raise ValueError(
+                f"spec.notify.secretRef: key hmacKey of Secret {job.namespace}/{secret} {exc}; "
+                "nothing sent unsigned"
+            ) from None
 
     def _after_finish(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
-        """ttlSecondsAfterFinished: delete the job once its time is up."""
+        """The finish webhook, then ttlSecondsAfterFinished: delete the job once its time is up."""
+        if any(c.type == notify.CONDITION and c.status == "Unknown" for c in status.conditions):
+            return self._deliver(body, status)
+        self.deliveries.pop(body["metadata"]["uid"], None)
         ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
         if ttl is None or status.completion_time is None:
             return None
@@ -302,6 +353,7 @@ class Controller:
         """Finalizer: the job's queues go; the Deployment goes by owner reference."""
         uid = body["metadata"]["uid"]
         self.claims.pop(uid, None)
+        self.deliveries.pop(uid, None)
         state = self.jobs.pop(uid, None)
         if state is not None:
             state.engine.delete_queues()

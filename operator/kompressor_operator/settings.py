@@ -42,3 +42,12 @@ class OperatorSettings(BaseSettings):
         default_factory=list,
         description="CIDRs a finish webhook may reach although non-public (e.g. an in-cluster receiver).",
     )
+    webhook_attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts at delivering a finish webhook before it fails."
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Each webhook attempt's one deadline: name lookup, connect, send, the answer's headers.",
+    )

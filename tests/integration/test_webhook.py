@@ -1,0 +1,327 @@
+"""The finish webhook against real receivers on 127.0.0.1 (the only address these tests allow-list):
+hostile ones that drip, babble or fail, and one that fails twice before it accepts.
+
+Each receiver is a raw TCP server, so it can answer what no HTTP server library would send. The
+Controller tests start from what the finish step stores (the finished status with a pending
+Notified condition) and tick the Controller's step as kopf's timer does, writing back each status.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from kompressor.addresses import AddressPolicy
+from kompressor.crd import CompressionJobStatus, Condition, Phase
+from kompressor.messages import JobRef
+from kompressor_operator import notify
+from kompressor_operator.controller import Controller, Event
+from kompressor_operator.kube import Kube
+from kompressor_operator.metrics import OperatorMetrics
+from kompressor_operator.settings import OperatorSettings
+from tests.webhooks import verified
+
+LOOPBACK = AddressPolicy.allowing("127.0.0.1/32")
+KEY = b"a key of the receiver's"
+JOB = JobRef(namespace="shop", name="catalog", uid="7f0c5a52-6c1e-4d8e-9b1a-0e6f3c2d9a41")
+
+Answer = Callable[[socket.socket, threading.Event], None]
+
+
+def answers(status: int) -> Answer:
+    def answer(sock: socket.socket, release: threading.Event) -> None:
+        sock.sendall(f"HTTP/1.1 {status} Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
+
+    return answer
+
+
+def garbage(sock: socket.socket, release: threading.Event) -> None:
+    sock.sendall(b"SPAM SPAM SPAM\r\n\r\n")
+
+
+def over_long_line(sock: socket.socket, release: threading.Event) -> None:
+    sock.sendall(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n")
+
+
+def drip(sock: socket.socket, release: threading.Event) -> None:
+    """A status line and one endless header, a byte every 20 ms: never a whole answer."""
+    for byte in itertools.chain(b"HTTP/1.1 200 OK\r\nX-Drip: ", itertools.repeat(ord("a"))):
+        sock.sendall(bytes([byte]))
+        if release.wait(0.02):
+            return
+
+
+class Receiver:
+    """A TCP server on 127.0.0.1 that reads each request whole, keeps it, and answers connection
+    number i with answers[i] (the last one again for any later connection)."""
+
+    def __init__(self, *answers: Answer):
+        self.answers = answers
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.release = threading.Event()
+        receiver = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                headers, body = _read_request(self.request)
+                index = len(receiver.requests)
+                receiver.requests.append((headers, body))
+                try:
+                    receiver.answers[min(index, len(receiver.answers) - 1)](self.request, receiver.release)
+                except OSError:
+                    pass  # the client gave up on us: that is what some tests are about
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/kompressor?team=web"
+
+    def stop(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+
+def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return {}, b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    headers[":request-line"] = lines[0]
+    while len(body) < int(headers.get("Content-Length", 0)):
+        body += sock.recv(65536)
+    return headers, body
+
+
+@pytest.fixture
+def receiver(request) -> Iterator[Callable[..., Receiver]]:
+    started: list[Receiver] = []
+
+    def start(*answers: Answer) -> Receiver:
+        started.append(Receiver(*answers))
+        return started[-1]
+
+    yield start
+    for one in started:
+        one.stop()
+
+
+# --- one attempt ------------------------------------------------------------------------------------
+
+
+def _attempt(url: str, timeout: float = 1.0, key: bytes | None = KEY) -> tuple[notify.Attempt, float]:
+    started = time.monotonic()
+    result = notify.attempt(url, b'{"job": 1}', "finished-x", key, LOOPBACK, timeout)
+    return result, time.monotonic() - started
+
+
+def test_a_receiver_that_drips_its_answer_is_cut_off_at_the_deadline(receiver):
+    result, seconds = _attempt(receiver(drip).url, timeout=1.0)
+    assert result == notify.Attempt("webhook did not answer within 1 s", retry=True)
+    assert 1.0 <= seconds < 1.5, seconds
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (garbage, "webhook answered malformed HTTP: BadStatusLine"),
+        (over_long_line, "webhook answered malformed HTTP: LineTooLong"),
+        (answers(500), "webhook answered HTTP 500"),
+        (answers(429), "webhook answered HTTP 429"),
+    ],
+)
+def test_a_malformed_or_failing_answer_is_an_error_worth_retrying(receiver, answer, error):
+    result, seconds = _attempt(receiver(answer).url)
+    assert result.retry and result.error is not None and result.error.startswith(error), result
+    assert seconds < 1.0
+
+
+@pytest.mark.parametrize("status", [302, 400, 404])
+def test_other_answers_fail_at_once(receiver, status):
+    assert _attempt(receiver(answers(status)).url)[0] == notify.Attempt(f"webhook answered HTTP {status}")
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("http://127.0.0.1:8080/a b", "webhook URL cannot be requested: InvalidURL"),
+        ("http://127.0.0.1:99999/", "webhook URL cannot be requested: ValueError: Port out of range"),
+        ("http://" + "a" * 64 + ".invalid/", "webhook URL cannot be requested: UnicodeError"),
+        ("http://10.0.0.1/", "webhook address refused: 10.0.0.1 resolves to 10.0.0.1, a non-public address"),
+    ],
+)
+def test_urls_that_cannot_be_requested_or_are_refused_fail_without_escaping(url, error):
+    """No exception escapes, whatever the URL (older jobs were stored before the CRD refused these)."""
+    result, _ = _attempt(url)
+    assert not result.retry and result.error is not None and result.error.startswith(error), result
+
+
+def test_a_delivery_is_signed_the_standard_webhooks_way(receiver):
+    hook = receiver(answers(204))
+    assert _attempt(hook.url)[0] == notify.Attempt()
+    [(headers, body)] = hook.requests
+    assert headers[":request-line"] == "POST /hooks/kompressor?team=web HTTP/1.1"
+    assert verified(headers, body, KEY) == "finished-x"
+    assert body == b'{"job": 1}'
+
+
+def test_an_unsigned_delivery_is_sent_only_when_no_key_is_given(receiver):
+    hook = receiver(answers(204))
+    assert _attempt(hook.url, key=None)[0] == notify.Attempt()
+    [(headers, _)] = hook.requests
+    assert "webhook-signature" not in headers
+    assert headers["webhook-id"] == "finished-x" and abs(int(headers["webhook-timestamp"]) - time.time()) < 60
+
+
+def test_the_signature_matches_the_specifications_test_vector():
+    """The published vector of the Standard Webhooks specification (secret in its whsec_ form)."""
+    key = notify.hmac_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    body = b'{"test": 2432232314}'
+    headers = notify.delivery_headers("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body, key)
+    assert headers["webhook-signature"] == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert notify.hmac_key("plain key") == b"plain key"
+    for bad in ("", "whsec_", "whsec_not base64!"):
+        with pytest.raises(ValueError):
+            notify.hmac_key(bad)
+    assert base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") == key
+
+
+# --- through the Controller ---------------------------------------------------------------------------
+
+
+def _controller(**settings: Any) -> Controller:
+    """The Kube adapter is never called by these tests: no Secret is named (see test_webhook_secrets)."""
+    config = OperatorSettings(webhook_allow_networks=["127.0.0.1/32"], **settings)
+    return Controller(config, Kube(), OperatorMetrics())
+
+
+def finished_job(url: str, secret_ref: str | None = None) -> dict[str, Any]:
+    """A job as the finish step leaves it: Succeeded, its webhook pending."""
+    now = datetime.now(UTC)
+    status = CompressionJobStatus(
+        phase=Phase.succeeded,
+        total=3,
+        published=3,
+        succeeded=3,
+        progress="3/3",
+        completion_time=now,
+        conditions=notify.noted([], notify.PENDING, now),
+        manifest="s3://web/.kompressor/catalog/manifest.jsonl",
+    )
+    hook = {"webhookURL": url} | ({"secretRef": secret_ref} if secret_ref else {})
+    return {
+        "metadata": JOB.model_dump() | {"creationTimestamp": now.isoformat()},
+        "spec": {
+            "source": {"s3": {"bucket": "raw"}},
+            "destination": {"s3": {"bucket": "web"}},
+            "notify": hook,
+        },
+        "status": status.model_dump(by_alias=True, mode="json"),
+    }
+
+
+def settle(controller: Controller, body: dict[str, Any], timeout: float) -> tuple[Condition, list[Event]]:
+    """Tick the step as the 1 s timer would (faster) until the Notified condition is settled,
+    writing back each status as the handler does; the condition and the Events posted."""
+    events: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        outcome = controller.step(body, poll_interval=1.0)
+        if outcome is not None:
+            events += outcome.events
+            assert outcome.status is not None
+            body["status"] = outcome.status.model_dump(by_alias=True, mode="json")
+        condition = notified(body)
+        if condition.status != "Unknown":
+            return condition, events
+        time.sleep(0.05)
+    raise TimeoutError(f"the webhook did not settle within {timeout} s: {notified(body)}")
+
+
+def notified(body: dict[str, Any]) -> Condition:
+    status = CompressionJobStatus.model_validate(body["status"])
+    return next(c for c in status.conditions if c.type == notify.CONDITION)
+
+
+def _still_finished(body: dict[str, Any]) -> None:
+    status = CompressionJobStatus.model_validate(body["status"])
+    assert (status.phase, status.succeeded, status.total) == (Phase.succeeded, 3, 3)
+    assert status.completion_time is not None
+
+
+def test_a_receiver_that_fails_twice_then_accepts_gets_exactly_one_accepted_delivery(receiver):
+    hook = receiver(answers(500), answers(503), answers(204))
+    controller = _controller()
+    body = finished_job(hook.url)
+    started = time.monotonic()
+    condition, events = settle(controller, body, timeout=20)
+    seconds = time.monotonic() - started
+
+    assert (condition.status, condition.reason) == ("True", "WebhookDelivered")
+    assert condition.message == "delivered on attempt 3"
+    assert [e.reason for e in events] == ["WebhookDelivered"]
+    assert len(hook.requests) == 3  # two refused, one accepted
+    assert {headers["webhook-id"] for headers, _ in hook.requests} == {notify.delivery_id(JOB)}
+    assert 3.0 <= seconds < 6.0, seconds  # waits of 1 s and 2 s between the attempts
+    _still_finished(body)
+
+    # Settled: later ticks send nothing, even one given a stale body that still says pending (the
+    # watch can lag behind the status just written).
+    stale = finished_job(hook.url)
+    for current in (stale, body):
+        assert controller.step(current, poll_interval=1.0) is None
+    assert len(hook.requests) == 3
+
+
+def test_unsigned_when_no_secret_is_named(receiver):
+    hook = receiver(answers(200))
+    condition, _ = settle(_controller(), finished_job(hook.url), timeout=10)
+    assert condition.status == "True"
+    summary = json.loads(hook.requests[0][1])
+    assert summary["job"]["uid"] == JOB.uid and summary["status"]["succeeded"] == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (drip, "webhook did not answer within 0.5 s"),
+        (garbage, "webhook answered malformed HTTP: BadStatusLine"),
+        (over_long_line, "webhook answered malformed HTTP: LineTooLong"),
+        (answers(500), "webhook answered HTTP 500"),
+    ],
+    ids=["slow-drip", "garbage-status-line", "over-long-line", "500s"],
+)
+def test_a_hostile_receiver_ends_as_webhook_failed_with_the_job_finished(receiver, answer, error):
+    hook = receiver(answer)
+    controller = _controller(webhook_attempts=2, webhook_timeout_seconds=0.5)
+    body = finished_job(hook.url)
+    started = time.monotonic()
+    condition, events = settle(controller, body, timeout=15)
+    seconds = time.monotonic() - started
+
+    assert (condition.status, condition.reason) == ("False", "WebhookFailed")
+    assert condition.message.startswith(f"attempt 2 of 2: {error}"), condition.message
+    assert [(e.type, e.reason) for e in events] == [("Warning", "WebhookFailed")]
+    assert len(hook.requests) == 2
+    assert seconds < 4.0, seconds  # two deadlines of 0.5 s and one wait of 1 s, at most
+    _still_finished(body)

@@ -72,7 +72,7 @@ def _safe_prefix(value: str) -> str:
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
 REQUESTABLE_URL_PATTERN = (
-    rf"^https?://(?:\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*\.?)(?::{_PORT})?(?:[/?][!-~]*)?$"
+    rf"^https?://(?:\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|{_LABEL}(?:\.{_LABEL})*\.?)(?::{_PORT})?(?:[/?][!-~]*)?$"
 )
 """An http(s) URL a client can request: a host name of DNS labels or a bracketed IPv6 address, no
 user info, a port from 1 to 65535, and a path and query of printable ASCII without spaces (a

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
-import hmac
 import importlib.util
 import json
 import os
@@ -27,6 +25,7 @@ import yaml
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.process import free_port, wait_until
 from tests.e2e.nodeagent import NodeAgent
+from tests.webhooks import verified
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE_NAMESPACE = "kompressor"
@@ -74,8 +73,11 @@ class Webhook:
         return f"http://127.0.0.1:{self.port}/hook"
 
     def signed_correctly(self, headers: dict[str, str], body: bytes) -> bool:
-        expected = "sha256=" + hmac.new(HMAC_KEY.encode(), body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(headers.get("X-Kompressor-Signature", ""), expected)
+        try:
+            verified(headers, body, HMAC_KEY.encode())
+        except (KeyError, ValueError):
+            return False
+        return True
 
     def stop(self) -> None:
         self._server.shutdown()

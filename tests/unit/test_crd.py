@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from kompressor.crd import (
+    REQUESTABLE_URL_PATTERN,
     CompressionJobSpec,
     SpecError,
     crd,
@@ -144,3 +147,63 @@ def test_the_model_round_trips_through_its_camel_case_wire_form():
     wire = spec.model_dump(by_alias=True, exclude_none=True, mode="json")
     assert wire["workers"]["scaleDownDelaySeconds"] == 5
     assert CompressionJobSpec.model_validate(wire) == spec
+
+
+CANNOT_BE_REQUESTED = [
+    "http://hooks.example.com/a b",  # http.client refuses the request line
+    "http://hooks.example.com/a\tb",
+    "http://hooks.example.com/\u00e9",
+    "http://hooks.example.com:99999/x",  # urlsplit refuses the port
+    "http://hooks.example.com:0/x",
+    "http://hooks.example.com:/x",
+    "http://user:secret@hooks.example.com/x",  # credentials never come from a spec
+    "http://a..b/x",  # the resolver's IDNA codec refuses empty and long labels
+    "http://" + "a" * 64 + ".example.com/",
+    "http://[1.2.3.4]/",
+    "http:///x",
+    "ftp://hooks.example.com/x",
+]
+REQUESTABLE = [
+    "https://hooks.example.com/x?team=web&sig=a%20b",
+    "http://receiver.shop.svc:8080/",
+    "http://10.1.2.3:65535",
+    "http://[2001:db8::1]:443/hook",
+]
+
+
+@pytest.mark.parametrize("url", CANNOT_BE_REQUESTED)
+def test_a_webhook_url_that_cannot_be_requested_is_refused_by_the_model_and_the_crd(url):
+    spec = VALID | {"notify": {"webhookURL": url}}
+    with pytest.raises(SpecError, match=r"spec\.notify\.webhookURL: .* cannot be requested"):
+        parse_spec(spec)
+    jsonschema = pytest.importorskip("jsonschema")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(spec, _root()["properties"]["spec"])
+
+
+def test_a_bracketed_host_that_is_no_ipv6_address_is_refused_by_the_model():
+    """The CRD's pattern only sees hex digits, colons and dots; the model parses the address."""
+    with pytest.raises(SpecError, match="cannot be requested"):
+        parse_spec(VALID | {"notify": {"webhookURL": "http://[:::::]/"}})
+
+
+@pytest.mark.parametrize("url", REQUESTABLE)
+def test_a_requestable_webhook_url_passes_both(url):
+    spec = VALID | {"notify": {"webhookURL": url}}
+    assert parse_spec(spec).notify is not None
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(spec, _root()["properties"]["spec"])
+
+
+@given(st.from_regex(REQUESTABLE_URL_PATTERN, fullmatch=True))
+def test_every_webhook_url_the_model_accepts_makes_a_request_line(url: str):
+    """What the model accepts, http.client and the resolver's name encoding accept too."""
+    try:
+        parse_spec(VALID | {"notify": {"webhookURL": url}})
+    except SpecError:
+        return  # a bracketed host that is no IPv6 address: refused, as it should be
+    parts = urlsplit(url)
+    assert parts.port is None or 1 <= parts.port <= 65535
+    (parts.hostname or "").encode("idna")
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port)
+    connection.putrequest("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))

@@ -15,10 +15,12 @@ import socket
 import socketserver
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import kubernetes
 import pytest
 
 from kompressor.addresses import AddressPolicy
@@ -29,6 +31,7 @@ from kompressor_operator.controller import Controller, Event
 from kompressor_operator.kube import Kube
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.settings import OperatorSettings
+from testbed import KubeAPI
 from tests.webhooks import verified
 
 LOOPBACK = AddressPolicy.allowing("127.0.0.1/32")
@@ -210,12 +213,12 @@ def test_the_signature_matches_the_specifications_test_vector():
 
 
 def _controller(**settings: Any) -> Controller:
-    """The Kube adapter is never called by these tests: no Secret is named (see test_webhook_secrets)."""
+    """Its Kube adapter is called only to read a Secret named in the spec (the tests marked kube)."""
     config = OperatorSettings(webhook_allow_networks=["127.0.0.1/32"], **settings)
     return Controller(config, Kube(), OperatorMetrics())
 
 
-def finished_job(url: str, secret_ref: str | None = None) -> dict[str, Any]:
+def finished_job(url: str, secret_ref: str | None = None, job: JobRef = JOB) -> dict[str, Any]:
     """A job as the finish step leaves it: Succeeded, its webhook pending."""
     now = datetime.now(UTC)
     status = CompressionJobStatus(
@@ -230,7 +233,7 @@ def finished_job(url: str, secret_ref: str | None = None) -> dict[str, Any]:
     )
     hook = {"webhookURL": url} | ({"secretRef": secret_ref} if secret_ref else {})
     return {
-        "metadata": JOB.model_dump() | {"creationTimestamp": now.isoformat()},
+        "metadata": job.model_dump() | {"creationTimestamp": now.isoformat()},
         "spec": {
             "source": {"s3": {"bucket": "raw"}},
             "destination": {"s3": {"bucket": "web"}},
@@ -324,4 +327,71 @@ def test_a_hostile_receiver_ends_as_webhook_failed_with_the_job_finished(receive
     assert [(e.type, e.reason) for e in events] == [("Warning", "WebhookFailed")]
     assert len(hook.requests) == 2
     assert seconds < 4.0, seconds  # two deadlines of 0.5 s and one wait of 1 s, at most
+    _still_finished(body)
+
+
+def test_the_name_lookup_is_inside_the_deadline(monkeypatch):
+    """A resolver that never answers (getaddrinfo has no timeout of its own) costs the deadline."""
+    never = threading.Event()
+
+    def hanging_resolver(*args: Any, **kwargs: Any) -> list:
+        never.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "the resolver gave up")
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_resolver)
+    try:
+        result, seconds = _attempt("http://hooks.example.com/x", timeout=0.5)
+    finally:
+        never.set()
+    assert result == notify.Attempt("webhook did not answer within 0.5 s", retry=True)
+    assert 0.5 <= seconds < 1.0, seconds
+
+
+# --- the signing key, from a real Secret ------------------------------------------------------------
+
+WHSEC = "whsec_" + base64.b64encode(b"32 bytes of a receiver's secret!").decode()
+
+
+@pytest.fixture(scope="module")
+def secrets(kube: KubeAPI) -> JobRef:
+    """A namespace with the Secrets these tests name; the Kube adapter pointed at the API server."""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    kube.kubectl("create", "namespace", namespace)
+    made = {"hook-hmac": f"hmacKey={WHSEC}", "hook-empty": "hmacKey=", "hook-other": "x=y"}
+    for name, literal in made.items():
+        kube.kubectl("create", "secret", "generic", name, "-n", namespace, f"--from-literal={literal}")
+    kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig_path))
+    return JOB.model_copy(update={"namespace": namespace})
+
+
+@pytest.mark.kube
+def test_a_signed_delivery_verifies_and_keeps_its_id_across_retries(receiver, secrets: JobRef):
+    hook = receiver(answers(502), answers(204))
+    condition, _ = settle(_controller(), finished_job(hook.url, "hook-hmac", secrets), timeout=10)
+    assert condition.status == "True"
+    key = base64.b64decode(WHSEC.removeprefix("whsec_"))
+    ids = [verified(headers, body, key) for headers, body in hook.requests]
+    assert ids == [notify.delivery_id(secrets)] * 2
+    timestamps = [int(headers["webhook-timestamp"]) for headers, _ in hook.requests]
+    assert timestamps[0] <= timestamps[1]  # each attempt signs its own time
+
+
+@pytest.mark.kube
+@pytest.mark.parametrize(
+    ("secret", "named"),
+    [
+        ("hook-missing", "Secret {ns}/hook-missing does not exist"),
+        ("hook-empty", "key hmacKey of Secret {ns}/hook-empty is empty"),
+        ("hook-other", "Secret {ns}/hook-other has no key 'hmacKey'"),
+    ],
+)
+def test_nothing_is_sent_unsigned_when_the_key_cannot_be_read(receiver, secrets: JobRef, secret, named):
+    hook = receiver(answers(204))
+    body = finished_job(hook.url, secret, secrets)
+    condition, events = settle(_controller(), body, timeout=10)
+    assert (condition.status, condition.reason) == ("False", "WebhookFailed")
+    assert named.format(ns=secrets.namespace) in condition.message
+    assert "nothing sent unsigned" in condition.message
+    assert [(e.type, e.reason) for e in events] == [("Warning", "WebhookFailed")]
+    assert hook.requests == []
     _still_finished(body)

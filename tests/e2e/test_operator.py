@@ -18,8 +18,16 @@ import pytest
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.process import wait_until
 from tests.corpus import real_photos
-from tests.e2e.cluster import RELEASE_NAMESPACE, Cluster, install, job_manifest, replicas_over_time
+from tests.e2e.cluster import (
+    HMAC_KEY,
+    RELEASE_NAMESPACE,
+    Cluster,
+    install,
+    job_manifest,
+    replicas_over_time,
+)
 from tests.jobs import upload
+from tests.webhooks import Receiver, garbage, verified
 
 pytestmark = pytest.mark.kube
 
@@ -123,6 +131,34 @@ def test_a_job_runs_scales_with_the_backlog_and_finishes_exactly(cluster: Cluste
     assert {"Started", "Listed", "Scaled", "Succeeded"} <= reasons
     print(f"\napply → first scale-up: {first_scale_up:.1f}s")
     print("scale decisions:\n  " + "\n  ".join(scaled))
+
+
+def test_a_hostile_webhook_receiver_cannot_keep_a_job_from_finishing(cluster: Cluster, s3: S3Server):
+    """A receiver answering garbage: the job is Succeeded first, then Notified=False WebhookFailed
+    after every attempt, each signed and with one webhook-id."""
+    bucket = f"e2e-{uuid.uuid4().hex[:10]}"
+    s3.client().create_bucket(Bucket=bucket)  # no inputs: the job finishes at its first step
+    hook = Receiver(garbage)
+    try:
+        notify = {"webhookURL": hook.url, "secretRef": "hook-hmac"}
+        cluster.kubectl("apply", "-f", "-", input=job_manifest("hostile", bucket, s3, notify=notify))
+        status = cluster.wait_phase("hostile", {"Succeeded", "Failed"}, 60)
+        assert status["phase"] == "Succeeded"
+
+        def notified() -> dict:
+            conditions = cluster.job_status("hostile").get("conditions", [])
+            return next((c for c in conditions if c["type"] == "Notified"), {})
+
+        wait_until(lambda: notified().get("status") == "False", 60, "the webhook given up")
+    finally:
+        hook.stop()
+    assert notified()["reason"] == "WebhookFailed"
+    assert "BadStatusLine" in notified()["message"]
+    assert cluster.job_status("hostile")["phase"] == "Succeeded"
+    warnings = [e for e in _events(cluster, "hostile") if e["reason"] == "WebhookFailed"]
+    assert [e["type"] for e in warnings] == ["Warning"]
+    ids = {verified(headers, body, HMAC_KEY.encode()) for headers, body in hook.requests}
+    assert len(hook.requests) == 5 and len(ids) == 1
 
 
 def test_suspend_keeps_the_queue_and_resume_finishes(cluster: Cluster, s3: S3Server):

@@ -54,6 +54,8 @@ def test_apply_a_compression_job_and_read_it_back(crd_installed: KubeAPI, namesp
         ({"limits": {"maxAttempts": 0}}, "spec.limits.maxAttempts"),
         ({"source": {"s3": {"bucket": "raw"}, "urls": {"items": ["https://x/a.jpg"]}}}, "spec.source"),
         ({"destination": {"s3": {"bucket": "NO"}}}, "spec.destination.s3.bucket"),
+        ({"notify": {"webhookURL": "http://hooks.example.com/a b"}}, "spec.notify.webhookURL"),
+        ({"notify": {"webhookURL": "http://hooks.example.com:99999/"}}, "spec.notify.webhookURL"),
     ],
 )
 def test_an_invalid_job_is_rejected_naming_the_field(crd_installed: KubeAPI, namespace: str, change, named):

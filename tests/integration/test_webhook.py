@@ -1,18 +1,16 @@
 """The finish webhook against real receivers on 127.0.0.1 (the only address these tests allow-list):
 hostile ones that drip, babble or fail, and one that fails twice before it accepts.
 
-Each receiver is a raw TCP server, so it can answer what no HTTP server library would send. The
-Controller tests start from what the finish step stores (the finished status with a pending
-Notified condition) and tick the Controller's step as kopf's timer does, writing back each status.
+The receivers are raw TCP servers (tests/webhooks.py). The Controller tests start from what the
+finish step stores (the finished status with a pending Notified condition) and tick the
+Controller's step as kopf's timer does, writing back each status.
 """
 
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import socket
-import socketserver
 import threading
 import time
 import uuid
@@ -32,88 +30,11 @@ from kompressor_operator.kube import Kube
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.settings import OperatorSettings
 from testbed import KubeAPI
-from tests.webhooks import verified
+from tests.webhooks import Answer, Receiver, answers, drip, garbage, over_long_line, verified
 
 LOOPBACK = AddressPolicy.allowing("127.0.0.1/32")
 KEY = b"a key of the receiver's"
 JOB = JobRef(namespace="shop", name="catalog", uid="7f0c5a52-6c1e-4d8e-9b1a-0e6f3c2d9a41")
-
-Answer = Callable[[socket.socket, threading.Event], None]
-
-
-def answers(status: int) -> Answer:
-    def answer(sock: socket.socket, release: threading.Event) -> None:
-        sock.sendall(f"HTTP/1.1 {status} Whatever\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-
-    return answer
-
-
-def garbage(sock: socket.socket, release: threading.Event) -> None:
-    sock.sendall(b"SPAM SPAM SPAM\r\n\r\n")
-
-
-def over_long_line(sock: socket.socket, release: threading.Event) -> None:
-    sock.sendall(b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n")
-
-
-def drip(sock: socket.socket, release: threading.Event) -> None:
-    """A status line and one endless header, a byte every 20 ms: never a whole answer."""
-    for byte in itertools.chain(b"HTTP/1.1 200 OK\r\nX-Drip: ", itertools.repeat(ord("a"))):
-        sock.sendall(bytes([byte]))
-        if release.wait(0.02):
-            return
-
-
-class Receiver:
-    """A TCP server on 127.0.0.1 that reads each request whole, keeps it, and answers connection
-    number i with answers[i] (the last one again for any later connection)."""
-
-    def __init__(self, *answers: Answer):
-        self.answers = answers
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.release = threading.Event()
-        receiver = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                headers, body = _read_request(self.request)
-                index = len(receiver.requests)
-                receiver.requests.append((headers, body))
-                try:
-                    receiver.answers[min(index, len(receiver.answers) - 1)](self.request, receiver.release)
-                except OSError:
-                    pass  # the client gave up on us: that is what some tests are about
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05})
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/kompressor?team=web"
-
-    def stop(self) -> None:
-        self.release.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-
-def _read_request(sock: socket.socket) -> tuple[dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return {}, b""
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    headers[":request-line"] = lines[0]
-    while len(body) < int(headers.get("Content-Length", 0)):
-        body += sock.recv(65536)
-    return headers, body
 
 
 @pytest.fixture

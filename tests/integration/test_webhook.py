@@ -20,16 +20,18 @@ from typing import Any
 
 import kubernetes
 import pytest
+import yaml
 
 from kompressor.addresses import AddressPolicy
-from kompressor.crd import CompressionJobStatus, Condition, Phase
+from kompressor.crd import API_VERSION, GROUP, KIND, PLURAL, CompressionJobStatus, Condition, Phase, crd
 from kompressor.messages import JobRef
 from kompressor_operator import notify
 from kompressor_operator.controller import Controller, Event
 from kompressor_operator.kube import Kube
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.settings import OperatorSettings
-from testbed import KubeAPI
+from testbed import KubeAPI, RabbitMQ, S3Server
+from testbed.process import wait_until
 from tests.webhooks import Answer, Receiver, answers, drip, garbage, over_long_line, verified
 
 LOOPBACK = AddressPolicy.allowing("127.0.0.1/32")
@@ -262,7 +264,10 @@ WHSEC = "whsec_" + base64.b64encode(b"32 bytes of a receiver's secret!").decode(
 
 @pytest.fixture(scope="module")
 def secrets(kube: KubeAPI) -> JobRef:
-    """A namespace with the Secrets these tests name; the Kube adapter pointed at the API server."""
+    """A namespace with the Secrets these tests name and the CRD; the Kube adapter pointed at the
+    API server. The job it returns lives in that namespace."""
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(crd()))
+    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{PLURAL}.{GROUP}")
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     kube.kubectl("create", "namespace", namespace)
     made = {"hook-hmac": f"hmacKey={WHSEC}", "hook-empty": "hmacKey=", "hook-other": "x=y"}
@@ -303,3 +308,59 @@ def test_nothing_is_sent_unsigned_when_the_key_cannot_be_read(receiver, secrets:
     assert [(e.type, e.reason) for e in events] == [("Warning", "WebhookFailed")]
     assert hook.requests == []
     _still_finished(body)
+
+
+@pytest.mark.kube
+def test_the_finish_step_stores_the_status_before_any_webhook_request(
+    receiver, secrets: JobRef, kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, bucket: str
+):
+    """The whole operator path for a job with no inputs: start, step until finished, then deliver."""
+    hook = receiver(garbage)
+    job = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": "finishing", "namespace": secrets.namespace},
+        "spec": {
+            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
+            "storage": {"endpointURL": s3.endpoint_url},
+            "notify": {"webhookURL": hook.url, "secretRef": "hook-hmac"},
+        },
+    }
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
+    body = json.loads(
+        kube.kubectl("get", "compjob", "finishing", "-n", secrets.namespace, "-o", "json").stdout
+    )
+    storage = {
+        "endpoint_url": s3.endpoint_url,
+        "access_key_id": s3.access_key,
+        "secret_access_key": s3.secret_key,
+    }
+    controller = _controller(broker={"url": rabbitmq.url}, storage=storage, webhook_attempts=1)
+    controller.start(body)
+    try:
+        finished: list[CompressionJobStatus] = []
+
+        def step() -> bool:
+            outcome = controller.step(body, poll_interval=0.0)
+            if outcome is not None and outcome.status is not None:
+                body["status"] = outcome.status.model_dump(by_alias=True, mode="json")
+                finished.append(outcome.status)
+            return bool(finished) and finished[-1].phase is Phase.succeeded
+
+        wait_until(step, 30, "the job finished")
+        assert notified(body).reason == "WebhookPending"
+        assert hook.requests == []  # the finished status goes out first, then the webhook
+
+        condition, events = settle(controller, body, timeout=10)
+    finally:
+        controller.delete(body)
+    assert (condition.status, condition.reason) == ("False", "WebhookFailed")
+    assert "BadStatusLine" in condition.message
+    assert [(e.type, e.reason) for e in events] == [("Warning", "WebhookFailed")]
+    assert CompressionJobStatus.model_validate(body["status"]).phase is Phase.succeeded
+    [(headers, sent)] = hook.requests
+    assert (
+        verified(headers, sent, base64.b64decode(WHSEC.removeprefix("whsec_")))
+        == f"finished-{body['metadata']['uid']}"
+    )

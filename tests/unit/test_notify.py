@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kompressor_operator import notify
+from kompressor_operator.settings import OperatorSettings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "webhooks.md"
 
@@ -80,3 +81,18 @@ def test_the_documented_receiver_code_verifies_a_delivery_and_refuses_replays():
     old = notify.delivery_headers("finished-1", int(time.time()) - 3600, body, key)
     with pytest.raises(ValueError, match="too old"):
         verify(old, body, key, set())
+
+
+def test_the_docs_state_the_defaults():
+    settings = OperatorSettings(_env_file=None)
+    text = " ".join(DOCS.read_text().split())
+    delays = (
+        ", ".join(f"{d:g}" for d in notify.RETRY_DELAYS[:-1]) + f" and {notify.RETRY_DELAYS[-1]:g} s apart"
+    )
+    assert (
+        f"Up to {settings.webhook_attempts} (the operator's `KOMPRESSOR_WEBHOOK_ATTEMPTS`), {delays}" in text
+    )
+    assert (
+        f"one deadline of {settings.webhook_timeout_seconds:g} s (`KOMPRESSOR_WEBHOOK_TIMEOUT_SECONDS`)"
+        in text
+    )

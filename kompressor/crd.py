@@ -241,7 +241,13 @@ class Output(_Model):
     )
     never_larger: bool = Field(
         default=True,
-        description="When the result is not smaller than the input, store the input's bytes instead.",
+        description="Never store an object larger than its input: the encoded output when it is "
+        "smaller; else the input's own bytes when they already are the output asked for (this format, "
+        "no resize or orientation to apply, one frame, no EXIF/XMP that stripMetadata drops), under the "
+        "planned key and marked storedOriginal in the manifest; else nothing: the input is skipped with "
+        "reason not_smaller. A skip rather than the source under another key, because a CDN bucket is "
+        "read by URLs made from the job's format: every object there keeps the job's promises and the "
+        "source stays the one to serve.",
     )
 
     @model_validator(mode="after")

@@ -243,3 +243,27 @@ def gigapixel_png() -> bytes:
         + png_chunk(b"IDAT", stream)
         + png_chunk(b"IEND", b"")
     )
+
+
+def never_larger_table() -> dict[str, bytes]:
+    """Inputs like issue 18's table, whose JPEG (and some other outputs) are larger than them:
+    a palette PNG with transparency, an RGBA PNG with a gradient alpha, a 16-bit grey PNG and a
+    1x1 RGB PNG."""
+    return dict(_never_larger_table())
+
+
+@functools.lru_cache(maxsize=1)
+def _never_larger_table() -> tuple[tuple[str, bytes], ...]:
+    shapes = Image.new("RGBA", (400, 300), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(shapes)
+    for i in range(12):
+        draw.ellipse((i * 30, i * 20, i * 30 + 90, i * 20 + 70), fill=(40 * (i % 6), 200 - 15 * i, 90, 255))
+    alpha = Image.linear_gradient("L").resize((640, 480))
+    gradient = Image.merge("RGBA", (*Image.new("RGB", (640, 480), (30, 120, 200)).split(), alpha))
+    grey16 = Image.linear_gradient("L").resize((512, 512)).convert("I").point(lambda v: v * 257)
+    return (
+        ("palette-transparent-400x300.png", _save(shapes.quantize(16), "PNG", optimize=True)),
+        ("rgba-gradient-alpha-640x480.png", _save(gradient, "PNG", optimize=True)),
+        ("grey-16bit-512x512.png", _save(grey16.convert("I;16"), "PNG", optimize=True)),
+        ("rgb-1x1.png", _save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG", optimize=True)),
+    )

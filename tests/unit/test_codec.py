@@ -17,6 +17,7 @@ from PIL import Image, ImageFile, JpegImagePlugin
 from kompressor.crd import Format, Limits, Output, Resize
 from kompressor_worker import codec, quality
 from kompressor_worker.codec import CodecError, Compressed, compress, encode, prepare
+from kompressor_worker.never_larger import NotSmaller
 from tests import corpus
 
 LIMITS = Limits()
@@ -32,7 +33,9 @@ MAKE_TAG = 0x010F
 
 
 def out(fmt: Format | str = Format.webp, **fields: object) -> Output:
-    return Output(format=fmt, **fields)
+    """An Output with neverLarger off unless a test turns it on: most tests here look at the encode,
+    and neverLarger (which may store the input or nothing instead) has its own section."""
+    return Output(format=fmt, **{"never_larger": False, **fields})
 
 
 def decode(result: Compressed) -> Image.Image:
@@ -415,7 +418,7 @@ def small_jpeg(quality: int) -> bytes:
 def test_never_larger_stores_the_original_when_the_format_is_the_same() -> None:
     data = small_jpeg(30)
     for fmt in (Format.jpeg, Format.keep):
-        result = compress(data, out(fmt, quality=95), LIMITS)
+        result = compress(data, out(fmt, quality=95, never_larger=True), LIMITS)
         assert result.stored_original and result.data == data
         assert result.format == "jpeg" and result.quality is None
         assert (result.width, result.height) == Image.open(io.BytesIO(data)).size
@@ -423,46 +426,81 @@ def test_never_larger_stores_the_original_when_the_format_is_the_same() -> None:
 
 def test_never_larger_false_keeps_the_larger_result() -> None:
     data = small_jpeg(30)
-    result = compress(data, out(Format.jpeg, quality=95, never_larger=False), LIMITS)
+    result = compress(data, out(Format.jpeg, quality=95), LIMITS)
     assert not result.stored_original and len(result.data) > len(data) and result.quality == 95
 
 
 def test_a_smaller_result_is_stored() -> None:
     data = photo("building.jpg")
-    result = compress(data, out(Format.jpeg, quality=60), LIMITS)
+    result = compress(data, out(Format.jpeg, quality=60, never_larger=True), LIMITS)
     assert not result.stored_original and len(result.data) < len(data)
 
 
-def test_never_larger_with_another_format_keeps_the_larger_result() -> None:
-    """A key named .webp must hold a WebP body: the larger WebP is kept, not the JPEG."""
+def test_never_larger_with_another_format_stores_nothing() -> None:
+    """A key named .webp must hold a WebP body, and no WebP is smaller: nothing is stored (before
+    the rule of issue 18 the larger WebP was)."""
     data = small_jpeg(30)
-    result = compress(data, out(Format.webp, quality=100), LIMITS)
-    assert len(result.data) >= len(data)
-    assert not result.stored_original and result.format == "webp"
-    assert decode(result).format == "WEBP"
+    with pytest.raises(NotSmaller) as caught:
+        compress(data, out(Format.webp, quality=100, never_larger=True), LIMITS)
+    assert caught.value.reason == "not_smaller"
+    message = caught.value.message
+    assert "the input is jpeg, not webp" in message and f"({len(data)} bytes)" in message
 
 
 def test_never_larger_keeps_the_resize_promise() -> None:
     data = small_jpeg(10)
     width, _ = Image.open(io.BytesIO(data)).size
-    result = compress(data, out(Format.jpeg, quality=100, resize=Resize(max_width=width - 1)), LIMITS)
-    assert len(result.data) >= len(data)
-    assert not result.stored_original and result.width == width - 1
+    output = out(Format.jpeg, quality=100, resize=Resize(max_width=width - 1))
+    assert len(compress(data, output, LIMITS).data) >= len(data)
+    with pytest.raises(NotSmaller, match="larger than the resize box"):
+        compress(data, output.model_copy(update={"never_larger": True}), LIMITS)
 
 
 def test_never_larger_does_not_bring_back_stripped_metadata() -> None:
     data = jpeg_with_metadata(orientation=1, quality=30)
-    stripped = compress(data, out(Format.jpeg, quality=100), LIMITS)
-    assert not stripped.stored_original and not decode(stripped).getexif()
-    kept = compress(data, out(Format.jpeg, quality=100, strip_metadata=False), LIMITS)
+    with pytest.raises(NotSmaller, match="EXIF or XMP that stripMetadata drops"):
+        compress(data, out(Format.jpeg, quality=100, never_larger=True), LIMITS)
+    kept = compress(data, out(Format.jpeg, quality=100, strip_metadata=False, never_larger=True), LIMITS)
     assert kept.stored_original and kept.data == data
 
 
 def test_never_larger_does_not_store_an_unrotated_original() -> None:
     data = jpeg_with_metadata(orientation=6, quality=30)
-    result = compress(data, out(Format.jpeg, quality=100, strip_metadata=False), LIMITS)
-    assert not result.stored_original
-    assert decode(result).getexif().get(corpus.ORIENTATION_TAG) == 1
+    with pytest.raises(NotSmaller, match="orientation"):
+        compress(data, out(Format.jpeg, quality=100, strip_metadata=False, never_larger=True), LIMITS)
+
+
+NEVER_LARGER_TABLE = corpus.never_larger_table()
+
+
+@pytest.mark.parametrize("fmt", [*OUTPUT_FORMATS, Format.keep], ids=str)
+@pytest.mark.parametrize("name", sorted(NEVER_LARGER_TABLE))
+def test_never_larger_never_stores_more_bytes_than_the_input(name: str, fmt: Format) -> None:
+    """Issue 18's table, for every output format: an output smaller than the input, the input's own
+    bytes when they are the output asked for, or nothing (NotSmaller) — never more bytes."""
+    data = NEVER_LARGER_TABLE[name]
+    encoded = compress(data, out(fmt, quality=80), LIMITS)
+    try:
+        result = compress(data, out(fmt, quality=80, never_larger=True), LIMITS)
+    except NotSmaller as skipped:
+        assert len(encoded.data) >= len(data) and encoded.format != "png"  # only another format skips
+        assert f"({len(data)} bytes)" in skipped.message
+        return
+    assert len(result.data) <= len(data)
+    if result.stored_original:
+        assert result.data == data and result.format == "png" == encoded.format
+        assert len(encoded.data) >= len(data)
+    else:
+        assert result.data == encoded.data and len(encoded.data) < len(data)
+
+
+@pytest.mark.parametrize("name", sorted(NEVER_LARGER_TABLE))
+def test_the_tables_jpeg_outputs_were_larger_and_are_now_not_stored(name: str) -> None:
+    """The regression itself: each of these PNGs made a larger JPEG that neverLarger stored."""
+    data = NEVER_LARGER_TABLE[name]
+    assert len(compress(data, out(Format.jpeg), LIMITS).data) > len(data)
+    with pytest.raises(NotSmaller):
+        compress(data, out(Format.jpeg, never_larger=True), LIMITS)
 
 
 # --- quality and determinism ----------------------------------------------------------------------
@@ -671,7 +709,12 @@ def test_output_fits_the_box_and_never_grows(
 ) -> None:
     data = _jpeg_with_orientation((width, height), orientation)
     shown = (height, width) if orientation >= 5 else (width, height)
-    result = compress(data, out(fmt, resize=Resize(max_width=max_width, max_height=max_height)), LIMITS)
+    output = out(fmt, resize=Resize(max_width=max_width, max_height=max_height), never_larger=True)
+    try:
+        result = compress(data, output, LIMITS)
+    except NotSmaller:
+        return
+    assert len(result.data) <= len(data)
     image = decode(result)
     assert image.size == (result.width, result.height)
     if not result.stored_original:
@@ -689,9 +732,11 @@ FUZZ_BUDGET = 256 * 2**20
 
 def _survives(data: bytes, fmt: Format) -> None:
     try:
-        result = compress(data, out(fmt), FUZZ_LIMITS, memory_budget_bytes=FUZZ_BUDGET)
+        result = compress(data, out(fmt, never_larger=True), FUZZ_LIMITS, memory_budget_bytes=FUZZ_BUDGET)
     except CodecError as error:
         assert error.reason in codec.REASONS
+    except NotSmaller:
+        pass
     else:
         assert isinstance(result, Compressed) and result.data
 
@@ -787,11 +832,11 @@ def test_target_ssim_then_never_larger_stores_the_original() -> None:
     """The lowest quality meeting the floor against a q30 JPEG's own pixels is larger than it: the
     original is stored (it is the source: SSIM 1), without a quality."""
     data = small_jpeg(30)
-    result = compress(data, out(Format.jpeg, target_ssim=0.995), LIMITS)
+    result = compress(data, out(Format.jpeg, target_ssim=0.995, never_larger=True), LIMITS)
     assert result.stored_original and result.data == data
     assert result.quality is None and result.ssim == 1.0 and result.reason == ""
     assert any(a.full for a in result.attempts)
-    assert not compress(data, out(Format.jpeg, target_ssim=0.995, never_larger=False), LIMITS).stored_original
+    assert not compress(data, out(Format.jpeg, target_ssim=0.995), LIMITS).stored_original
 
 
 def test_fixed_quality_carries_no_ssim() -> None:

@@ -3,7 +3,8 @@
 What it is for: turn the bytes of one input image into the bytes to store, following a job's
 `Output` settings (format, quality, resize box, metadata, neverLarger) within its `Limits`
 (`maxPixels`) and the worker process's memory budget. Every way an input can go wrong ends as a
-`CodecError` whose `reason` is one machine-readable word; no other exception escapes `compress`.
+`CodecError` whose `reason` is one machine-readable word; no other exception escapes `compress`
+but `never_larger.NotSmaller`, when neverLarger stores nothing.
 
 What it must never do: I/O of any kind (files, network, subprocesses), logging set-up, reading
 settings or the environment, or changing Pillow's global state at import. It is pure: the same bytes
@@ -70,16 +71,12 @@ Choices, documented once here:
 - Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes
   (2×w×h from q95); noisy pictures at q90+ need more and failed with "Suspension not allowed
   here": such a save is retried once with a buffer of 2 bytes per pixel and band.
-- neverLarger: when the encoded result is not smaller than the input, the input's own bytes are
-  stored instead (`stored_original=True`) only if they are an equivalent output: same format as the
-  output, no resize and no orientation change needed, a single frame, and — when metadata is to be
-  stripped — no EXIF or XMP in the input. Otherwise the (larger) result is kept: storing a JPEG body
-  under a key named `.webp`, an image larger than the requested box, or the GPS position the user
-  asked to strip would break a promise the job made, while a few extra bytes do not.
-  With automatic quality neverLarger applies after the search, to the chosen output: if the lowest
-  quality that meets the floor is still not smaller than the input and the input is an equivalent
-  output, the input is stored (it is the source itself, so its SSIM is 1 and the floor is met;
-  `quality` is None and no reason is recorded, even when the floor was unreachable by encoding).
+- neverLarger: the rule and its reasons are `never_larger.py`'s: the encoded result when it is
+  smaller than the input, else the input's own bytes when they already are the output asked for
+  (`stored_original=True`), else nothing (`NotSmaller`, the task is skipped as `not_smaller`).
+  With automatic quality neverLarger applies after the search, to the chosen output: a stored input
+  is the source itself, so its SSIM is 1 and the floor is met (`quality` is None and no reason is
+  recorded, even when the floor was unreachable by encoding).
 """
 
 from __future__ import annotations
@@ -96,6 +93,7 @@ from dataclasses import dataclass
 from PIL import ExifTags, Image, ImageCms, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from kompressor.crd import Format, Limits, Output
+from kompressor_worker import never_larger
 from kompressor_worker import quality as auto
 
 # Pillow format id -> our name of the source format.
@@ -224,7 +222,8 @@ def compress(
     """Compress one input following `output`; raise CodecError with a reason when it cannot be.
 
     With `output.targetSSIM` (a lossy format) the quality is searched per image (see the module
-    docstring); otherwise it is `output.effective_quality`. neverLarger applies to the result.
+    docstring); otherwise it is `output.effective_quality`. neverLarger applies to the result
+    (`never_larger.decide`), raising `NotSmaller` when it stores nothing.
     """
     prepared = prepare(data, output, limits, memory_budget_bytes)
     ssim: float | None = None
@@ -240,7 +239,10 @@ def compress(
     else:
         quality = output.effective_quality
         encoded = _encode_prepared(prepared, quality)
-    if output.never_larger and len(encoded) >= len(data) and original_is_equivalent(prepared, output):
+    decision = never_larger.decide(output.never_larger, len(data), len(encoded), _as_source(prepared, output))
+    if decision.store is never_larger.Store.nothing:
+        raise never_larger.NotSmaller(decision.message)
+    if decision.store is never_larger.Store.original:
         width, height = prepared.source_size
         return Compressed(
             data=bytes(data),
@@ -320,15 +322,14 @@ def _encode_prepared(prepared: Prepared, quality: int) -> bytes:
     )
 
 
-def original_is_equivalent(prepared: Prepared, output: Output) -> bool:
-    """Whether the input's own bytes keep every promise the output makes, so neverLarger may store
-    them: same format, same geometry, one frame, and no metadata left that was to be stripped."""
-    return (
-        prepared.source_format == prepared.format.value
-        and not prepared.resized
-        and not prepared.reoriented
-        and prepared.frames == 1
-        and not (output.strip_metadata and prepared.source_has_metadata)
+def _as_source(prepared: Prepared, output: Output) -> never_larger.Source:
+    return never_larger.Source(
+        format=prepared.source_format,
+        output_format=prepared.format.value,
+        resized=prepared.resized,
+        reoriented=prepared.reoriented,
+        frames=prepared.frames,
+        metadata_to_strip=output.strip_metadata and prepared.source_has_metadata,
     )
 
 

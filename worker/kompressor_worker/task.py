@@ -32,6 +32,7 @@ from kompressor.crd import Existing, Limits, Output
 from kompressor.messages import Outcome, Result, Task
 from kompressor_worker.codec import CodecError, Compressed, compress
 from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
+from kompressor_worker.never_larger import NotSmaller
 from kompressor_worker.settings import WorkerSettings
 from kompressor_worker.storage import (
     ExistingOutput,
@@ -73,7 +74,8 @@ def init_child(memory_budget: int | None) -> None:
 
 
 def encode(data: bytes, output: Output, limits: Limits) -> Compressed:
-    """Entry point in a child; raises CodecError for an input that cannot become an output."""
+    """Entry point in a child; raises CodecError for an input that cannot become an output, and
+    NotSmaller when neverLarger stores nothing."""
     # The automatic-quality search's trail stays here: nothing downstream reads it.
     return dataclasses.replace(compress(data, output, limits, _memory_budget), attempts=())
 
@@ -133,6 +135,11 @@ class TaskRunner:
                 compressed = self._encode(task, data, deadline, on_encode)
             except CodecError as exc:
                 return _result(task, Outcome.failed, bytes_in=len(data), reason=exc.reason, message=str(exc))
+            except NotSmaller as exc:  # neverLarger: no object (so no dest), and the manifest says why
+                skipped = _result(
+                    task, Outcome.skipped, bytes_in=len(data), reason=exc.reason, message=exc.message
+                )
+                return skipped.model_copy(update={"dest": ""})
             try:
                 write_output(
                     self.client,

@@ -6,6 +6,8 @@ import io
 import itertools
 import pickle
 import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from kompressor.crd import Format, Limits, Output, Resize
+from kompressor.crd import Format, InputFormat, Limits, Output, Resize
 from kompressor_worker import codec, quality
 from kompressor_worker.codec import CodecError, Compressed, compress, encode, prepare
 from kompressor_worker.never_larger import NotSmaller
@@ -864,3 +866,97 @@ def test_noisy_jpeg_at_high_quality_fits_pillows_buffer() -> None:
         data = encode(noise, Format.jpeg, q, None)
         assert len(data) > 65536 and Image.open(io.BytesIO(data)).size == (200, 200)
     assert ImageFile.MAXBLOCK == 65536  # restored
+
+
+# --- opt-in input formats -------------------------------------------------------------------------
+
+OPT_IN = corpus.opt_in_inputs()
+EVERY_INPUT_FORMAT = tuple(InputFormat)
+
+
+@pytest.mark.parametrize("name", sorted(OPT_IN))
+def test_an_opt_in_format_decodes_when_allowed(name: str) -> None:
+    """Allowed by the installation and chosen by the job, each opt-in format decodes to exactly the
+    pixels Pillow (or pillow-heif) reads from it; PSD's are its flattened composite."""
+    data, fmt = OPT_IN[name]
+    limits = Limits(input_formats=[fmt])
+    result = compress(data, out(Format.png), limits, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert result.format == "png" and result.frames == 1
+    with Image.open(io.BytesIO(data)) as source:
+        expected = source.convert("RGBA")
+    assert decode(result).convert("RGBA").tobytes() == expected.tobytes()
+    kept = compress(data, out(Format.keep), limits, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert kept.format == ("jpeg" if fmt in ("heif", "jpeg2000") else "png") == decode(kept).format.lower()
+
+
+@pytest.mark.parametrize("name", sorted(OPT_IN))
+def test_an_opt_in_format_is_refused_naming_the_setting_that_allows_it(name: str) -> None:
+    data, fmt = OPT_IN[name]
+    with pytest.raises(CodecError) as by_job:  # the installation allows it, the job did not choose it
+        compress(data, out(), LIMITS, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert by_job.value.reason == "unsupported_format"
+    assert f"add {fmt} to spec.limits.inputFormats" in by_job.value.message
+    with pytest.raises(CodecError) as by_installation:  # the job chose it, the installation does not allow it
+        compress(data, out(), Limits(input_formats=[fmt]))
+    refused = by_installation.value
+    assert refused.reason == "unsupported_format"
+    assert "chart value allowedInputFormats (KOMPRESSOR_ALLOWED_INPUT_FORMATS)" in refused.message
+
+
+def test_a_heic_is_named_in_a_process_where_pillow_heif_was_never_registered() -> None:
+    """A worker whose job does not accept HEIF never loads pillow-heif: HEIC is named by its brand."""
+    script = (
+        "import sys; from kompressor.crd import Limits, Output; from kompressor_worker import codec\n"
+        "try: codec.compress(sys.stdin.buffer.read(), Output(), Limits())\n"
+        "except codec.CodecError as e: print(e.reason, e.message)\n"
+        "print('pillow_heif' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], input=OPT_IN["image.heic"][0], capture_output=True, check=True
+    )
+    refusal, loaded = run.stdout.decode().splitlines()
+    assert refusal.startswith("unsupported_format heif inputs are not allowed by this installation")
+    assert loaded == "False"
+
+
+def heic(image: Image.Image, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "HEIF", quality=90, **params)
+    return buffer.getvalue()
+
+
+HEIF_ONLY = Limits(input_formats=[InputFormat.heif])
+
+
+def test_heic_orientation_is_applied_as_for_jpeg() -> None:
+    """An iPhone-style HEIC with EXIF orientation 6: the output is upright, orientation 1, whether the
+    metadata is stripped or kept (pillow-heif applies the rotation, as the codec does for JPEG)."""
+    photo = Image.open(io.BytesIO(small_photo(side=96))).convert("RGB")
+    exif = Image.Exif()
+    exif[corpus.ORIENTATION_TAG] = 6
+    data = heic(photo, exif=exif.tobytes())
+    upright = photo.transpose(Image.Transpose.ROTATE_270)
+    for strip in (True, False):
+        output = out(Format.png, strip_metadata=strip)
+        result = compress(data, output, HEIF_ONLY, allowed_input_formats=EVERY_INPUT_FORMAT)
+        image = decode(result).convert("RGB")
+        assert image.size == upright.size
+        assert image.getexif().get(corpus.ORIENTATION_TAG, 1) == 1
+        difference = np.abs(np.asarray(image, dtype=float) - np.asarray(upright, dtype=float)).mean()
+        assert difference < 6, difference  # HEVC at q90; the unrotated picture differs by ~60
+
+
+def test_heic_icc_profile_is_kept_as_for_jpeg() -> None:
+    data = heic(Image.open(io.BytesIO(small_photo(side=96))).convert("RGB"), icc_profile=corpus.srgb_icc())
+    for fmt in OUTPUT_FORMATS:
+        result = compress(data, out(fmt), HEIF_ONLY, allowed_input_formats=EVERY_INPUT_FORMAT)
+        assert decode(result).info.get("icc_profile") == corpus.srgb_icc(), fmt
+
+
+def test_eps_is_never_decoded() -> None:
+    """EPS goes to Ghostscript in Pillow: no setting allows it, and no input format names it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, "EPS")
+    with pytest.raises(CodecError) as caught:
+        compress(buffer.getvalue(), out(), LIMITS, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert caught.value.reason == "unsupported_format" and "never accepted" in caught.value.message

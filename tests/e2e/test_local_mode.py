@@ -15,7 +15,7 @@ from PIL import Image
 
 from testbed import RabbitMQ, S3Server
 from testbed.process import free_port, wait_until
-from tests.corpus import awkward_inputs, never_larger_table, real_photos
+from tests.corpus import awkward_inputs, never_larger_table, opt_in_inputs, real_photos
 from tests.jobs import descendants, start_kompressor_run, upload
 
 
@@ -119,6 +119,7 @@ def _is_worker(pid: int) -> bool:
         ("invalid_yaml", "is not valid YAML at line"),
         ("unknown_field", "spec.output.colour: unknown field"),
         ("overlapping_prefixes", "spec.destination"),
+        ("input_format_beyond_the_installation", "heif not allowed by this installation"),
     ],
 )
 def test_configuration_errors_are_one_line_naming_the_fix(
@@ -135,6 +136,8 @@ def test_configuration_errors_are_one_line_naming_the_fix(
         job["spec"]["output"]["colour"] = "red"
     elif case == "overlapping_prefixes":
         job["spec"]["destination"]["s3"]["prefix"] = "in/out/"
+    elif case == "input_format_beyond_the_installation":
+        job["spec"]["limits"] = {"inputFormats": ["jpeg", "heif"]}  # KOMPRESSOR_ALLOWED_INPUT_FORMATS unset
     run = start_kompressor_run(job, tmp_path, env)
     if case == "invalid_yaml":
         (tmp_path / "job.yaml").write_text("spec: [unclosed\n")
@@ -201,3 +204,24 @@ def test_never_larger_stores_smaller_outputs_the_original_or_nothing(
     )
     size, content_type = stored("out/photo.jpg")
     assert size == smaller["bytesOut"] < len(inputs["photo.png"]) and content_type == "image/jpeg"
+
+
+def test_opt_in_input_formats_through_the_installation_and_the_job(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    """The installation allows BMP and HEIF, the job chooses BMP: the BMP is compressed by a real
+    worker, the HEIC fails naming the job's setting, the photo (web set) is not accepted either."""
+    inputs = opt_in_inputs()
+    upload(s3, bucket, {"a.bmp": inputs["image.bmp"][0], "b.heic": inputs["image.heic"][0]})
+    upload(s3, bucket, {"c.jpg": real_photos(limit=1, max_side=200)["aero1.jpg"]})
+    job = _job(bucket, limits={"inputFormats": ["bmp"]})
+    env = _env(rabbitmq, s3, KOMPRESSOR_ALLOWED_INPUT_FORMATS='["jpeg", "bmp", "heif"]')
+    run = start_kompressor_run(job, tmp_path, env)
+    out, err = run.communicate(timeout=120)
+    status = json.loads(out)
+    assert (status["succeeded"], status["failed"]) == (1, 2), err
+    lines = {line["source"].rsplit("/", 1)[1]: line for line in _manifest(s3, status["manifest"])}
+    assert (lines["a.bmp"]["outcome"], lines["a.bmp"]["dest"]) == ("done", f"s3://{bucket}/out/a.webp")
+    for name, fmt in (("b.heic", "heif"), ("c.jpg", "jpeg")):
+        assert (lines[name]["outcome"], lines[name]["reason"]) == ("failed", "unsupported_format")
+        assert f"add {fmt} to spec.limits.inputFormats" in lines[name]["message"]

@@ -241,6 +241,37 @@ class Format(StrEnum):
     keep = "keep"
 
 
+class InputFormat(StrEnum):
+    """Input formats a job may accept. The first six are the web set, the default; the others are
+    opt-in (an installation's allowedInputFormats, then a job's limits.inputFormats), because
+    Pillow's rarer decoders are where its security fixes land. EPS/PS are never offered: Pillow
+    hands them to Ghostscript."""
+
+    jpeg = "jpeg"
+    png = "png"
+    webp = "webp"
+    gif = "gif"
+    tiff = "tiff"
+    avif = "avif"
+    bmp = "bmp"
+    tga = "tga"
+    ico = "ico"
+    pnm = "pnm"  # PPM, PGM, PBM and PNM
+    jpeg2000 = "jpeg2000"
+    psd = "psd"  # the flattened composite, not the layers
+    heif = "heif"  # HEIC/HEIF, through pillow-heif
+
+
+WEB_INPUT_FORMATS = (
+    InputFormat.jpeg,
+    InputFormat.png,
+    InputFormat.webp,
+    InputFormat.gif,
+    InputFormat.tiff,
+    InputFormat.avif,
+)
+
+
 class Resize(_Model):
     """Fit the image inside this box, keeping its aspect ratio; never upscale."""
 
@@ -278,7 +309,13 @@ class Output(_Model):
     )
     never_larger: bool = Field(
         default=True,
-        description="When the result is not smaller than the input, store the input's bytes instead.",
+        description="Never store an object larger than its input: the encoded output when it is "
+        "smaller; else the input's own bytes when they already are the output asked for (this format, "
+        "no resize or orientation to apply, one frame, no EXIF/XMP that stripMetadata drops), under the "
+        "planned key and marked storedOriginal in the manifest; else nothing: the input is skipped with "
+        "reason not_smaller. A skip rather than the source under another key, because a CDN bucket is "
+        "read by URLs made from the job's format: every object there keeps the job's promises and the "
+        "source stays the one to serve.",
     )
 
     @model_validator(mode="after")
@@ -324,6 +361,16 @@ class Limits(_Model):
     )
     max_attempts: int = Field(
         default=3, ge=1, le=20, description="Deliveries of a task before it is dead-lettered as failed."
+    )
+    input_formats: list[InputFormat] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(InputFormat),
+        description="Input formats this job accepts; an input in another format fails with "
+        "unsupported_format. Empty: the web set (jpeg, png, webp, gif, tiff, avif) within the "
+        "installation's allowedInputFormats. Opt-in: bmp, tga, ico, pnm (PPM/PGM/PBM), jpeg2000, psd "
+        "(flattened), heif (HEIC); each must also be in the installation's allowedInputFormats (chart "
+        "value, KOMPRESSOR_ALLOWED_INPUT_FORMATS), else the job is refused. EPS/PS never are.",
     )
     max_outstanding: int = Field(
         default=50_000,

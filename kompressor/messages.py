@@ -146,8 +146,13 @@ class Result(_Wire):
 # --- output keys ----------------------------------------------------------------------------------
 
 _EXTENSIONS = {Format.jpeg: ".jpg", Format.webp: ".webp", Format.avif: ".avif", Format.png: ".png"}
-# `keep` re-encodes GIF and TIFF as PNG (the codec's choice), so their key must say so.
-_KEEP_RENAMED = {".gif": ".png", ".tif": ".png", ".tiff": ".png"}
+# `keep` re-encodes GIF, TIFF and the opt-in lossless formats as PNG, HEIF and JPEG 2000 as JPEG
+# (the codec's choice), so their key must say so.
+_KEEP_RENAMED = {
+    **dict.fromkeys((".gif", ".tif", ".tiff", ".bmp", ".tga", ".ico", ".psd"), ".png"),
+    **dict.fromkeys((".ppm", ".pgm", ".pbm", ".pnm"), ".png"),
+    **dict.fromkeys((".heic", ".heif", ".hif", ".jp2", ".j2k", ".jpx", ".jpf", ".j2c"), ".jpg"),
+}
 
 
 def output_key(source: SourceObject, source_prefix: str, destination: Destination, output: Output) -> str:

@@ -9,10 +9,22 @@ from __future__ import annotations
 
 import email.utils
 from datetime import UTC, datetime
+from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr
 
-from kompressor.crd import Storage
+from kompressor.crd import WEB_INPUT_FORMATS, InputFormat, Storage
+
+AllowedInputFormats = Annotated[
+    list[InputFormat],
+    Field(
+        default_factory=lambda: list(WEB_INPUT_FORMATS),
+        min_length=1,
+        description="KOMPRESSOR_ALLOWED_INPUT_FORMATS, a JSON list: the most input formats a job may "
+        "accept (the chart's allowedInputFormats). The operator refuses a job asking for more and "
+        "passes it to every worker, which refuses such inputs too (see kompressor.inputs).",
+    ),
+]
 
 
 class BrokerSettings(BaseModel):

@@ -243,3 +243,79 @@ def gigapixel_png() -> bytes:
         + png_chunk(b"IDAT", stream)
         + png_chunk(b"IEND", b"")
     )
+
+
+def never_larger_table() -> dict[str, bytes]:
+    """Inputs like issue 18's table, whose JPEG (and some other outputs) are larger than them:
+    a palette PNG with transparency, an RGBA PNG with a gradient alpha, a 16-bit grey PNG and a
+    1x1 RGB PNG."""
+    return dict(_never_larger_table())
+
+
+@functools.lru_cache(maxsize=1)
+def _never_larger_table() -> tuple[tuple[str, bytes], ...]:
+    shapes = Image.new("RGBA", (400, 300), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(shapes)
+    for i in range(12):
+        draw.ellipse((i * 30, i * 20, i * 30 + 90, i * 20 + 70), fill=(40 * (i % 6), 200 - 15 * i, 90, 255))
+    alpha = Image.linear_gradient("L").resize((640, 480))
+    gradient = Image.merge("RGBA", (*Image.new("RGB", (640, 480), (30, 120, 200)).split(), alpha))
+    grey16 = Image.linear_gradient("L").resize((512, 512)).convert("I").point(lambda v: v * 257)
+    return (
+        ("palette-transparent-400x300.png", _save(shapes.quantize(16), "PNG", optimize=True)),
+        ("rgba-gradient-alpha-640x480.png", _save(gradient, "PNG", optimize=True)),
+        ("grey-16bit-512x512.png", _save(grey16.convert("I;16"), "PNG", optimize=True)),
+        ("rgb-1x1.png", _save(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG", optimize=True)),
+    )
+
+
+def layered_psd(composite: Image.Image, layers: tuple[Image.Image, ...] = ()) -> bytes:
+    """A Photoshop file, 8-bit RGB, raw (uncompressed) data: the flattened `composite` and full-size
+    RGB `layers` (which a flattening reader must ignore). Pillow reads PSD but cannot write it."""
+    width, height = composite.size
+
+    def planes(image: Image.Image) -> list[bytes]:
+        return [band.tobytes() for band in image.convert("RGB").split()]
+
+    records, channel_data = b"", b""
+    for i, layer in enumerate(layers):
+        name = f"layer {i}".encode()
+        extra = struct.pack(">II", 0, 0) + bytes([len(name)]) + name
+        extra += b"\0" * (-len(extra) % 4)
+        records += struct.pack(">iiiiH", 0, 0, height, width, 3)
+        records += b"".join(struct.pack(">hI", channel, 2 + width * height) for channel in range(3))
+        records += b"8BIMnorm" + bytes([255, 0, 0, 0]) + struct.pack(">I", len(extra)) + extra
+        channel_data += b"".join(struct.pack(">H", 0) + plane for plane in planes(layer))
+    layer_info = struct.pack(">h", len(layers)) + records + channel_data if layers else b""
+    layer_info += b"\0" * (len(layer_info) % 2)
+    layer_section = struct.pack(">I", len(layer_info)) + layer_info if layers else b""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    sections = struct.pack(">I", 0) + struct.pack(">I", 0)  # no colour mode data, no resources
+    sections += struct.pack(">I", len(layer_section)) + layer_section
+    return header + sections + struct.pack(">H", 0) + b"".join(planes(composite))
+
+
+def opt_in_inputs() -> dict[str, tuple[bytes, str]]:
+    """File name -> (bytes, the input format a job must accept for it): one small image in each
+    opt-in format, photo-like where the format is lossy."""
+    return dict(_opt_in_inputs())
+
+
+@functools.lru_cache(maxsize=1)
+def _opt_in_inputs() -> tuple[tuple[str, tuple[bytes, str]], ...]:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()  # to write the HEIC sample only; the codec registers it for itself
+    photo = _photo_like((64, 48))
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize((64, 48)))
+    return (
+        ("image.bmp", (_save(photo, "BMP"), "bmp")),
+        ("image.tga", (_save(rgba, "TGA", compression="tga_rle"), "tga")),
+        ("image.ico", (_save(rgba, "ICO", sizes=[(48, 48)]), "ico")),
+        ("image.ppm", (_save(photo, "PPM"), "pnm")),
+        ("image.pgm", (_save(photo.convert("L"), "PPM"), "pnm")),
+        ("image.jp2", (_save(photo, "JPEG2000", quality_mode="rates", quality_layers=[20]), "jpeg2000")),
+        ("image.psd", (layered_psd(photo, (Image.new("RGB", (64, 48), "blue"),) * 2), "psd")),
+        ("image.heic", (_save(photo, "HEIF", quality=80), "heif")),
+    )

@@ -31,10 +31,12 @@ Choices, documented once here:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from kompressor.crd import CompressionJobSpec
+from kompressor import inputs
+from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat
 from kompressor.messages import JobRef, task_queue
 from kompressor_operator.settings import WorkerDefaults
 
@@ -119,8 +121,14 @@ def _value(name: str, value: object) -> dict[str, Any]:
     return {"name": name, "value": str(value)}
 
 
-def worker_env(job: JobRef, spec: CompressionJobSpec, defaults: WorkerDefaults) -> list[dict[str, Any]]:
-    """The worker container's environment: plain settings as values, credentials as secretKeyRefs."""
+def worker_env(
+    job: JobRef,
+    spec: CompressionJobSpec,
+    defaults: WorkerDefaults,
+    allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+) -> list[dict[str, Any]]:
+    """The worker container's environment: plain settings as values, credentials as secretKeyRefs.
+    The installation's allowed input formats go along: a worker refuses inputs beyond them too."""
     storage = spec.storage
     storage_secret = storage.credentials_secret or defaults.storage_secret
     env = [
@@ -132,6 +140,7 @@ def worker_env(job: JobRef, spec: CompressionJobSpec, defaults: WorkerDefaults) 
         _secret("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", storage_secret, "accessKeyId"),
         _secret("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", storage_secret, "secretAccessKey"),
         _value("KOMPRESSOR_STORAGE__REGION", storage.region),
+        _value(inputs.SETTING_ENV, json.dumps([f.value for f in InputFormat if f in allowed_input_formats])),
     ]
     if storage.endpoint_url:
         env.append(_value("KOMPRESSOR_STORAGE__ENDPOINT_URL", storage.endpoint_url))
@@ -161,6 +170,7 @@ def worker_deployment(
     defaults: WorkerDefaults,
     owner: Mapping[str, Any] | None,
     replicas: int,
+    allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
 ) -> dict[str, Any]:
     """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring)."""
     if replicas < 0:
@@ -177,7 +187,7 @@ def worker_deployment(
         "name": CONTAINER,
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "env": worker_env(job, spec, defaults),
+        "env": worker_env(job, spec, defaults, allowed_input_formats),
         "ports": [{"name": "http", "containerPort": defaults.health_port, "protocol": "TCP"}],
         "resources": _resources(spec),
         "livenessProbe": _probe("/healthz", period=10, failures=3),

@@ -30,8 +30,8 @@ def _run(args: argparse.Namespace) -> int:
     # otherwise go on consuming after we are gone.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        job_file = local.load_job_file(Path(args.job))
         settings = local.settings_from_environment()
+        job_file = local.load_job_file(Path(args.job), settings.allowed_input_formats)
         console = progress.console(stderr=True)
         with progress.LiveProgress(console, job_file.name, enabled=not args.json) as live:
             run = local.run_job(

@@ -126,14 +126,16 @@ class Controller:
             spec, refused = accepted_spec(body)
         except SpecError as exc:
             raise InvalidSpec(exc.problems) from None
-        problems = check_spec(spec)
+        problems = check_spec(spec, self.settings.allowed_input_formats)
         if problems:
             raise InvalidSpec(problems)
         client = self._storage(job, spec).client()
         engine = JobEngine(job, spec, self.settings.broker.url.get_secret_value(), client).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
-        deployment = worker_deployment(job, spec, self.settings.worker, owner=body, replicas=0)
+        deployment = worker_deployment(
+            job, spec, self.settings.worker, body, 0, self.settings.allowed_input_formats
+        )
         self.kube.apply_deployment(deployment)
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         outcome.events.append(
@@ -344,7 +346,14 @@ class Controller:
         spec, _ = accepted_spec(body)
         state.spec = spec
         self.kube.apply_deployment(
-            worker_deployment(state.job, spec, self.settings.worker, owner=body, replicas=state.scale.current)
+            worker_deployment(
+                state.job,
+                spec,
+                self.settings.worker,
+                body,
+                state.scale.current,
+                self.settings.allowed_input_formats,
+            )
         )
 
     # --- delete ---------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,11 +21,14 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from pydantic import ValidationError
 
+from kompressor import inputs
 from kompressor.crd import (
     API_VERSION,
     KIND,
+    WEB_INPUT_FORMATS,
     CompressionJobSpec,
     CompressionJobStatus,
+    InputFormat,
     Phase,
     SpecError,
     WorkerCounts,
@@ -52,7 +56,9 @@ class JobFile:
     spec: CompressionJobSpec
 
 
-def load_job_file(path: Path) -> JobFile:
+def load_job_file(path: Path, allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS) -> JobFile:
+    """The job in a YAML file, checked as the operator checks it (`allowed_input_formats`: this
+    installation's KOMPRESSOR_ALLOWED_INPUT_FORMATS)."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -77,7 +83,7 @@ def load_job_file(path: Path) -> JobFile:
         spec = parse_spec(document.get("spec"))
     except SpecError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    problems = check_spec(spec)
+    problems = check_spec(spec, allowed_input_formats)
     if problems:
         raise ConfigError(f"{path}: {'; '.join(problems)}")
     return JobFile(name=name, spec=spec)
@@ -143,6 +149,7 @@ def worker_environment(
         "KOMPRESSOR_HEALTH_PORT": "0",
         "KOMPRESSOR_GRACE_SECONDS": str(spec.limits.task_timeout_seconds + 10),
         "KOMPRESSOR_LOG_FORMAT": "text",
+        inputs.SETTING_ENV: json.dumps([f.value for f in settings.allowed_input_formats]),
     }
     return {key: value for key, value in env.items() if value}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kompressor.settings import BrokerSettings, StorageSettings
+from kompressor.settings import AllowedInputFormats, BrokerSettings, StorageSettings
 
 
 class WorkerDefaults(BaseModel):
@@ -38,6 +38,7 @@ class OperatorSettings(BaseSettings):
     max_total_workers: int = Field(default=100, ge=0, description="Worker pods across all jobs, at most.")
     poll_interval_seconds: float = Field(default=3.0, gt=0, description="How often each job is scaled.")
     metrics_port: int = Field(default=9090, description="Prometheus metrics port; 0 turns it off.")
+    allowed_input_formats: AllowedInputFormats
     webhook_allow_networks: list[str] = Field(
         default_factory=list,
         description="CIDRs a finish webhook may reach although non-public (e.g. an in-cluster receiver).",

@@ -38,17 +38,20 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from kompressor import inputs
 from kompressor.crd import (
     FINISHED_PHASES,
+    WEB_INPUT_FORMATS,
     CompressionJobSpec,
     CompressionJobStatus,
     Condition,
+    InputFormat,
     Phase,
     WorkerCounts,
 )
@@ -306,13 +309,16 @@ def _diff(a: Any, b: Any, path: str, out: list[str]) -> None:
         out.append(path)
 
 
-def check_spec(spec: CompressionJobSpec) -> list[str]:
+def check_spec(
+    spec: CompressionJobSpec, allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS
+) -> list[str]:
     """Problems with a (schema-valid) spec that the CRD schema cannot express; [] when it is fine.
 
     Each names the field, the rule and the fix: overlapping source and destination prefixes,
-    resource requests above limits or not quantities, and a maxReplicas the backlog can never reach.
+    resource requests above limits or not quantities, a maxReplicas the backlog can never reach,
+    and input formats beyond the installation's `allowed_input_formats`.
     """
-    problems: list[str] = []
+    problems: list[str] = inputs.problems(spec.limits.input_formats, allowed_input_formats)
     source, dest = spec.source.s3, spec.destination.s3
     # S3 prefixes are string prefixes, not folders: "raw" lists "raw-web/..." too.
     if (

@@ -25,15 +25,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from kompressor.crd import Format, Limits, Output, Resize
+from kompressor.crd import Format, InputFormat, Limits, Output, Resize
 from kompressor.messages import SourceObject, task_queue
 from kompressor_operator.engine import JobEngine
 from kompressor_operator.planning import plan_task
 from kompressor_worker import codec
 from kompressor_worker.codec import CodecError, Compressed, compress
+from kompressor_worker.never_larger import NotSmaller
 from testbed import RabbitMQ, S3Server
 from tests.chaos.tools import photo_inputs, read_logs, upload_parallel, wait_for, worker_crashes
-from tests.corpus import real_photos
+from tests.corpus import opt_in_inputs, real_photos
 from tests.jobs import job_spec, new_job, start_kompressor_run, workers
 
 # --- task messages ----------------------------------------------------------------------------------
@@ -304,9 +305,11 @@ def test_over_long_keys_get_a_hashed_output_key_within_1024_bytes(
 
 # --- image bytes ------------------------------------------------------------------------------------
 
-FUZZ_EXAMPLES = 400
+FUZZ_EXAMPLES = 800  # 400 before the opt-in formats' 8 seeds and 6 magic numbers; ~10 s here
 FUZZ_TIMEOUT = 20.0
-FUZZ_LIMITS = Limits(max_pixels=4_000_000)
+# Every input format a job can accept is fuzzed: the installation allows them all, the job too.
+EVERY_INPUT_FORMAT = tuple(InputFormat)
+FUZZ_LIMITS = Limits(max_pixels=4_000_000, input_formats=list(EVERY_INPUT_FORMAT))
 FUZZ_BUDGET = 256 * 2**20
 
 
@@ -321,11 +324,25 @@ def _seeds() -> dict[str, bytes]:
                 rgba = image.convert("RGBA") if i == 0 else image
                 rgba.save(buffer, fmt, **({"quality": 80} if fmt == "WEBP" else {}))
                 seeds[f"{fmt.lower()}-{name}"] = buffer.getvalue()
+    # One seed per opt-in format (BMP, TGA, ICO, PPM, PGM, JPEG 2000, layered PSD, HEIC).
+    seeds |= {f"opt-in-{name}": data for name, (data, _) in opt_in_inputs().items()}
     return seeds
 
 
 SEEDS = _seeds()
-MAGIC = [b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\x00\x10\x00\x00WEBPVP8 ", b"GIF89a", b"II*\x00"]
+MAGIC = [
+    b"\xff\xd8\xff\xe0",
+    b"\x89PNG\r\n\x1a\n",
+    b"RIFF\x00\x10\x00\x00WEBPVP8 ",
+    b"GIF89a",
+    b"II*\x00",
+    b"BM",
+    b"\x00\x00\x01\x00\x01\x00",  # ICO
+    b"P6\n64 48\n255\n",
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n",  # JPEG 2000
+    b"8BPS\x00\x01",
+    b"\x00\x00\x00\x18ftypheic",
+]
 
 
 def _mutate(seed: str, edits: list[tuple]) -> bytes:
@@ -378,9 +395,11 @@ def codec_pool() -> Iterator[pebble.ProcessPool]:
 def _compress_checked(data: bytes, output: Output) -> tuple[str, str]:
     """In the pool child: ("ok", format) for an output that decodes, ("error", reason) for a CodecError."""
     try:
-        result = compress(data, output, FUZZ_LIMITS, memory_budget_bytes=FUZZ_BUDGET)
+        result = compress(data, output, FUZZ_LIMITS, FUZZ_BUDGET, EVERY_INPUT_FORMAT)
     except CodecError as error:
         return "error", error.reason
+    except NotSmaller as skipped:  # neverLarger stored nothing: a clean outcome too
+        return "skipped", skipped.reason
     assert isinstance(result, Compressed) and result.data
     with Image.open(io.BytesIO(result.data)) as image:
         image.load()
@@ -430,7 +449,8 @@ def test_fuzzed_image_bytes_end_in_clean_codec_errors_without_crash_or_hang(code
         "fuzzed image bytes", bad_inputs=examples, crashes=len(crashes) + len(hangs), seconds=round(seconds)
     )
     chaos_report.note(
-        f"codec fuzz: {examples} random, magic-prefixed and mutated JPEG/PNG/WebP inputs in a pool process "
+        f"codec fuzz: {examples} random, magic-prefixed and mutated JPEG/PNG/WebP and opt-in format "
+        f"(BMP/TGA/ICO/PNM/JPEG 2000/PSD/HEIC) inputs in a pool process "
         f"({FUZZ_TIMEOUT:.0f}s timeout each): {dict(sorted(seen.items()))}; {len(crashes)} crashes, "
         f"{len(hangs)} hangs, {len(others)} other exceptions"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -10,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from testbed import RabbitMQ, S3Server
 from testbed.process import free_port, wait_until
-from tests.corpus import awkward_inputs, real_photos
+from tests.corpus import awkward_inputs, never_larger_table, opt_in_inputs, real_photos
 from tests.jobs import descendants, start_kompressor_run, upload
 
 
@@ -53,7 +55,10 @@ def test_photos_and_awkward_inputs_counted_exactly(
     photos = real_photos(limit=12, max_side=1200)
     awkward = {f"{Path(n).stem}-{Path(n).suffix[1:]}{Path(n).suffix}": v for n, v in awkward_inputs().items()}
     upload(s3, bucket, photos | {name: body for name, (body, _) in awkward.items()})
-    run = start_kompressor_run(_job(bucket), tmp_path, _env(rabbitmq, s3))
+    # neverLarger off: a bilevel PNG makes no smaller WebP (not_smaller has its own test).
+    output = {"format": "webp", "quality": 75, "resize": {"maxWidth": 800, "maxHeight": 800}}
+    output["neverLarger"] = False
+    run = start_kompressor_run(_job(bucket, output=output), tmp_path, _env(rabbitmq, s3))
     out, err = run.communicate(timeout=240)
     failures = sum(1 for _, reason in awkward.values() if reason)
     # More than 1% of the inputs fail, so the job is Failed (exit 1) — with every input accounted.
@@ -114,6 +119,7 @@ def _is_worker(pid: int) -> bool:
         ("invalid_yaml", "is not valid YAML at line"),
         ("unknown_field", "spec.output.colour: unknown field"),
         ("overlapping_prefixes", "spec.destination"),
+        ("input_format_beyond_the_installation", "heif not allowed by this installation"),
     ],
 )
 def test_configuration_errors_are_one_line_naming_the_fix(
@@ -130,6 +136,8 @@ def test_configuration_errors_are_one_line_naming_the_fix(
         job["spec"]["output"]["colour"] = "red"
     elif case == "overlapping_prefixes":
         job["spec"]["destination"]["s3"]["prefix"] = "in/out/"
+    elif case == "input_format_beyond_the_installation":
+        job["spec"]["limits"] = {"inputFormats": ["jpeg", "heif"]}  # KOMPRESSOR_ALLOWED_INPUT_FORMATS unset
     run = start_kompressor_run(job, tmp_path, env)
     if case == "invalid_yaml":
         (tmp_path / "job.yaml").write_text("spec: [unclosed\n")
@@ -145,3 +153,75 @@ def test_configuration_errors_are_one_line_naming_the_fix(
     assert run.returncode == 2, (out, err)
     assert len(err.strip().splitlines()) == 1, err
     assert expected in err and "Traceback" not in err
+
+
+def test_never_larger_stores_smaller_outputs_the_original_or_nothing(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    """Issue 18 end to end, worker and S3 real: with neverLarger no stored object is larger than
+    its input, and the manifest says which of the three it was."""
+    palette = never_larger_table()["palette-transparent-400x300.png"]  # its JPEG is ~3x larger
+    low = io.BytesIO()
+    Image.open(io.BytesIO(real_photos(max_side=200)["building.jpg"])).save(low, "JPEG", quality=20)
+    photo = io.BytesIO()
+    Image.open(io.BytesIO(real_photos(max_side=400)["baboon.jpg"])).save(photo, "PNG")
+    inputs = {"palette.png": palette, "low.jpg": low.getvalue(), "photo.png": photo.getvalue()}
+    upload(s3, bucket, inputs)
+    job = _job(bucket, output={"format": "jpeg", "quality": 90, "neverLarger": True})
+    run = start_kompressor_run(job, tmp_path, _env(rabbitmq, s3))
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, err
+    status = json.loads(out)
+    assert (status["succeeded"], status["skipped"], status["failed"]) == (2, 1, 0)
+    lines = {line["source"].rsplit("/", 1)[1]: line for line in _manifest(s3, status["manifest"])}
+    client = s3.client()
+
+    def stored(key: str) -> tuple[int, str]:
+        head = client.head_object(Bucket=bucket, Key=key)
+        return head["ContentLength"], head["ContentType"]
+
+    skipped = lines["palette.png"]
+    assert (skipped["outcome"], skipped["reason"], skipped["dest"]) == ("skipped", "not_smaller", "")
+    assert skipped["bytesIn"] == len(palette) and "the input is png, not jpeg" in skipped["message"]
+    with pytest.raises(client.exceptions.ClientError):
+        client.head_object(Bucket=bucket, Key="out/palette.jpg")
+
+    original = lines["low.jpg"]
+    assert (original["outcome"], original["dest"], original.get("storedOriginal")) == (
+        "done",
+        f"s3://{bucket}/out/low.jpg",
+        True,
+    )
+    assert stored("out/low.jpg") == (len(inputs["low.jpg"]), "image/jpeg")
+    assert original["bytesOut"] == original["bytesIn"] == len(inputs["low.jpg"])
+    assert client.get_object(Bucket=bucket, Key="out/low.jpg")["Body"].read() == inputs["low.jpg"]
+
+    smaller = lines["photo.png"]
+    assert (smaller["outcome"], smaller["dest"], "storedOriginal" in smaller) == (
+        "done",
+        f"s3://{bucket}/out/photo.jpg",
+        False,
+    )
+    size, content_type = stored("out/photo.jpg")
+    assert size == smaller["bytesOut"] < len(inputs["photo.png"]) and content_type == "image/jpeg"
+
+
+def test_opt_in_input_formats_through_the_installation_and_the_job(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    """The installation allows BMP and HEIF, the job chooses BMP: the BMP is compressed by a real
+    worker, the HEIC fails naming the job's setting, the photo (web set) is not accepted either."""
+    inputs = opt_in_inputs()
+    upload(s3, bucket, {"a.bmp": inputs["image.bmp"][0], "b.heic": inputs["image.heic"][0]})
+    upload(s3, bucket, {"c.jpg": real_photos(limit=1, max_side=200)["aero1.jpg"]})
+    job = _job(bucket, limits={"inputFormats": ["bmp"]})
+    env = _env(rabbitmq, s3, KOMPRESSOR_ALLOWED_INPUT_FORMATS='["jpeg", "bmp", "heif"]')
+    run = start_kompressor_run(job, tmp_path, env)
+    out, err = run.communicate(timeout=120)
+    status = json.loads(out)
+    assert (status["succeeded"], status["failed"]) == (1, 2), err
+    lines = {line["source"].rsplit("/", 1)[1]: line for line in _manifest(s3, status["manifest"])}
+    assert (lines["a.bmp"]["outcome"], lines["a.bmp"]["dest"]) == ("done", f"s3://{bucket}/out/a.webp")
+    for name, fmt in (("b.heic", "heif"), ("c.jpg", "jpeg")):
+        assert (lines[name]["outcome"], lines[name]["reason"]) == ("failed", "unsupported_format")
+        assert f"add {fmt} to spec.limits.inputFormats" in lines[name]["message"]

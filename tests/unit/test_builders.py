@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kompressor.crd import CompressionJobSpec
+from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat
 from kompressor.messages import JobRef, task_queue
 from kompressor_operator.builders import (
     job_ref,
@@ -17,6 +18,7 @@ from kompressor_operator.builders import (
     worker_deployment_name,
 )
 from kompressor_operator.settings import WorkerDefaults
+from kompressor_worker.settings import WorkerSettings
 
 JOB = JobRef(namespace="shop", name="catalog-2026-11", uid="0f6c2a9e-1111-2222-3333-444455556666")
 SPEC = CompressionJobSpec.model_validate(
@@ -223,3 +225,13 @@ def test_job_ref_reads_metadata_and_names_what_is_missing():
     )
     with pytest.raises(ValueError, match="uid"):
         job_ref({"namespace": "shop", "name": "x"})
+
+
+def test_workers_get_the_installations_allowed_input_formats():
+    """The maximum goes to every worker, which refuses inputs beyond it as the operator refuses jobs."""
+    default = json.loads(env(build())["KOMPRESSOR_ALLOWED_INPUT_FORMATS"]["value"])
+    assert default == [f.value for f in WEB_INPUT_FORMATS]
+    wider = worker_deployment(JOB, SPEC, DEFAULTS, OWNER, 1, [InputFormat.heif, InputFormat.jpeg])
+    assert json.loads(env(wider)["KOMPRESSOR_ALLOWED_INPUT_FORMATS"]["value"]) == ["jpeg", "heif"]
+    worker = WorkerSettings.model_validate({"queue": "q", "allowed_input_formats": ["jpeg", "heif"]})
+    assert worker.allowed_input_formats == [InputFormat.jpeg, InputFormat.heif]

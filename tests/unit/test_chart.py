@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kompressor.crd import API_VERSION, KIND, crd, parse_spec
+from kompressor.crd import API_VERSION, KIND, WEB_INPUT_FORMATS, InputFormat, crd, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kompressor"
@@ -193,6 +193,8 @@ BAD_VALUES = {
     "port out of range": ({"worker": {"healthPort": 70000}}, "/worker/healthPort"),
     "namespace not a DNS label": ({"watchNamespaces": ["Shop_1"]}, "/watchNamespaces/0"),
     "namespaces not a list": ({"watchNamespaces": "shop"}, "/watchNamespaces"),
+    "EPS input format": ({"allowedInputFormats": ["jpeg", "eps"]}, "/allowedInputFormats/1"),
+    "no input format": ({"allowedInputFormats": []}, "/allowedInputFormats"),
     "empty broker secret": ({"broker": {"secretName": ""}}, "/broker/secretName"),
     "dev flag of the wrong type": ({"dev": {"enabled": "yes"}}, "/dev/enabled"),
     "bad log format": ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
@@ -319,6 +321,7 @@ def test_operator_env_is_what_its_settings_read(values, monkeypatch):
     assert settings.storage.access_key_id.get_secret_value() == "secret:kompressor-storage/accessKeyId"
     assert settings.namespaces == values.get("watchNamespaces", [])
     assert settings.max_total_workers == 100
+    assert settings.allowed_input_formats == list(WEB_INPUT_FORMATS)
     assert settings.poll_interval_seconds == 3.0
     assert settings.metrics_port == 9090
     assert settings.worker.image == "ghcr.io/kompressor/worker:0.1.0"
@@ -333,12 +336,14 @@ def test_operator_env_follows_the_values():
         "storage": {"endpointURL": "https://s3.example.com", "region": "eu-west-1", "credentialsSecret": ""},
         "operator": {"maxTotalWorkers": 1000000, "pollIntervalSeconds": 2.5},
         "worker": {"image": {"repository": "registry.local/worker", "tag": "dev", "pullPolicy": "Always"}},
+        "allowedInputFormats": ["jpeg", "heif", "psd"],
     }
     env = {e["name"]: e.get("value") for e in operator_container(values)["env"]}
     assert env["KOMPRESSOR_STORAGE__ENDPOINT_URL"] == "https://s3.example.com"
     assert env["KOMPRESSOR_STORAGE__REGION"] == "eu-west-1"
     assert "KOMPRESSOR_STORAGE__ACCESS_KEY_ID" not in env  # ambient credentials, e.g. IRSA
     assert env["KOMPRESSOR_MAX_TOTAL_WORKERS"] == "1000000"
+    assert json.loads(env["KOMPRESSOR_ALLOWED_INPUT_FORMATS"]) == ["jpeg", "heif", "psd"]
     assert env["KOMPRESSOR_POLL_INTERVAL_SECONDS"] == "2.5"
     assert env["KOMPRESSOR_WORKER__IMAGE"] == "registry.local/worker:dev"
     assert env["KOMPRESSOR_WORKER__IMAGE_PULL_POLICY"] == "Always"
@@ -553,3 +558,12 @@ def test_dashboard_groups_and_filters_only_by_labels_its_metrics_have():
         used = {label.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for label in group.split(",")}
         used |= set(re.findall(r"([a-z_]+)=~?\"", expr))
         assert used <= allowed, (expr, used - allowed)
+
+
+def test_the_schemas_input_formats_are_the_contracts():
+    """allowedInputFormats takes exactly the formats a job may name (never EPS/PS), web set first."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["allowedInputFormats"]["items"]["enum"] == [f.value for f in InputFormat]
+    assert yaml.safe_load((CHART / "values.yaml").read_text())["allowedInputFormats"] == [
+        f.value for f in WEB_INPUT_FORMATS
+    ]

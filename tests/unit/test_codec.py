@@ -6,6 +6,8 @@ import io
 import itertools
 import pickle
 import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from kompressor.crd import Format, Limits, Output, Resize
+from kompressor.crd import Format, InputFormat, Limits, Output, Resize
 from kompressor_worker import codec, quality
 from kompressor_worker.codec import CodecError, Compressed, compress, encode, prepare
+from kompressor_worker.never_larger import NotSmaller
 from tests import corpus
 
 LIMITS = Limits()
@@ -32,7 +35,9 @@ MAKE_TAG = 0x010F
 
 
 def out(fmt: Format | str = Format.webp, **fields: object) -> Output:
-    return Output(format=fmt, **fields)
+    """An Output with neverLarger off unless a test turns it on: most tests here look at the encode,
+    and neverLarger (which may store the input or nothing instead) has its own section."""
+    return Output(format=fmt, **{"never_larger": False, **fields})
 
 
 def decode(result: Compressed) -> Image.Image:
@@ -415,7 +420,7 @@ def small_jpeg(quality: int) -> bytes:
 def test_never_larger_stores_the_original_when_the_format_is_the_same() -> None:
     data = small_jpeg(30)
     for fmt in (Format.jpeg, Format.keep):
-        result = compress(data, out(fmt, quality=95), LIMITS)
+        result = compress(data, out(fmt, quality=95, never_larger=True), LIMITS)
         assert result.stored_original and result.data == data
         assert result.format == "jpeg" and result.quality is None
         assert (result.width, result.height) == Image.open(io.BytesIO(data)).size
@@ -423,46 +428,81 @@ def test_never_larger_stores_the_original_when_the_format_is_the_same() -> None:
 
 def test_never_larger_false_keeps_the_larger_result() -> None:
     data = small_jpeg(30)
-    result = compress(data, out(Format.jpeg, quality=95, never_larger=False), LIMITS)
+    result = compress(data, out(Format.jpeg, quality=95), LIMITS)
     assert not result.stored_original and len(result.data) > len(data) and result.quality == 95
 
 
 def test_a_smaller_result_is_stored() -> None:
     data = photo("building.jpg")
-    result = compress(data, out(Format.jpeg, quality=60), LIMITS)
+    result = compress(data, out(Format.jpeg, quality=60, never_larger=True), LIMITS)
     assert not result.stored_original and len(result.data) < len(data)
 
 
-def test_never_larger_with_another_format_keeps_the_larger_result() -> None:
-    """A key named .webp must hold a WebP body: the larger WebP is kept, not the JPEG."""
+def test_never_larger_with_another_format_stores_nothing() -> None:
+    """A key named .webp must hold a WebP body, and no WebP is smaller: nothing is stored (before
+    the rule of issue 18 the larger WebP was)."""
     data = small_jpeg(30)
-    result = compress(data, out(Format.webp, quality=100), LIMITS)
-    assert len(result.data) >= len(data)
-    assert not result.stored_original and result.format == "webp"
-    assert decode(result).format == "WEBP"
+    with pytest.raises(NotSmaller) as caught:
+        compress(data, out(Format.webp, quality=100, never_larger=True), LIMITS)
+    assert caught.value.reason == "not_smaller"
+    message = caught.value.message
+    assert "the input is jpeg, not webp" in message and f"({len(data)} bytes)" in message
 
 
 def test_never_larger_keeps_the_resize_promise() -> None:
     data = small_jpeg(10)
     width, _ = Image.open(io.BytesIO(data)).size
-    result = compress(data, out(Format.jpeg, quality=100, resize=Resize(max_width=width - 1)), LIMITS)
-    assert len(result.data) >= len(data)
-    assert not result.stored_original and result.width == width - 1
+    output = out(Format.jpeg, quality=100, resize=Resize(max_width=width - 1))
+    assert len(compress(data, output, LIMITS).data) >= len(data)
+    with pytest.raises(NotSmaller, match="larger than the resize box"):
+        compress(data, output.model_copy(update={"never_larger": True}), LIMITS)
 
 
 def test_never_larger_does_not_bring_back_stripped_metadata() -> None:
     data = jpeg_with_metadata(orientation=1, quality=30)
-    stripped = compress(data, out(Format.jpeg, quality=100), LIMITS)
-    assert not stripped.stored_original and not decode(stripped).getexif()
-    kept = compress(data, out(Format.jpeg, quality=100, strip_metadata=False), LIMITS)
+    with pytest.raises(NotSmaller, match="EXIF or XMP that stripMetadata drops"):
+        compress(data, out(Format.jpeg, quality=100, never_larger=True), LIMITS)
+    kept = compress(data, out(Format.jpeg, quality=100, strip_metadata=False, never_larger=True), LIMITS)
     assert kept.stored_original and kept.data == data
 
 
 def test_never_larger_does_not_store_an_unrotated_original() -> None:
     data = jpeg_with_metadata(orientation=6, quality=30)
-    result = compress(data, out(Format.jpeg, quality=100, strip_metadata=False), LIMITS)
-    assert not result.stored_original
-    assert decode(result).getexif().get(corpus.ORIENTATION_TAG) == 1
+    with pytest.raises(NotSmaller, match="orientation"):
+        compress(data, out(Format.jpeg, quality=100, strip_metadata=False, never_larger=True), LIMITS)
+
+
+NEVER_LARGER_TABLE = corpus.never_larger_table()
+
+
+@pytest.mark.parametrize("fmt", [*OUTPUT_FORMATS, Format.keep], ids=str)
+@pytest.mark.parametrize("name", sorted(NEVER_LARGER_TABLE))
+def test_never_larger_never_stores_more_bytes_than_the_input(name: str, fmt: Format) -> None:
+    """Issue 18's table, for every output format: an output smaller than the input, the input's own
+    bytes when they are the output asked for, or nothing (NotSmaller) — never more bytes."""
+    data = NEVER_LARGER_TABLE[name]
+    encoded = compress(data, out(fmt, quality=80), LIMITS)
+    try:
+        result = compress(data, out(fmt, quality=80, never_larger=True), LIMITS)
+    except NotSmaller as skipped:
+        assert len(encoded.data) >= len(data) and encoded.format != "png"  # only another format skips
+        assert f"({len(data)} bytes)" in skipped.message
+        return
+    assert len(result.data) <= len(data)
+    if result.stored_original:
+        assert result.data == data and result.format == "png" == encoded.format
+        assert len(encoded.data) >= len(data)
+    else:
+        assert result.data == encoded.data and len(encoded.data) < len(data)
+
+
+@pytest.mark.parametrize("name", sorted(NEVER_LARGER_TABLE))
+def test_the_tables_jpeg_outputs_were_larger_and_are_now_not_stored(name: str) -> None:
+    """The regression itself: each of these PNGs made a larger JPEG that neverLarger stored."""
+    data = NEVER_LARGER_TABLE[name]
+    assert len(compress(data, out(Format.jpeg), LIMITS).data) > len(data)
+    with pytest.raises(NotSmaller):
+        compress(data, out(Format.jpeg, never_larger=True), LIMITS)
 
 
 # --- quality and determinism ----------------------------------------------------------------------
@@ -671,7 +711,12 @@ def test_output_fits_the_box_and_never_grows(
 ) -> None:
     data = _jpeg_with_orientation((width, height), orientation)
     shown = (height, width) if orientation >= 5 else (width, height)
-    result = compress(data, out(fmt, resize=Resize(max_width=max_width, max_height=max_height)), LIMITS)
+    output = out(fmt, resize=Resize(max_width=max_width, max_height=max_height), never_larger=True)
+    try:
+        result = compress(data, output, LIMITS)
+    except NotSmaller:
+        return
+    assert len(result.data) <= len(data)
     image = decode(result)
     assert image.size == (result.width, result.height)
     if not result.stored_original:
@@ -689,9 +734,11 @@ FUZZ_BUDGET = 256 * 2**20
 
 def _survives(data: bytes, fmt: Format) -> None:
     try:
-        result = compress(data, out(fmt), FUZZ_LIMITS, memory_budget_bytes=FUZZ_BUDGET)
+        result = compress(data, out(fmt, never_larger=True), FUZZ_LIMITS, memory_budget_bytes=FUZZ_BUDGET)
     except CodecError as error:
         assert error.reason in codec.REASONS
+    except NotSmaller:
+        pass
     else:
         assert isinstance(result, Compressed) and result.data
 
@@ -787,11 +834,11 @@ def test_target_ssim_then_never_larger_stores_the_original() -> None:
     """The lowest quality meeting the floor against a q30 JPEG's own pixels is larger than it: the
     original is stored (it is the source: SSIM 1), without a quality."""
     data = small_jpeg(30)
-    result = compress(data, out(Format.jpeg, target_ssim=0.995), LIMITS)
+    result = compress(data, out(Format.jpeg, target_ssim=0.995, never_larger=True), LIMITS)
     assert result.stored_original and result.data == data
     assert result.quality is None and result.ssim == 1.0 and result.reason == ""
     assert any(a.full for a in result.attempts)
-    assert not compress(data, out(Format.jpeg, target_ssim=0.995, never_larger=False), LIMITS).stored_original
+    assert not compress(data, out(Format.jpeg, target_ssim=0.995), LIMITS).stored_original
 
 
 def test_fixed_quality_carries_no_ssim() -> None:
@@ -819,3 +866,97 @@ def test_noisy_jpeg_at_high_quality_fits_pillows_buffer() -> None:
         data = encode(noise, Format.jpeg, q, None)
         assert len(data) > 65536 and Image.open(io.BytesIO(data)).size == (200, 200)
     assert ImageFile.MAXBLOCK == 65536  # restored
+
+
+# --- opt-in input formats -------------------------------------------------------------------------
+
+OPT_IN = corpus.opt_in_inputs()
+EVERY_INPUT_FORMAT = tuple(InputFormat)
+
+
+@pytest.mark.parametrize("name", sorted(OPT_IN))
+def test_an_opt_in_format_decodes_when_allowed(name: str) -> None:
+    """Allowed by the installation and chosen by the job, each opt-in format decodes to exactly the
+    pixels Pillow (or pillow-heif) reads from it; PSD's are its flattened composite."""
+    data, fmt = OPT_IN[name]
+    limits = Limits(input_formats=[fmt])
+    result = compress(data, out(Format.png), limits, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert result.format == "png" and result.frames == 1
+    with Image.open(io.BytesIO(data)) as source:
+        expected = source.convert("RGBA")
+    assert decode(result).convert("RGBA").tobytes() == expected.tobytes()
+    kept = compress(data, out(Format.keep), limits, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert kept.format == ("jpeg" if fmt in ("heif", "jpeg2000") else "png") == decode(kept).format.lower()
+
+
+@pytest.mark.parametrize("name", sorted(OPT_IN))
+def test_an_opt_in_format_is_refused_naming_the_setting_that_allows_it(name: str) -> None:
+    data, fmt = OPT_IN[name]
+    with pytest.raises(CodecError) as by_job:  # the installation allows it, the job did not choose it
+        compress(data, out(), LIMITS, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert by_job.value.reason == "unsupported_format"
+    assert f"add {fmt} to spec.limits.inputFormats" in by_job.value.message
+    with pytest.raises(CodecError) as by_installation:  # the job chose it, the installation does not allow it
+        compress(data, out(), Limits(input_formats=[fmt]))
+    refused = by_installation.value
+    assert refused.reason == "unsupported_format"
+    assert "chart value allowedInputFormats (KOMPRESSOR_ALLOWED_INPUT_FORMATS)" in refused.message
+
+
+def test_a_heic_is_named_in_a_process_where_pillow_heif_was_never_registered() -> None:
+    """A worker whose job does not accept HEIF never loads pillow-heif: HEIC is named by its brand."""
+    script = (
+        "import sys; from kompressor.crd import Limits, Output; from kompressor_worker import codec\n"
+        "try: codec.compress(sys.stdin.buffer.read(), Output(), Limits())\n"
+        "except codec.CodecError as e: print(e.reason, e.message)\n"
+        "print('pillow_heif' in sys.modules)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], input=OPT_IN["image.heic"][0], capture_output=True, check=True
+    )
+    refusal, loaded = run.stdout.decode().splitlines()
+    assert refusal.startswith("unsupported_format heif inputs are not allowed by this installation")
+    assert loaded == "False"
+
+
+def heic(image: Image.Image, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "HEIF", quality=90, **params)
+    return buffer.getvalue()
+
+
+HEIF_ONLY = Limits(input_formats=[InputFormat.heif])
+
+
+def test_heic_orientation_is_applied_as_for_jpeg() -> None:
+    """An iPhone-style HEIC with EXIF orientation 6: the output is upright, orientation 1, whether the
+    metadata is stripped or kept (pillow-heif applies the rotation, as the codec does for JPEG)."""
+    photo = Image.open(io.BytesIO(small_photo(side=96))).convert("RGB")
+    exif = Image.Exif()
+    exif[corpus.ORIENTATION_TAG] = 6
+    data = heic(photo, exif=exif.tobytes())
+    upright = photo.transpose(Image.Transpose.ROTATE_270)
+    for strip in (True, False):
+        output = out(Format.png, strip_metadata=strip)
+        result = compress(data, output, HEIF_ONLY, allowed_input_formats=EVERY_INPUT_FORMAT)
+        image = decode(result).convert("RGB")
+        assert image.size == upright.size
+        assert image.getexif().get(corpus.ORIENTATION_TAG, 1) == 1
+        difference = np.abs(np.asarray(image, dtype=float) - np.asarray(upright, dtype=float)).mean()
+        assert difference < 6, difference  # HEVC at q90; the unrotated picture differs by ~60
+
+
+def test_heic_icc_profile_is_kept_as_for_jpeg() -> None:
+    data = heic(Image.open(io.BytesIO(small_photo(side=96))).convert("RGB"), icc_profile=corpus.srgb_icc())
+    for fmt in OUTPUT_FORMATS:
+        result = compress(data, out(fmt), HEIF_ONLY, allowed_input_formats=EVERY_INPUT_FORMAT)
+        assert decode(result).info.get("icc_profile") == corpus.srgb_icc(), fmt
+
+
+def test_eps_is_never_decoded() -> None:
+    """EPS goes to Ghostscript in Pillow: no setting allows it, and no input format names it."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, "EPS")
+    with pytest.raises(CodecError) as caught:
+        compress(buffer.getvalue(), out(), LIMITS, allowed_input_formats=EVERY_INPUT_FORMAT)
+    assert caught.value.reason == "unsupported_format" and "never accepted" in caught.value.message

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kompressor.crd import parse_spec
+from kompressor.crd import Format, parse_spec
 from kompressor.messages import (
     JobRef,
     MessageError,
@@ -95,3 +95,13 @@ def test_output_keys_are_deterministic_bounded_and_under_the_prefix(name: str):
     assert key == output_key(source, "products/", SPEC.destination, SPEC.output)
     assert key.startswith("out/") and key.endswith(".webp")
     assert len(key.encode()) <= 1024
+
+
+def test_keep_names_the_format_the_codec_stores():
+    """`keep` stores opt-in lossless formats as PNG and HEIF / JPEG 2000 as JPEG: keys say so."""
+    keep = SPEC.output.model_copy(update={"format": Format.keep})
+    expected = {"a.heic": "out/a.jpg", "a.JP2": "out/a.jpg", "a.psd": "out/a.png", "a.pgm": "out/a.png"}
+    expected |= {"a.bmp": "out/a.png", "a.tiff": "out/a.png", "a.webp": "out/a.webp"}
+    for name, key in expected.items():
+        source = SourceObject(bucket="raw", key=f"products/{name}")
+        assert output_key(source, "products/", SPEC.destination, keep) == key

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
+from kompressor.crd import (
+    FINISHED_PHASES,
+    CompressionJobSpec,
+    CompressionJobStatus,
+    InputFormat,
+    Phase,
+    WorkerCounts,
+)
 from kompressor_operator.status import (
     CONDITION_TYPES,
     Counts,
@@ -377,3 +384,14 @@ def test_no_estimate_from_a_vanishing_rate():
     assert slow.estimated_seconds_remaining is None
     fast = next_status(CompressionJobStatus(), counts, SPEC, WORKERS, T0, 1, 2.0)
     assert fast.estimated_seconds_remaining == 5
+
+
+def test_check_spec_refuses_input_formats_beyond_the_installations():
+    """A job asking for HEIF where the installation allows the web set only is refused, naming the
+    setting that would allow it; within the maximum it is accepted."""
+    heif = spec(limits__inputFormats=["jpeg", "heif"])
+    (problem,) = check_spec(heif)
+    assert problem.startswith("spec.limits.inputFormats: heif not allowed by this installation")
+    assert "allowedInputFormats (KOMPRESSOR_ALLOWED_INPUT_FORMATS)" in problem
+    assert check_spec(heif, [InputFormat.jpeg, InputFormat.heif]) == []
+    assert check_spec(SPEC, [InputFormat.jpeg]) == []  # no choice: the web set within the maximum

@@ -3,7 +3,8 @@
 What it is for: turn the bytes of one input image into the bytes to store, following a job's
 `Output` settings (format, quality, resize box, metadata, neverLarger) within its `Limits`
 (`maxPixels`) and the worker process's memory budget. Every way an input can go wrong ends as a
-`CodecError` whose `reason` is one machine-readable word; no other exception escapes `compress`.
+`CodecError` whose `reason` is one machine-readable word; no other exception escapes `compress`
+but `never_larger.NotSmaller`, when neverLarger stores nothing.
 
 What it must never do: I/O of any kind (files, network, subprocesses), logging set-up, reading
 settings or the environment, or changing Pillow's global state at import. It is pure: the same bytes
@@ -15,11 +16,15 @@ then `encode` (one encoder run with our settings). They are separate so that aut
 
 Choices, documented once here:
 
-- Inputs: JPEG (including MPO), PNG, WebP, GIF, TIFF and AVIF. Another format Pillow recognises
-  (BMP, ICO, PSD, ...) fails with `unsupported_format`. Bytes that no Pillow plugin identifies at all
-  (an HTML error page saved as `.jpg`, random bytes) fail with `decode_error`: the input is broken,
-  not merely of a format we refuse. Only the allowed formats' plugins ever decode pixels; the others
-  only parse a header to name the format in the message.
+- Inputs: the formats the job accepts within the installation's maximum (`kompressor.inputs`): by
+  default the web set, JPEG (including MPO), PNG, WebP, GIF, TIFF and AVIF; opt-in BMP, TGA, ICO,
+  PPM/PGM/PBM, JPEG 2000, PSD (its flattened composite; layers are not frames) and HEIC/HEIF
+  (pillow-heif, registered with Pillow the first time a job accepts it; it applies the orientation
+  and hands over the ICC profile, so both follow the same policy as JPEG's). Another format Pillow
+  recognises fails with `unsupported_format` and a message naming the setting that would allow it.
+  Bytes that no Pillow plugin identifies at all (an HTML error page saved as `.jpg`, random bytes)
+  fail with `decode_error`: the input is broken, not merely of a format we refuse. Only the accepted
+  formats' plugins ever decode pixels; the others only parse a header to name the format.
 - Limits come from the header, before any pixel is decoded: width × height above `maxPixels` fails
   with `too_many_pixels` (Pillow's own bomb check runs with the same limit and its warning is an
   error), and the estimated decoded size above `memory_budget_bytes` with `too_much_memory`.
@@ -29,8 +34,9 @@ Choices, documented once here:
   never contended there.
 - Animated inputs (GIF, WebP, AVIF sequences; multi-page TIFF): the first frame only becomes the
   output; `Compressed.frames` tells how many frames the input had.
-- `format: keep` re-encodes JPEG, PNG, WebP and AVIF in their own format; GIF and TIFF become PNG
-  (lossless like their source, and a format every browser shows). `Compressed.format` always names
+- `format: keep` re-encodes JPEG, PNG, WebP and AVIF in their own format; GIF, TIFF, BMP, TGA,
+  ICO, PNM and PSD become PNG (lossless like their source, and a format every browser shows); HEIF
+  and JPEG 2000, photo codecs, become JPEG. `Compressed.format` always names
   the format actually stored.
 - Orientation: the EXIF orientation is applied to the pixels; outputs carry no orientation other
   than 1. The resize box applies to the image as displayed (after orientation).
@@ -70,16 +76,12 @@ Choices, documented once here:
 - Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes
   (2×w×h from q95); noisy pictures at q90+ need more and failed with "Suspension not allowed
   here": such a save is retried once with a buffer of 2 bytes per pixel and band.
-- neverLarger: when the encoded result is not smaller than the input, the input's own bytes are
-  stored instead (`stored_original=True`) only if they are an equivalent output: same format as the
-  output, no resize and no orientation change needed, a single frame, and — when metadata is to be
-  stripped — no EXIF or XMP in the input. Otherwise the (larger) result is kept: storing a JPEG body
-  under a key named `.webp`, an image larger than the requested box, or the GPS position the user
-  asked to strip would break a promise the job made, while a few extra bytes do not.
-  With automatic quality neverLarger applies after the search, to the chosen output: if the lowest
-  quality that meets the floor is still not smaller than the input and the input is an equivalent
-  output, the input is stored (it is the source itself, so its SSIM is 1 and the floor is met;
-  `quality` is None and no reason is recorded, even when the floor was unreachable by encoding).
+- neverLarger: the rule and its reasons are `never_larger.py`'s: the encoded result when it is
+  smaller than the input, else the input's own bytes when they already are the output asked for
+  (`stored_original=True`), else nothing (`NotSmaller`, the task is skipped as `not_smaller`).
+  With automatic quality neverLarger applies after the search, to the chosen output: a stored input
+  is the source itself, so its SSIM is 1 and the floor is met (`quality` is None and no reason is
+  recorded, even when the floor was unreachable by encoding).
 """
 
 from __future__ import annotations
@@ -89,33 +91,41 @@ import io
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageCms, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from kompressor.crd import Format, Limits, Output
+from kompressor import inputs
+from kompressor.crd import WEB_INPUT_FORMATS, Format, InputFormat, Limits, Output
+from kompressor_worker import never_larger
 from kompressor_worker import quality as auto
 
-# Pillow format id -> our name of the source format.
+# Pillow format id -> the input format it is.
 _SOURCE_FORMATS = {
-    "JPEG": "jpeg",
-    "MPO": "jpeg",
-    "PNG": "png",
-    "WEBP": "webp",
-    "GIF": "gif",
-    "TIFF": "tiff",
-    "AVIF": "avif",
+    "JPEG": InputFormat.jpeg,
+    "MPO": InputFormat.jpeg,
+    "PNG": InputFormat.png,
+    "WEBP": InputFormat.webp,
+    "GIF": InputFormat.gif,
+    "TIFF": InputFormat.tiff,
+    "AVIF": InputFormat.avif,
+    "BMP": InputFormat.bmp,
+    "TGA": InputFormat.tga,
+    "ICO": InputFormat.ico,
+    "PPM": InputFormat.pnm,
+    "JPEG2000": InputFormat.jpeg2000,
+    "PSD": InputFormat.psd,
+    "HEIF": InputFormat.heif,
 }
-_ALLOWED_PLUGINS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "AVIF")
 _KEEP = {
-    "jpeg": Format.jpeg,
-    "png": Format.png,
-    "webp": Format.webp,
-    "avif": Format.avif,
-    "gif": Format.png,
-    "tiff": Format.png,
+    InputFormat.jpeg: Format.jpeg,
+    InputFormat.png: Format.png,
+    InputFormat.webp: Format.webp,
+    InputFormat.avif: Format.avif,
+    InputFormat.heif: Format.jpeg,
+    InputFormat.jpeg2000: Format.jpeg,
 }
 _LOSSY = frozenset({Format.jpeg, Format.webp, Format.avif})
 _PILLOW_FORMAT = {Format.jpeg: "JPEG", Format.webp: "WEBP", Format.avif: "AVIF", Format.png: "PNG"}
@@ -201,7 +211,7 @@ class Prepared:
 
     image: Image.Image  # upright, resized, in a mode the output format takes
     format: Format  # the concrete output format (keep resolved)
-    source_format: str  # jpeg | png | webp | gif | tiff | avif
+    source_format: InputFormat
     source_size: tuple[int, int]  # width, height as stored in the input
     icc_profile: bytes | None
     exif: bytes | None  # None when stripped or absent
@@ -219,14 +229,20 @@ class Prepared:
 
 
 def compress(
-    data: bytes, output: Output, limits: Limits, memory_budget_bytes: int | None = None
+    data: bytes,
+    output: Output,
+    limits: Limits,
+    memory_budget_bytes: int | None = None,
+    allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
 ) -> Compressed:
     """Compress one input following `output`; raise CodecError with a reason when it cannot be.
 
     With `output.targetSSIM` (a lossy format) the quality is searched per image (see the module
-    docstring); otherwise it is `output.effective_quality`. neverLarger applies to the result.
+    docstring); otherwise it is `output.effective_quality`. `allowed_input_formats` is the
+    installation's maximum, within which `limits.inputFormats` chooses. neverLarger applies to the result
+    (`never_larger.decide`), raising `NotSmaller` when it stores nothing.
     """
-    prepared = prepare(data, output, limits, memory_budget_bytes)
+    prepared = prepare(data, output, limits, memory_budget_bytes, allowed_input_formats)
     ssim: float | None = None
     reason = ""
     attempts: tuple[auto.Attempt, ...] = ()
@@ -240,7 +256,10 @@ def compress(
     else:
         quality = output.effective_quality
         encoded = _encode_prepared(prepared, quality)
-    if output.never_larger and len(encoded) >= len(data) and original_is_equivalent(prepared, output):
+    decision = never_larger.decide(output.never_larger, len(data), len(encoded), _as_source(prepared, output))
+    if decision.store is never_larger.Store.nothing:
+        raise never_larger.NotSmaller(decision.message)
+    if decision.store is never_larger.Store.original:
         width, height = prepared.source_size
         return Compressed(
             data=bytes(data),
@@ -320,22 +339,22 @@ def _encode_prepared(prepared: Prepared, quality: int) -> bytes:
     )
 
 
-def original_is_equivalent(prepared: Prepared, output: Output) -> bool:
-    """Whether the input's own bytes keep every promise the output makes, so neverLarger may store
-    them: same format, same geometry, one frame, and no metadata left that was to be stripped."""
-    return (
-        prepared.source_format == prepared.format.value
-        and not prepared.resized
-        and not prepared.reoriented
-        and prepared.frames == 1
-        and not (output.strip_metadata and prepared.source_has_metadata)
+def _as_source(prepared: Prepared, output: Output) -> never_larger.Source:
+    return never_larger.Source(
+        format=prepared.source_format,
+        output_format=prepared.format.value,
+        resized=prepared.resized,
+        reoriented=prepared.reoriented,
+        frames=prepared.frames,
+        metadata_to_strip=output.strip_metadata and prepared.source_has_metadata,
     )
 
 
 def resolve_format(fmt: Format, source_format: str) -> Format:
-    """The concrete output format: `keep` becomes the input's format (gif and tiff become png)."""
+    """The concrete output format: `keep` becomes the input's format when it is an output format,
+    JPEG for the other photo codecs (HEIF, JPEG 2000), else PNG."""
     if fmt is Format.keep:
-        return _KEEP[source_format]
+        return _KEEP.get(InputFormat(source_format), Format.png)
     return fmt
 
 
@@ -358,14 +377,20 @@ def fit_inside(size: tuple[int, int], max_width: int | None, max_height: int | N
     return new_width, new_height
 
 
-def prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: int | None = None) -> Prepared:
+def prepare(
+    data: bytes,
+    output: Output,
+    limits: Limits,
+    memory_budget_bytes: int | None = None,
+    allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+) -> Prepared:
     """Identify and decode the input within the limits, then orient, resize and convert it for the
     output format. Raises CodecError (never anything else) when the input cannot be used."""
     if not data:
         raise CodecError("empty_input", "the input is empty (0 bytes)")
     try:
         with _pillow_limits(limits.max_pixels):
-            return _prepare(bytes(data), output, limits, memory_budget_bytes)
+            return _prepare(bytes(data), output, limits, memory_budget_bytes, allowed_input_formats)
     except CodecError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -491,34 +516,58 @@ def _jpeg_buffer(image: Image.Image, params: dict[str, object]) -> Iterator[None
             ImageFile.MAXBLOCK = saved
 
 
-def _open(data: bytes) -> tuple[ImageFile.ImageFile, str]:
+def _open(
+    data: bytes, limits: Limits, allowed_input_formats: Collection[InputFormat]
+) -> tuple[ImageFile.ImageFile, InputFormat]:
+    accepted = inputs.accepted(limits.input_formats, allowed_input_formats)
+    if InputFormat.heif in accepted:
+        _register_heif()
+    # MPO is no plugin of its own: Pillow's JPEG plugin opens it.
+    plugins = [name for name, fmt in _SOURCE_FORMATS.items() if fmt in accepted and name != "MPO"]
     try:
-        image = Image.open(io.BytesIO(data), formats=_ALLOWED_PLUGINS)
+        image = Image.open(io.BytesIO(data), formats=plugins)
     except UnidentifiedImageError:
         other = _identify_any(data)
         if other is None:
             raise CodecError("decode_error", "the input is not an image in any format Pillow knows") from None
-        raise CodecError(
-            "unsupported_format",
-            f"{other} images are not supported (JPEG, PNG, WebP, GIF, TIFF and AVIF are)",
-        ) from None
-    source_format = _SOURCE_FORMATS.get(image.format or "")
-    if source_format is None:
-        raise CodecError("unsupported_format", f"{image.format} images are not supported")
-    return image, source_format
+        found = _SOURCE_FORMATS.get(other, other)
+        message = inputs.refusal(found, limits.input_formats, allowed_input_formats)
+        raise CodecError("unsupported_format", message) from None
+    return image, _SOURCE_FORMATS[image.format or ""]
 
 
 def _identify_any(data: bytes) -> str | None:
-    """The format name of an image our plugins refused, from its header only; None if none knows."""
+    """Pillow's name of the format of an image our plugins refused, from its header only (HEIF by
+    its brand when pillow-heif is not registered); None if none knows it."""
     try:
         with Image.open(io.BytesIO(data)) as other:
             return other.format or "unknown"
     except Exception:
-        return None
+        return "HEIF" if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS else None
 
 
-def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: int | None) -> Prepared:
-    image, source_format = _open(data)
+# ISO BMFF major brands of HEIF files (AVIF's `avif`/`avis` are Pillow's own AVIF plugin's).
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+@functools.cache
+def _register_heif() -> None:
+    """pillow-heif's HEIF plugin, registered with Pillow once per process, only when a job accepts
+    HEIF: Pillow's `formats=` filter still keeps it from any input of a job that does not."""
+    from pillow_heif import register_heif_opener
+
+    # One decoder thread: the worker runs one process per CPU (as AVIF_THREADS).
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False, decode_threads=1)
+
+
+def _prepare(
+    data: bytes,
+    output: Output,
+    limits: Limits,
+    memory_budget_bytes: int | None,
+    allowed_input_formats: Collection[InputFormat],
+) -> Prepared:
+    image, source_format = _open(data, limits, allowed_input_formats)
     width, height = image.size
     if width * height > limits.max_pixels:
         raise CodecError(
@@ -527,7 +576,8 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
             f"({limits.max_pixels})",
         )
     fmt = resolve_format(output.format, source_format)
-    frames = max(1, int(getattr(image, "n_frames", 1) or 1))
+    # A PSD's "frames" are its layers: the flattened composite is what it opens at.
+    frames = 1 if source_format is InputFormat.psd else max(1, int(getattr(image, "n_frames", 1) or 1))
     if frames > 1:
         image.seek(0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kompressor.settings import BrokerSettings, StorageSettings
+from kompressor.settings import AllowedInputFormats, BrokerSettings, StorageSettings
 
 
 class WorkerSettings(BaseSettings):
@@ -32,4 +32,5 @@ class WorkerSettings(BaseSettings):
     url_requests_per_second: float = Field(
         default=20.0, gt=0, description="Per worker and origin host, so an origin is not hammered."
     )
+    allowed_input_formats: AllowedInputFormats
     log_format: str = Field(default="auto", pattern="^(auto|json|text)$")

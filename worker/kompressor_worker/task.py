@@ -28,10 +28,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from kompressor.addresses import AddressPolicy
-from kompressor.crd import Existing, Limits, Output
+from kompressor.crd import Existing, InputFormat, Limits, Output
 from kompressor.messages import Outcome, Result, Task
 from kompressor_worker.codec import CodecError, Compressed, compress
 from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
+from kompressor_worker.never_larger import NotSmaller
 from kompressor_worker.settings import WorkerSettings
 from kompressor_worker.storage import (
     ExistingOutput,
@@ -72,10 +73,14 @@ def init_child(memory_budget: int | None) -> None:
     _memory_budget = memory_budget
 
 
-def encode(data: bytes, output: Output, limits: Limits) -> Compressed:
-    """Entry point in a child; raises CodecError for an input that cannot become an output."""
+def encode(
+    data: bytes, output: Output, limits: Limits, allowed_input_formats: tuple[InputFormat, ...]
+) -> Compressed:
+    """Entry point in a child; raises CodecError for an input that cannot become an output, and
+    NotSmaller when neverLarger stores nothing."""
+    compressed = compress(data, output, limits, _memory_budget, allowed_input_formats)
     # The automatic-quality search's trail stays here: nothing downstream reads it.
-    return dataclasses.replace(compress(data, output, limits, _memory_budget), attempts=())
+    return dataclasses.replace(compressed, attempts=())
 
 
 # --- on the worker's I/O threads -------------------------------------------------------------------
@@ -106,6 +111,7 @@ class TaskRunner:
         self.limiter = RateLimiter(
             rate=settings.url_requests_per_second, burst=max(1, int(settings.url_requests_per_second))
         )
+        self.allowed_input_formats = tuple(settings.allowed_input_formats)
         self._closing = threading.Event()
 
     def close(self) -> None:
@@ -133,6 +139,11 @@ class TaskRunner:
                 compressed = self._encode(task, data, deadline, on_encode)
             except CodecError as exc:
                 return _result(task, Outcome.failed, bytes_in=len(data), reason=exc.reason, message=str(exc))
+            except NotSmaller as exc:  # neverLarger: no object (so no dest), and the manifest says why
+                skipped = _result(
+                    task, Outcome.skipped, bytes_in=len(data), reason=exc.reason, message=exc.message
+                )
+                return skipped.model_copy(update={"dest": ""})
             try:
                 write_output(
                     self.client,
@@ -184,7 +195,8 @@ class TaskRunner:
         if remaining <= 0:
             raise TransientError("timeout", f"fetching took all of {task.limits.task_timeout_seconds}s")
         try:
-            future = self.pool.schedule(encode, args=(data, task.output, task.limits), timeout=remaining)
+            args = (data, task.output, task.limits, self.allowed_input_formats)
+            future = self.pool.schedule(encode, args=args, timeout=remaining)
         except RuntimeError:  # the pool is broken; the consumer restarts the worker
             raise TransientError("worker_crashed", "the process pool is broken") from None
         on_encode(future)

@@ -36,10 +36,11 @@ class DeploymentNotOwned(Exception):
 
 
 class Kube:
-    def __init__(self) -> None:
-        self.apps = kubernetes.client.AppsV1Api()
-        self.core = kubernetes.client.CoreV1Api()
-        self.custom = kubernetes.client.CustomObjectsApi()
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        """`api_client`: the loaded configuration's (load_config) when None."""
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
 
     def apply_deployment(self, deployment: dict[str, Any]) -> None:
         """Create the Deployment, or bring its template up to date (keeping the current replicas)

@@ -5,9 +5,11 @@ addresses (or names of this machine), judged and refused before anything is sent
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from kompressor.addresses import AddressPolicy, address_allowed
 from kompressor.crd import Storage
+from kompressor.settings import StorageSettings
 from kompressor_operator.endpoints import (
     EndpointRefused,
     check_endpoint,
@@ -103,3 +105,13 @@ def test_a_malformed_allow_list_stops_the_operator_at_start(monkeypatch: pytest.
     monkeypatch.setenv("KOMPRESSOR_STORAGE_ENDPOINT_ALLOW_NETWORKS", '["10.0.0.0/33"]')
     with pytest.raises(ValueError, match=r"10\.0\.0\.0/33"):
         OperatorSettings()
+
+
+def test_local_mode_gives_the_users_credentials_to_the_job_files_endpoint():
+    """Local mode's choice (local.py): one person's machine, job file and credentials."""
+    mine = StorageSettings(
+        endpoint_url=OWN, access_key_id=SecretStr("AKIA-mine"), secret_access_key=SecretStr("s")
+    )
+    got = mine.for_job(storage("http://127.0.0.1:9"))
+    assert got.endpoint_url == "http://127.0.0.1:9"
+    assert got.access_key_id is not None and got.access_key_id.get_secret_value() == "AKIA-mine"

@@ -119,9 +119,14 @@ def _value(name: str, value: object) -> dict[str, Any]:
     return {"name": name, "value": str(value)}
 
 
-def worker_env(job: JobRef, spec: CompressionJobSpec, defaults: WorkerDefaults) -> list[dict[str, Any]]:
-    """The worker container's environment: plain settings as values, credentials as secretKeyRefs."""
+def worker_env(
+    job: JobRef, spec: CompressionJobSpec, defaults: WorkerDefaults, default_endpoint: str | None = None
+) -> list[dict[str, Any]]:
+    """The worker container's environment: plain settings as values, credentials as secretKeyRefs.
+    The S3 endpoint is the one the operator uses for the job: the spec's, else `default_endpoint`
+    (the operator's own; AWS S3 when neither names one)."""
     storage = spec.storage
+    endpoint = storage.endpoint_url or default_endpoint
     storage_secret = storage.credentials_secret or defaults.storage_secret
     env = [
         _value("KOMPRESSOR_QUEUE", task_queue(job)),
@@ -133,8 +138,8 @@ def worker_env(job: JobRef, spec: CompressionJobSpec, defaults: WorkerDefaults) 
         _secret("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", storage_secret, "secretAccessKey"),
         _value("KOMPRESSOR_STORAGE__REGION", storage.region),
     ]
-    if storage.endpoint_url:
-        env.append(_value("KOMPRESSOR_STORAGE__ENDPOINT_URL", storage.endpoint_url))
+    if endpoint:
+        env.append(_value("KOMPRESSOR_STORAGE__ENDPOINT_URL", endpoint))
     return env
 
 
@@ -161,8 +166,10 @@ def worker_deployment(
     defaults: WorkerDefaults,
     owner: Mapping[str, Any] | None,
     replicas: int,
+    default_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring)."""
+    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring);
+    `default_endpoint`: the operator's S3 endpoint, for a job that names none."""
     if replicas < 0:
         raise ValueError(f"replicas {replicas} must not be negative")
     labels = worker_labels(job)
@@ -177,7 +184,7 @@ def worker_deployment(
         "name": CONTAINER,
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "env": worker_env(job, spec, defaults),
+        "env": worker_env(job, spec, defaults, default_endpoint),
         "ports": [{"name": "http", "containerPort": defaults.health_port, "protocol": "TCP"}],
         "resources": _resources(spec),
         "livenessProbe": _probe("/healthz", period=10, failures=3),

@@ -125,7 +125,14 @@ class Controller:
         if problems:
             raise InvalidSpec(problems)
         client = self._storage(job, spec).client()
-        deployment = worker_deployment(job, spec, self.settings.worker, owner=body, replicas=0)
+        deployment = worker_deployment(
+            job,
+            spec,
+            self.settings.worker,
+            owner=body,
+            replicas=0,
+            default_endpoint=self.settings.storage.endpoint_url,
+        )
         self.kube.apply_deployment(deployment)
         engine = JobEngine(job, spec, self.settings.broker.url.get_secret_value(), client).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
@@ -307,9 +314,15 @@ class Controller:
             return
         spec, _ = accepted_spec(body)
         state.spec = spec
-        self.kube.apply_deployment(
-            worker_deployment(state.job, spec, self.settings.worker, owner=body, replicas=state.scale.current)
+        deployment = worker_deployment(
+            state.job,
+            spec,
+            self.settings.worker,
+            owner=body,
+            replicas=state.scale.current,
+            default_endpoint=self.settings.storage.endpoint_url,
         )
+        self.kube.apply_deployment(deployment)
 
     # --- delete ---------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 from kompressor.messages import JobRef
 from kompressor_operator.builders import worker_deployment
@@ -89,3 +90,17 @@ def test_the_jobs_own_deployment_is_updated_and_scaled(api, namespace):
     kube.apply_deployment(_deployment(namespace, owner, image="worker:2"))  # a 409, then the patch
     got = apps.read_namespaced_deployment("shop-workers", namespace)
     assert (got.spec.replicas, got.spec.template.spec.containers[0].image) == (3, "worker:2")
+
+
+def test_a_change_carrying_another_uid_is_refused_by_the_api_server(api, namespace):
+    """What makes the check and the change one step: a Deployment deleted and made again between
+    them has another uid, and the API server refuses a patch that names the old one."""
+    apps = client.AppsV1Api(api)
+    owner = _owner(api, namespace)
+    made = apps.create_namespaced_deployment(namespace, _deployment(namespace, owner))
+    stale = {"metadata": {"uid": str(uuid.uuid4())}, "spec": {"replicas": 4}}
+    with pytest.raises(ApiException) as refused:
+        apps.patch_namespaced_deployment("shop-workers", namespace, stale)
+    assert refused.value.status in (409, 422)
+    got = apps.read_namespaced_deployment("shop-workers", namespace)
+    assert (got.metadata.uid, got.spec.replicas) == (made.metadata.uid, 0)

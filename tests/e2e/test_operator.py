@@ -217,7 +217,14 @@ def test_a_job_naming_an_endpoint_not_allowed_fails_before_any_request(
     [failed] = [c for c in status["conditions"] if c["type"] == "Failed"]
     assert (status["phase"], failed["reason"]) == ("Failed", "StorageEndpointRefused")
     assert ("credentialsSecret" if secret is None else "127.0.0.2") in failed["message"]
-    assert "StorageEndpointRefused" in [e["reason"] for e in _events(cluster, name) if e["type"] == "Warning"]
+    wait_until(
+        lambda: (
+            "StorageEndpointRefused"
+            in [e["reason"] for e in _events(cluster, name) if e["type"] == "Warning"]
+        ),
+        30,
+        "a StorageEndpointRefused Warning Event",
+    )
     assert listener.received == []  # no connection at all, so no Authorization header either
     assert cluster.kubectl("get", "deployment", f"{name}-workers", check=False).returncode != 0
 
@@ -274,8 +281,12 @@ def test_a_job_does_not_take_over_a_deployment_it_does_not_own(cluster: Cluster,
         )
 
     wait_until(refused, 60, "the WorkerDeployment=False condition")
-    warnings = [e["message"] for e in _events(cluster, "squat") if e["reason"] == "DeploymentNotOwned"]
-    assert warnings and "squat-workers" in warnings[0]
+
+    def warnings() -> list[str]:
+        return [e["message"] for e in _events(cluster, "squat") if e["reason"] == "DeploymentNotOwned"]
+
+    wait_until(lambda: bool(warnings()), 30, "a DeploymentNotOwned Warning Event")
+    assert "squat-workers" in warnings()[0]
     left = cluster.get("deployment", "squat-workers")
     assert left["metadata"]["labels"] == {"app": "someone-else"}
     assert "ownerReferences" not in left["metadata"]

@@ -1,10 +1,13 @@
 """Which network addresses kompressor may connect to on a job's behalf (the SSRF guard).
 
-One rule for every door a spec opens to the network: URL sources (the worker's fetch) and the
-finish webhook (the operator). Loopback, private, link-local, metadata and other non-public
-addresses are refused, in every IPv4 and IPv6 spelling, unless an allow-list re-admits them.
+One rule for every door a spec opens to the network: URL sources (the worker's fetch), the
+finish webhook (the operator) and a job's own S3 endpoint (the operator, before any request).
+Loopback, private, link-local, metadata and other non-public addresses are refused, in every IPv4
+and IPv6 spelling, unless an allow-list re-admits them; a policy without `public` (the storage
+endpoints') refuses public addresses too, so only what its allow-list names is reachable.
 `address_allowed` is pure; `vetted_addresses` resolves a name and refuses it when any of its
-addresses is refused (so DNS cannot smuggle a private address in beside a public one).
+addresses is refused (so DNS cannot smuggle a private address in beside a public one);
+`vetted_url` does so for the host and port of an http(s) URL.
 
 The rule, in detail: REFUSED_IPV4 (this-network, RFC 1918, CGNAT, loopback, link-local with
 169.254.169.254, IETF/documentation/benchmarking ranges, multicast, reserved, broadcast); IPv6 outside
@@ -16,7 +19,10 @@ patch releases, so the tables are the rule and the standard library only adds re
 from __future__ import annotations
 
 import ipaddress
+import socket
+import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from kompressor.deadline import getaddrinfo_within
 
@@ -67,19 +73,25 @@ REFUSED_IPV6: tuple[ipaddress.IPv6Network, ...] = tuple(
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
-_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")
 
 
 class AddressRefused(ValueError):
-    """A host whose address the policy refuses."""
+    """A host whose address the policy refuses, or that does not resolve (`transient` when the
+    name server only failed for now, so a later lookup may succeed)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 @dataclass(frozen=True)
 class AddressPolicy:
     """Which refused addresses a worker may reach anyway: those inside `allow_networks`
-    (e.g. `AddressPolicy.allowing("10.20.0.0/16")` for an in-cluster image server)."""
+    (e.g. `AddressPolicy.allowing("10.20.0.0/16")` for an in-cluster image server). Without
+    `public`, only addresses inside `allow_networks` are allowed, public ones included."""
 
     allow_networks: tuple[IPNetwork, ...] = ()
+    public: bool = True
 
     def __post_init__(self) -> None:
         networks = tuple(ipaddress.ip_network(network) for network in self.allow_networks)
@@ -88,6 +100,11 @@ class AddressPolicy:
     @classmethod
     def allowing(cls, *networks: str | IPNetwork) -> AddressPolicy:
         return cls(allow_networks=tuple(ipaddress.ip_network(network) for network in networks))
+
+    @classmethod
+    def only(cls, *networks: str | IPNetwork) -> AddressPolicy:
+        """Nothing but the addresses inside `networks` (none when there are none)."""
+        return cls(allow_networks=tuple(ipaddress.ip_network(network) for network in networks), public=False)
 
     def allows(self, ip: IPAddress) -> bool:
         return any(ip.version == network.version and ip in network for network in self.allow_networks)
@@ -107,13 +124,15 @@ def address_allowed(ip: IPAddress | str, policy: AddressPolicy) -> bool:
             ip = ipaddress.IPv6Address(ip.packed)  # a zone changes nothing about where it leads
         mapped = ip.ipv4_mapped
         if mapped is not None:
-            return policy.allows(mapped) or _public_ipv4(mapped)
+            return policy.allows(mapped) or (policy.public and _public_ipv4(mapped))
+        if not policy.public:
+            return False
         if ip in _NAT64:
             return _public_ipv4(ipaddress.IPv4Address(ip.packed[-4:]))
         if ip in _SIX_TO_FOUR:
             return _public_ipv4(ipaddress.IPv4Address(ip.packed[2:6]))
         return _public_ipv6(ip)
-    return _public_ipv4(ip)
+    return policy.public and _public_ipv4(ip)
 
 
 def _public_ipv4(ip: ipaddress.IPv4Address) -> bool:
@@ -135,5 +154,29 @@ def vetted_addresses(host: str, port: int, policy: AddressPolicy, deadline: floa
     found = [(family, sockaddr) for family, _type, _proto, _name, sockaddr in infos]
     for _family, sockaddr in found:
         if not address_allowed(sockaddr[0], policy):
-            raise AddressRefused(f"{host} resolves to {sockaddr[0]}, a non-public address")
+            kind = "a non-public address" if policy.public else "an address outside the allow-list"
+            raise AddressRefused(f"{host} resolves to {sockaddr[0]}, {kind}")
     return found
+
+
+def vetted_url(url: str, policy: AddressPolicy, lookup_seconds: float = 10.0) -> list[tuple[int, tuple]]:
+    """`vetted_addresses` of an http(s) URL's host and port (80 or 443 when it names none). A URL
+    without a host, with user info or with a port that is no number is refused as it stands."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    except ValueError:
+        raise AddressRefused(f"{url!r} has a port that is no number from 0 to 65535") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise AddressRefused(f"{url!r} is not an http(s) URL with a host")
+    if "@" in parts.netloc:
+        raise AddressRefused(f"{url!r} carries user info; credentials never come from a URL")
+    try:
+        return vetted_addresses(parts.hostname, port, policy, time.monotonic() + lookup_seconds)
+    except socket.gaierror as exc:
+        transient = exc.errno == socket.EAI_AGAIN
+        raise AddressRefused(f"{parts.hostname} does not resolve: {exc}", transient=transient) from None
+    except TimeoutError:
+        raise AddressRefused(
+            f"{parts.hostname} did not resolve within {lookup_seconds:g} s", transient=True
+        ) from None

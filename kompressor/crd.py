@@ -221,7 +221,9 @@ class Storage(_Model):
         alias="endpointURL",
         pattern=r"^https?://",
         max_length=2048,
-        description="S3 endpoint, e.g. http://seaweedfs:8333; empty for AWS S3.",
+        description="S3 endpoint, e.g. http://seaweedfs:8333; empty for the operator's own (AWS S3 when it "
+        "has none). Any other endpoint needs credentialsSecret, and the operator refuses it (the job "
+        "fails, StorageEndpointRefused) unless its addresses are in the admin's endpoint allow-list.",
     )
     region: str = Field(default="us-east-1", min_length=1, max_length=64, description="S3 region.")
     credentials_secret: str | None = Field(
@@ -229,7 +231,8 @@ class Storage(_Model):
         max_length=253,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="Name of a Secret in the job's namespace with keys accessKeyId and "
-        "secretAccessKey; empty to use the operator's default storage credentials.",
+        "secretAccessKey; empty to use the operator's default storage credentials, which only ever go "
+        "to the operator's own endpoint.",
     )
 
 

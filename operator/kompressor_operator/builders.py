@@ -126,10 +126,14 @@ def worker_env(
     spec: CompressionJobSpec,
     defaults: WorkerDefaults,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+    default_endpoint: str | None = None,
 ) -> list[dict[str, Any]]:
     """The worker container's environment: plain settings as values, credentials as secretKeyRefs.
-    The installation's allowed input formats go along: a worker refuses inputs beyond them too."""
+    The installation's allowed input formats go along: a worker refuses inputs beyond them too. The
+    S3 endpoint is the one the operator uses for the job: the spec's, else `default_endpoint` (the
+    operator's own; AWS S3 when neither names one)."""
     storage = spec.storage
+    endpoint = storage.endpoint_url or default_endpoint
     storage_secret = storage.credentials_secret or defaults.storage_secret
     env = [
         _value("KOMPRESSOR_QUEUE", task_queue(job)),
@@ -142,8 +146,8 @@ def worker_env(
         _value("KOMPRESSOR_STORAGE__REGION", storage.region),
         _value(inputs.SETTING_ENV, json.dumps([f.value for f in InputFormat if f in allowed_input_formats])),
     ]
-    if storage.endpoint_url:
-        env.append(_value("KOMPRESSOR_STORAGE__ENDPOINT_URL", storage.endpoint_url))
+    if endpoint:
+        env.append(_value("KOMPRESSOR_STORAGE__ENDPOINT_URL", endpoint))
     return env
 
 
@@ -171,8 +175,10 @@ def worker_deployment(
     owner: Mapping[str, Any] | None,
     replicas: int,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+    default_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring)."""
+    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring);
+    `default_endpoint`: the operator's S3 endpoint, for a job that names none."""
     if replicas < 0:
         raise ValueError(f"replicas {replicas} must not be negative")
     labels = worker_labels(job)
@@ -187,7 +193,7 @@ def worker_deployment(
         "name": CONTAINER,
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "env": worker_env(job, spec, defaults, allowed_input_formats),
+        "env": worker_env(job, spec, defaults, allowed_input_formats, default_endpoint),
         "ports": [{"name": "http", "containerPort": defaults.health_port, "protocol": "TCP"}],
         "resources": _resources(spec),
         "livenessProbe": _probe("/healthz", period=10, failures=3),

@@ -29,8 +29,10 @@ from kompressor.crd import (
 from kompressor.messages import JobRef
 from kompressor_operator import broker, notify
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
+from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
+from kompressor_operator.endpoints import EndpointRefused, check_endpoint
 from kompressor_operator.engine import JobEngine
-from kompressor_operator.kube import Kube, SecretMissing
+from kompressor_operator.kube import DeploymentNotOwned, Kube, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget, decide_replicas
 from kompressor_operator.settings import OperatorSettings
@@ -45,14 +47,16 @@ from kompressor_operator.status import (
 log = logging.getLogger("kompressor.operator")
 
 ACCEPTED_SPEC_ANNOTATION = "kompressor.dev/accepted-spec"
+DEPLOYMENT_NOT_OWNED = "DeploymentNotOwned"
 
 
 class InvalidSpec(Exception):
-    """A spec the operator refuses; each problem names a field."""
+    """A spec the operator refuses; each problem names a field. `reason` is the Failed condition's."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], reason: str = "SpecInvalid"):
         super().__init__("; ".join(problems))
         self.problems = problems
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -120,7 +124,9 @@ class Controller:
     # --- create / resume ------------------------------------------------------------------------
 
     def start(self, body: dict[str, Any]) -> Outcome:
-        """Validate, declare the queues, resume the ledger, make the worker Deployment."""
+        """Validate (the spec, the storage endpoint), make the worker Deployment (or find this job's),
+        declare the queues, resume the ledger. A Deployment of that name that is not this job's stops
+        the start (DeploymentNotOwned) before the job is run."""
         job = job_ref(body["metadata"])
         try:
             spec, refused = accepted_spec(body)
@@ -130,13 +136,11 @@ class Controller:
         if problems:
             raise InvalidSpec(problems)
         client = self._storage(job, spec).client()
+        deployment = self._deployment(job, spec, body, replicas=0)
+        self.kube.apply_deployment(deployment)
         engine = JobEngine(job, spec, self.settings.broker.url.get_secret_value(), client).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
-        deployment = worker_deployment(
-            job, spec, self.settings.worker, body, 0, self.settings.allowed_input_formats
-        )
-        self.kube.apply_deployment(deployment)
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         outcome.events.append(
             Event(
@@ -148,7 +152,26 @@ class Controller:
         outcome.events.extend(refusals(refused))
         return outcome
 
+    def _deployment(
+        self, job: JobRef, spec: CompressionJobSpec, body: dict[str, Any], replicas: int
+    ) -> dict[str, Any]:
+        return worker_deployment(
+            job,
+            spec,
+            self.settings.worker,
+            owner=body,
+            replicas=replicas,
+            allowed_input_formats=self.settings.allowed_input_formats,
+            default_endpoint=self.settings.storage.endpoint_url,
+        )
+
     def _storage(self, job: JobRef, spec: CompressionJobSpec):
+        """The job's storage settings, after the endpoint guard (endpoints.py) let them pass."""
+        try:
+            allow = self.settings.storage_endpoint_allow_networks
+            check_endpoint(spec.storage, self.settings.storage.endpoint_url, allow)
+        except EndpointRefused as exc:
+            raise InvalidSpec([str(exc)], reason=ENDPOINT_REFUSED) from None
         storage = self.settings.storage.for_job(spec.storage)
         if spec.storage.credentials_secret:
             name = spec.storage.credentials_secret
@@ -197,7 +220,7 @@ class Controller:
         outcome = Outcome()
         name = worker_deployment_name(state.job.name)
         if decision.changed:
-            self.kube.scale(state.job.namespace, name, decision.replicas)
+            self.kube.scale(state.job.namespace, name, decision.replicas, state.job.uid)
             direction = "up" if decision.replicas > state.scale.current else "down"
             self.metrics.scale_events.labels(state.job.name, direction).inc()
             outcome.events.append(
@@ -250,7 +273,10 @@ class Controller:
 
     def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
         manifest = state.engine.finish()
-        self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0)
+        try:
+            self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0, state.job.uid)
+        except DeploymentNotOwned as exc:  # not ours to scale down: the job still finishes
+            outcome.events.append(Event("Warning", DEPLOYMENT_NOT_OWNED, str(exc)))
         self.claims.pop(state.job.uid, None)
         state.engine.close()
         del self.jobs[state.job.uid]
@@ -345,16 +371,8 @@ class Controller:
             return
         spec, _ = accepted_spec(body)
         state.spec = spec
-        self.kube.apply_deployment(
-            worker_deployment(
-                state.job,
-                spec,
-                self.settings.worker,
-                body,
-                state.scale.current,
-                self.settings.allowed_input_formats,
-            )
-        )
+        deployment = self._deployment(state.job, spec, body, replicas=state.scale.current)
+        self.kube.apply_deployment(deployment)
 
     # --- delete ---------------------------------------------------------------------------------
 

@@ -10,20 +10,31 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import kopf
 from prometheus_client import start_http_server
 
 from kompressor.crd import FINISHED_PHASES, GROUP, PLURAL, VERSION, CompressionJobStatus, Phase
-from kompressor_operator.controller import Controller, InvalidSpec, Outcome, accepted_spec, refusals
-from kompressor_operator.kube import Kube, load_config
+from kompressor_operator.controller import (
+    DEPLOYMENT_NOT_OWNED,
+    Controller,
+    InvalidSpec,
+    Outcome,
+    accepted_spec,
+    refusals,
+)
+from kompressor_operator.kube import DeploymentNotOwned, Kube, load_config
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import set_condition
 
 PREFIX = "kompressor.dev"
 TIMER_SECONDS = 1.0  # the per-job poll interval (a setting) is enforced inside Controller.step
+# A Deployment of the worker name that is not the job's may be an earlier job's of the same name,
+# about to be collected: the job waits (WorkerDeployment=False) and tries again this often.
+NOT_OWNED_RETRY_SECONDS = 15.0
+WORKER_DEPLOYMENT = "WorkerDeployment"
 
 
 @kopf.on.startup()
@@ -86,20 +97,42 @@ async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
             update={
                 "phase": Phase.failed,
                 "completion_time": now,
-                "conditions": set_condition(
-                    previous.conditions, "Failed", "True", "SpecInvalid", str(exc), now
-                ),
+                "conditions": set_condition(previous.conditions, "Failed", "True", exc.reason, str(exc), now),
             }
         )
         patch.status.update(_status_patch(status))
-        kopf.warn(body, reason="SpecInvalid", message=str(exc))
+        kopf.warn(body, reason=exc.reason, message=str(exc))
         raise kopf.PermanentError(str(exc)) from None
+    except DeploymentNotOwned as exc:
+        _not_owned(body, patch, exc)
+    _deployment_condition(body, patch, "True", "DeploymentOwned", "")
     _write(outcome, body, patch)
+
+
+def _not_owned(body: kopf.Body, patch: kopf.Patch, exc: DeploymentNotOwned) -> NoReturn:
+    """Refuse to touch a Deployment that is not the job's: a condition, a Warning Event, a retry later."""
+    _deployment_condition(body, patch, "False", DEPLOYMENT_NOT_OWNED, str(exc))
+    kopf.warn(body, reason=DEPLOYMENT_NOT_OWNED, message=str(exc))
+    raise kopf.TemporaryError(str(exc), delay=NOT_OWNED_RETRY_SECONDS) from None
+
+
+def _deployment_condition(body: kopf.Body, patch: kopf.Patch, status: str, reason: str, message: str) -> None:
+    """Set the WorkerDeployment condition: written when refused, cleared (True) only once it was."""
+    previous = CompressionJobStatus.model_validate(body.get("status") or {})
+    if status == "True" and not any(c.type == WORKER_DEPLOYMENT for c in previous.conditions):
+        return
+    conditions = set_condition(
+        previous.conditions, WORKER_DEPLOYMENT, status, reason, message, datetime.now(UTC)
+    )
+    patch.status.update(_status_patch(previous.model_copy(update={"conditions": conditions})))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS)
 async def step(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    outcome = await asyncio.to_thread(memo.controller.step, dict(body), memo.poll_interval)
+    try:
+        outcome = await asyncio.to_thread(memo.controller.step, dict(body), memo.poll_interval)
+    except DeploymentNotOwned as exc:
+        _not_owned(body, patch, exc)
     _write(outcome, body, patch)
 
 

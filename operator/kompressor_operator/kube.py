@@ -2,6 +2,11 @@
 
 Blocking client calls, made from worker threads (asyncio.to_thread) by the handlers. Nothing here
 decides anything: builders.py says what a Deployment is, policy.py how many replicas it gets.
+
+A job only ever changes a Deployment it owns: one whose owner references name the job's uid. A
+Deployment of the worker name owned by anything else (or nothing) is left alone and
+`DeploymentNotOwned` raised. The change then carries the uid of the Deployment that was checked, so
+a Deployment deleted and made again in between is refused by the API server (uid is immutable).
 """
 
 from __future__ import annotations
@@ -26,28 +31,54 @@ class SecretMissing(LookupError):
     pass
 
 
+class DeploymentNotOwned(Exception):
+    """A Deployment has the job's worker name but is not the job's: the operator will not touch it."""
+
+
 class Kube:
-    def __init__(self) -> None:
-        self.apps = kubernetes.client.AppsV1Api()
-        self.core = kubernetes.client.CoreV1Api()
-        self.custom = kubernetes.client.CustomObjectsApi()
+    def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
+        """`api_client`: the loaded configuration's (load_config) when None."""
+        self.apps = kubernetes.client.AppsV1Api(api_client)
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
 
     def apply_deployment(self, deployment: dict[str, Any]) -> None:
-        """Create the Deployment, or bring its template up to date (keeping the current replicas)."""
-        namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
+        """Create the Deployment, or bring its template up to date (keeping the current replicas)
+        when the existing one is owned by the same job as `deployment`; else DeploymentNotOwned."""
+        metadata = deployment["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
         try:
             self.apps.create_namespaced_deployment(namespace, deployment)
+            return
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            patch = {
-                "metadata": {"labels": deployment["metadata"]["labels"]},
-                "spec": {"template": deployment["spec"]["template"]},
-            }
-            self.apps.patch_namespaced_deployment(name, namespace, patch)
+        owners = [reference["uid"] for reference in metadata.get("ownerReferences", [])]
+        uid = self._owned(namespace, name, owners)
+        patch = {
+            "metadata": {"uid": uid, "labels": metadata["labels"]},
+            "spec": {"template": deployment["spec"]["template"]},
+        }
+        self.apps.patch_namespaced_deployment(name, namespace, patch)
 
-    def scale(self, namespace: str, name: str, replicas: int) -> None:
-        self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+    def scale(self, namespace: str, name: str, replicas: int, owner_uid: str) -> None:
+        """Set the replicas of the Deployment owned by `owner_uid`; DeploymentNotOwned otherwise."""
+        uid = self._owned(namespace, name, [owner_uid])
+        self.apps.patch_namespaced_deployment(
+            name, namespace, {"metadata": {"uid": uid}, "spec": {"replicas": replicas}}
+        )
+
+    def _owned(self, namespace: str, name: str, owner_uids: list[str]) -> str:
+        """The uid of Deployment `name`, which one of `owner_uids` owns; else DeploymentNotOwned."""
+        existing = self.apps.read_namespaced_deployment(name, namespace)
+        found = [reference.uid for reference in existing.metadata.owner_references or []]
+        if not set(found) & set(owner_uids):
+            owned = f"owned by {', '.join(found)}" if found else "owned by nothing"
+            raise DeploymentNotOwned(
+                f"Deployment {namespace}/{name} already exists and is not this job's ({owned}); the "
+                "operator leaves it alone: delete or rename it, or give the job another name"
+            )
+        return existing.metadata.uid
 
     def ready_replicas(self, namespace: str, name: str) -> int:
         try:

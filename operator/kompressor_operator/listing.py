@@ -11,9 +11,17 @@ from kompressor_operator.planning import parse_url_manifest
 MANIFEST_MAX_BYTES = 256 * 2**20
 
 
+def kompressor_key(key: str) -> bool:
+    """Is `key` possibly in a job's own area (its ledger and manifest)? A job keeps them under
+    `<destination prefix>.kompressor/<job>/`, and a destination prefix need not end in `/`: the
+    area of a job writing under `sr` is `sr.kompressor/`, which a listing of the prefix `sr` meets.
+    So any key with `.kompressor/` in it is ours, not only those with a `.kompressor` folder."""
+    return ".kompressor/" in key
+
+
 def list_s3_sources(client, source: S3Source, start_after: str = "") -> Iterator[SourceObject]:
     """Objects under the prefix that match the include globs, in key order, paginated; resumable
-    after a key. Keys under a `.kompressor/` folder (our own manifests) are never inputs."""
+    after a key. Keys in a job's own area (`kompressor_key`) are never inputs."""
     paginator = client.get_paginator("list_objects_v2")
     arguments = {"Bucket": source.bucket, "Prefix": source.prefix}
     if start_after:
@@ -21,7 +29,7 @@ def list_s3_sources(client, source: S3Source, start_after: str = "") -> Iterator
     for page in paginator.paginate(**arguments):
         for item in page.get("Contents", []):
             key = item["Key"]
-            if key.endswith("/") or "/.kompressor/" in f"/{key}" or not source.matches(key):
+            if key.endswith("/") or kompressor_key(key) or not source.matches(key):
                 continue
             yield SourceObject(
                 bucket=source.bucket, key=key, etag=item.get("ETag", "").strip('"'), size=item.get("Size")

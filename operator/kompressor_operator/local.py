@@ -3,6 +3,12 @@
 The same engine (fan-out, ledger), scaling policy and status code as the operator; worker processes
 instead of a Deployment; a real RabbitMQ and S3 server. Errors a user can fix (a bad file, the
 broker down, wrong credentials, a missing bucket) end as one line naming the fix: `ConfigError`.
+
+Storage: local mode runs on the user's machine with the user's credentials (KOMPRESSOR_STORAGE__*),
+and the job file is the user's own; the job's `endpointURL`, when set, wins and gets those
+credentials, and `credentialsSecret` (a cluster Secret) is not read. The operator's endpoint guard
+(endpoints.py) is for a cluster, where job authors and the operator's credentials are different
+people's; here they are one person's, so run only job files you trust.
 """
 
 from __future__ import annotations

@@ -331,6 +331,7 @@ def check_spec(
             f"(bucket {dest.bucket!r}, prefixes {dest.prefix!r} and {source.prefix!r} overlap, so "
             "outputs would be listed as inputs); use another bucket or a prefix outside the source's"
         )
+    problems += _destination_prefix_problems(dest.prefix)
     problems += _resource_problems(spec.workers.resources.requests, spec.workers.resources.limits)
     workers, limit = spec.workers, spec.limits.max_outstanding
     reachable = math.ceil(limit / workers.tasks_per_replica)
@@ -342,6 +343,19 @@ def check_spec(
             f"{workers.max_replicas * workers.tasks_per_replica}, or lower tasksPerReplica or maxReplicas"
         )
     return problems
+
+
+def _destination_prefix_problems(prefix: str) -> list[str]:
+    """Output keys are `<prefix>/<name>` and workers refuse a key with an empty, `.` or `..`
+    segment (`invalid_key`): a prefix that makes every key so (`./in/`, `out//`) is refused here,
+    once, instead of failing every output later. A trailing `/` is the folder's end, not a segment."""
+    segments = prefix.removesuffix("/").split("/") if prefix else []
+    if not any(segment in ("", ".", "..") for segment in segments):
+        return []
+    return [
+        f"spec.destination.s3.prefix: {prefix!r} has an empty, '.' or '..' segment, so no output key "
+        "under it is valid; write it without them (e.g. 'in/' for './in/', 'out/' for 'out//')"
+    ]
 
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")

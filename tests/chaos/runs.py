@@ -51,8 +51,8 @@ def job_spec(bucket: str, endpoint_url: str | None = None, **workers: Any) -> di
             **workers,
         },
     }
-    if endpoint_url:
-        spec["storage"] = {"endpointURL": endpoint_url}
+    if endpoint_url:  # not the operator's own endpoint: the job brings its own credentials
+        spec["storage"] = {"endpointURL": endpoint_url, "credentialsSecret": "kompressor-storage"}
     return spec
 
 

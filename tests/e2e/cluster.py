@@ -105,6 +105,9 @@ class Cluster:
             "KOMPRESSOR_POLL_INTERVAL_SECONDS": "1",
             "KOMPRESSOR_METRICS_PORT": "0",
             "KOMPRESSOR_WEBHOOK_ALLOW_NETWORKS": '["127.0.0.1/32"]',
+            # Jobs may name their own endpoint (with their own Secret) on 127.0.0.1 only: the
+            # refusal tests listen on another loopback address.
+            "KOMPRESSOR_STORAGE_ENDPOINT_ALLOW_NETWORKS": '["127.0.0.1/32"]',
         }
 
     def start_operator(self) -> None:

@@ -6,7 +6,9 @@ kubelet, running each worker Pod as a local process and draining it on deletion.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 import uuid
@@ -17,6 +19,7 @@ import pytest
 
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.process import wait_until
+from tests.chaos.tools import S3Recorder
 from tests.corpus import real_photos
 from tests.e2e.cluster import (
     HMAC_KEY,
@@ -208,17 +211,178 @@ def test_an_operator_killed_mid_job_resumes_with_exact_counts(cluster: Cluster, 
     assert _manifest_ids(s3, status["manifest"]) == list(range(total))
 
 
+class Listener:
+    """A TCP listener that records every connection made to it and every byte sent."""
+
+    def __init__(self, host: str):
+        self._server = socket.create_server((host, 0))
+        self.url = f"http://{host}:{self._server.getsockname()[1]}"
+        self.received: list[bytes] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._server.accept()
+                with connection:
+                    connection.settimeout(5)
+                    self.received.append(b"")
+                    with contextlib.suppress(OSError):
+                        while chunk := connection.recv(65536):
+                            self.received[-1] += chunk
+
+    def close(self) -> None:
+        self._server.close()
+
+
+@pytest.mark.parametrize("secret", [None, "kompressor-storage"], ids=["operator-credentials", "own-secret"])
+def test_a_job_naming_an_endpoint_not_allowed_fails_before_any_request(
+    cluster: Cluster, s3: S3Server, secret
+):
+    """127.0.0.2 is outside the operator's storage endpoint allow-list (127.0.0.1/32 here): without a
+    Secret of its own the job may not have the operator's credentials; with one, the address is
+    still not allowed. Either way the endpoint sees nothing, the ledger's first read included."""
+    listener = Listener("127.0.0.2")
+    name = f"elsewhere-{'own' if secret else 'ours'}"
+    storage = {"endpointURL": listener.url, **({"credentialsSecret": secret} if secret else {})}
+    try:
+        cluster.kubectl("apply", "-f", "-", input=job_manifest(name, "never-read", s3, storage=storage))
+        status = cluster.wait_phase(name, {"Failed", "Succeeded"}, 60)
+    finally:
+        listener.close()
+    [failed] = [c for c in status["conditions"] if c["type"] == "Failed"]
+    assert (status["phase"], failed["reason"]) == ("Failed", "StorageEndpointRefused")
+    assert ("credentialsSecret" if secret is None else "127.0.0.2") in failed["message"]
+    wait_until(
+        lambda: (
+            "StorageEndpointRefused"
+            in [e["reason"] for e in _events(cluster, name) if e["type"] == "Warning"]
+        ),
+        30,
+        "a StorageEndpointRefused Warning Event",
+    )
+    assert listener.received == []  # no connection at all, so no Authorization header either
+    assert cluster.kubectl("get", "deployment", f"{name}-workers", check=False).returncode != 0
+
+
+def test_an_allowed_endpoint_with_the_jobs_own_secret_runs(cluster: Cluster, s3: S3Server):
+    """A job's own endpoint inside the allow-list (a recording proxy to the S3 server on 127.0.0.1)
+    with its own Secret: the operator and the workers all go there, with the job's credentials."""
+    cluster.kubectl(
+        "create", "secret", "generic", "job-s3",
+        f"--from-literal=accessKeyId={s3.access_key}", f"--from-literal=secretAccessKey={s3.secret_key}",
+    )  # fmt: skip
+    bucket = _photos_bucket(s3, 6)
+    recorder = S3Recorder(s3.port).start()
+    storage = {"endpointURL": recorder.url, "credentialsSecret": "job-s3"}
+    try:
+        cluster.kubectl("apply", "-f", "-", input=job_manifest("own-endpoint", bucket, s3, storage=storage))
+        status = cluster.wait_phase("own-endpoint", {"Failed", "Succeeded"}, 180)
+    finally:
+        recorder.stop()
+    assert (status["phase"], status["succeeded"]) == ("Succeeded", 6)
+    requests = [(e.method, e.path.split("?")[0]) for e in recorder.exchanges]
+    assert any(method == "PUT" and f"/{bucket}/out/" in path for method, path in requests)  # workers
+    assert any(f"/{bucket}/out/.kompressor/own-endpoint/" in path for _method, path in requests)  # operator
+    [container] = cluster.get("deployment", "own-endpoint-workers")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == recorder.url
+    assert env["KOMPRESSOR_STORAGE__ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "job-s3"
+
+
+def test_a_job_does_not_take_over_a_deployment_it_does_not_own(cluster: Cluster, s3: S3Server):
+    """A Deployment already named `<job>-workers` and not the job's is left as it is; the job says
+    so (condition and Event) and waits; once the name is free it makes its own and runs."""
+    foreign = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "squat-workers", "labels": {"app": "someone-else"}},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "someone-else"}},
+            "template": {
+                "metadata": {"labels": {"app": "someone-else"}},
+                "spec": {"containers": [{"name": "c", "image": "someone-elses:1"}]},
+            },
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(foreign))
+    bucket = _photos_bucket(s3, 4)
+    cluster.kubectl("apply", "-f", "-", input=job_manifest("squat", bucket, s3))
+
+    def refused() -> bool:
+        conditions = cluster.job_status("squat").get("conditions", [])
+        return any(
+            c["type"] == "WorkerDeployment" and c["reason"] == "DeploymentNotOwned" for c in conditions
+        )
+
+    wait_until(refused, 60, "the WorkerDeployment=False condition")
+
+    def warnings() -> list[str]:
+        return [e["message"] for e in _events(cluster, "squat") if e["reason"] == "DeploymentNotOwned"]
+
+    wait_until(lambda: bool(warnings()), 30, "a DeploymentNotOwned Warning Event")
+    assert "squat-workers" in warnings()[0]
+    left = cluster.get("deployment", "squat-workers")
+    assert left["metadata"]["labels"] == {"app": "someone-else"}
+    assert "ownerReferences" not in left["metadata"]
+    assert left["spec"]["template"]["spec"]["containers"][0]["image"] == "someone-elses:1"
+    assert cluster.job_status("squat").get("phase") in (None, "Pending")
+
+    cluster.kubectl("delete", "deployment", "squat-workers", "--wait=true")
+    status = cluster.wait_phase("squat", {"Failed", "Succeeded"}, 180)
+    assert (status["phase"], status["succeeded"]) == ("Succeeded", 4)
+    [condition] = [c for c in status["conditions"] if c["type"] == "WorkerDeployment"]
+    assert (condition["status"], condition["reason"]) == ("True", "DeploymentOwned")
+    owners = cluster.get("deployment", "squat-workers")["metadata"]["ownerReferences"]
+    assert [o["uid"] for o in owners] == [cluster.get("compjob", "squat")["metadata"]["uid"]]
+
+
+# What the operator may do in a watched namespace: exactly the calls it makes (kube.py, and kopf's
+# list, watch and patches of its jobs). Everything else in VERBS x RESOURCES is refused.
+GRANTED = {
+    ("create", "events"),
+    ("create", "events.events.k8s.io"),
+    ("list", "compressionjobs.kompressor.dev"),
+    ("watch", "compressionjobs.kompressor.dev"),
+    ("patch", "compressionjobs.kompressor.dev"),
+    ("delete", "compressionjobs.kompressor.dev"),
+    ("patch", "compressionjobs.kompressor.dev/status"),
+    ("get", "deployments.apps"),
+    ("create", "deployments.apps"),
+    ("patch", "deployments.apps"),
+    ("get", "secrets"),
+}
+VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+RESOURCES = (
+    "events",
+    "events.events.k8s.io",
+    "compressionjobs.kompressor.dev",
+    "compressionjobs.kompressor.dev/status",
+    "deployments.apps",
+    "deployments.apps/scale",
+    "replicasets.apps",
+    "pods",
+    "pods/exec",
+    "secrets",
+    "configmaps",
+    "serviceaccounts",
+)
+
+
 def test_the_operator_role_is_enough_and_no_more(cluster: Cluster, kube: KubeAPI):
     def can(*args: str) -> bool:
         result = kube.kubectl("auth", "can-i", *args, kubeconfig=cluster.operator_kubeconfig, check=False)
         return result.stdout.strip() == "yes"
 
-    assert can("patch", "deployments/scale", "-n", NAMESPACE)
-    assert can("patch", "compressionjobs.kompressor.dev", "--subresource=status", "-n", NAMESPACE)
-    assert can("get", "secrets", "-n", NAMESPACE)
+    def can_here(verb: str, resource: str) -> bool:
+        resource, _, subresource = resource.partition("/")
+        extra = [f"--subresource={subresource}"] if subresource else []
+        return can(verb, resource, *extra, "-n", NAMESPACE)
+
+    granted = {(verb, resource) for verb in VERBS for resource in RESOURCES if can_here(verb, resource)}
+    assert granted == GRANTED
     assert not can("get", "secrets", "-n", "default")
     assert not can("get", "secrets", "-n", RELEASE_NAMESPACE)
     assert not can("delete", "namespaces")
-    assert not can("create", "pods", "-n", NAMESPACE)
-    assert not can("delete", "deployments", "-n", NAMESPACE)
     assert Path(cluster.operator_kubeconfig).exists()

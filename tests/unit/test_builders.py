@@ -146,9 +146,14 @@ def test_credentials_come_only_from_secret_key_refs():
         assert not any(word in value for word in ("secret", "password", "passwd", "token", "amqp://", "@"))
 
 
-def test_no_endpoint_variable_when_the_spec_names_none():
-    aws = SPEC.model_copy(update={"storage": SPEC.storage.model_copy(update={"endpoint_url": None})})
-    assert "KOMPRESSOR_STORAGE__ENDPOINT_URL" not in env(build(aws))
+def test_workers_get_the_endpoint_the_operator_uses_for_the_job():
+    """The spec's endpoint; else the operator's own (its credentials' one); else none (AWS S3)."""
+    none = SPEC.model_copy(update={"storage": SPEC.storage.model_copy(update={"endpoint_url": None})})
+    assert "KOMPRESSOR_STORAGE__ENDPOINT_URL" not in env(build(none))
+    ours = worker_deployment(JOB, none, DEFAULTS, OWNER, 3, default_endpoint="http://s3.kompressor.svc:8333")
+    assert env(ours)["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == "http://s3.kompressor.svc:8333"
+    named = worker_deployment(JOB, SPEC, DEFAULTS, OWNER, 3, default_endpoint="http://s3.kompressor.svc:8333")
+    assert env(named)["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == "http://seaweedfs:8333"
 
 
 def test_pods_are_hardened():

@@ -16,6 +16,7 @@ from kompressor.crd import (
     Phase,
     WorkerCounts,
 )
+from kompressor.messages import SourceObject, output_key
 from kompressor_operator.status import (
     CONDITION_TYPES,
     Counts,
@@ -25,6 +26,7 @@ from kompressor_operator.status import (
     set_condition,
     throughput,
 )
+from kompressor_worker.task import check_key
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 SPEC = CompressionJobSpec.model_validate(
@@ -255,6 +257,11 @@ def test_check_spec_accepts_the_defaults():
         ),
         ({"workers__resources": {"requests": {"cpu": "lots"}}}, "spec.workers.resources.requests.cpu"),
         ({"limits__maxOutstanding": 100}, "spec.workers.maxReplicas"),
+        # every output key under these would fail invalid_key in the workers
+        ({"destination__s3__prefix": "./in/"}, "spec.destination.s3.prefix"),
+        ({"destination__s3__prefix": "out//"}, "spec.destination.s3.prefix"),
+        ({"destination__s3__prefix": "a//b/"}, "spec.destination.s3.prefix"),
+        ({"destination__s3__prefix": "out/."}, "spec.destination.s3.prefix"),
     ],
 )
 def test_check_spec_refuses_what_the_schema_cannot(changes, field):
@@ -266,12 +273,32 @@ def test_check_spec_refuses_what_the_schema_cannot(changes, field):
 def test_check_spec_allows_separate_prefixes_and_reachable_replicas():
     assert check_spec(spec(destination__s3={"bucket": "raw", "prefix": "web/"})) == []
     assert check_spec(spec(destination__s3={"bucket": "raw", "prefix": "products-web/"})) == []
+    for prefix in ("", "out", "out/", "a/b/c/", "a.b/.hidden/", "x..y/"):
+        assert check_spec(spec(destination__s3__prefix=prefix)) == [], prefix
     assert check_spec(spec(limits__maxOutstanding=800)) == []  # 800 / 40 = 20 = maxReplicas
     ok = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "0.5", "memory": "1G"}}
     assert check_spec(spec(workers__resources=ok)) == []
 
 
 # --- properties -----------------------------------------------------------------------------------
+
+
+SCHEMA_PREFIXES = st.text(alphabet="a./", max_size=8).filter(
+    lambda p: not p.startswith("/") and ".." not in p.split("/")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(SCHEMA_PREFIXES)
+def test_check_spec_accepts_exactly_the_destination_prefixes_whose_keys_workers_accept(prefix):
+    """The worker's key check is the judge: a prefix check_spec accepts gives valid output keys, and
+    one it refuses would make every output fail invalid_key."""
+    job = spec(destination__s3__prefix=prefix)
+    source = SourceObject(bucket="raw", key="products/a/photo.jpg")
+    key = output_key(source, "products/", job.destination, job.output)
+    refused = any(p.startswith("spec.destination.s3.prefix:") for p in check_spec(job))
+    assert refused == (check_key(key) is not None), (prefix, key)
+
 
 RANK = {Phase.pending: 0, Phase.listing: 1, Phase.running: 2, Phase.succeeded: 3, Phase.failed: 3}
 

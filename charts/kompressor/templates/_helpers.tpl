@@ -104,10 +104,11 @@ resources it serves) and the namespace scan.
 {{- end }}
 
 {{/*
-RBAC rules the operator needs in every namespace it watches; nothing more:
-events to report, its jobs (delete is for ttlSecondsAfterFinished) and their status, the worker
-Deployments it owns and scales, worker pods to count the ready ones, and Secrets it reads (the
-webhook HMAC key, a job's storage credentials).
+RBAC rules the operator needs in every namespace it watches: exactly the calls it makes, no more.
+kopf lists, watches and patches its jobs (annotations, finalizers) and patches their status; the
+operator deletes a job after ttlSecondsAfterFinished, posts Events, creates the worker Deployment,
+reads it (its owner and ready replicas) and patches it (template and replicas, by uid), and reads
+Secrets (the webhook HMAC key, a job's storage credentials). tests/e2e pins this set with can-i.
 */}}
 {{- define "kompressor.namespacedRules" -}}
 - apiGroups: ["", "events.k8s.io"]
@@ -115,19 +116,13 @@ webhook HMAC key, a job's storage credentials).
   verbs: ["create"]
 - apiGroups: ["kompressor.dev"]
   resources: ["compressionjobs"]
-  verbs: ["get", "list", "watch", "patch", "update", "delete"]
+  verbs: ["list", "watch", "patch", "delete"]
 - apiGroups: ["kompressor.dev"]
   resources: ["compressionjobs/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "update"]
-- apiGroups: ["apps"]
-  resources: ["deployments/scale"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: [""]
-  resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

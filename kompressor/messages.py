@@ -23,6 +23,16 @@ from kompressor.crd import Destination, Existing, Format, Limits, Output
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
 
+MAX_ID = 2**53 - 1
+"""The largest task id. Ids index a job's listing; past 2^53 a JSON reader in another language (the
+manifest's) loses precision, and an id past 2^63 cannot index anything at all."""
+MAX_OBJECT_BYTES = 5 * 2**40
+"""The largest byte count a result may report: S3's largest object (5 TiB). A bound keeps a forged
+result from driving the status's byte totals negative or past int64."""
+MAX_RESULT_BYTES = 64 * 2**10
+"""The largest result message read. A real one is a few hundred bytes (keys and URLs are at most
+2 KiB); the bound keeps a flood of huge forged results from filling the reader's memory."""
+
 
 class MessageError(ValueError):
     """A message that is not valid JSON of a known schema version; the reason says which."""
@@ -106,7 +116,7 @@ class Task(_Wire):
 
     v: Literal[1] = SCHEMA_VERSION
     job: JobRef
-    id: int = Field(ge=0, description="Stable index of the input in the job's listing.")
+    id: int = Field(ge=0, le=MAX_ID, description="Stable index of the input in the job's listing.")
     source: SourceObject
     dest_bucket: str
     dest_key: str
@@ -126,12 +136,12 @@ class Result(_Wire):
 
     v: Literal[1] = SCHEMA_VERSION
     job: JobRef
-    id: int = Field(ge=0)
+    id: int = Field(ge=0, le=MAX_ID)
     outcome: Outcome
     source: str = Field(description="s3://bucket/key or the URL of the input.")
     dest: str = Field(default="", description="s3://bucket/key of the output, when there is one.")
-    bytes_in: int = 0
-    bytes_out: int = 0
+    bytes_in: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
+    bytes_out: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
     reason: str = Field(default="", description="Machine-readable reason, e.g. decode_error.")
     message: str = Field(default="", description="A sentence for people.")
     attempts: int = 1
@@ -141,6 +151,12 @@ class Result(_Wire):
     stored_original: bool = Field(
         default=False, description="neverLarger kept the input's bytes as the output."
     )
+
+    @classmethod
+    def decode(cls, body: bytes) -> Result:
+        if len(body) > MAX_RESULT_BYTES:
+            raise MessageError("malformed_message", f"Result of {len(body)} bytes is over {MAX_RESULT_BYTES}")
+        return super().decode(body)
 
 
 # --- output keys ----------------------------------------------------------------------------------

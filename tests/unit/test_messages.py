@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 
 from kompressor.crd import parse_spec
 from kompressor.messages import (
+    MAX_ID,
+    MAX_OBJECT_BYTES,
+    MAX_RESULT_BYTES,
     JobRef,
     MessageError,
     Outcome,
@@ -95,3 +98,27 @@ def test_output_keys_are_deterministic_bounded_and_under_the_prefix(name: str):
     assert key == output_key(source, "products/", SPEC.destination, SPEC.output)
     assert key.startswith("out/") and key.endswith(".webp")
     assert len(key.encode()) <= 1024
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"id": 2**63},  # past any index: OverflowError in the ledger's bitmap before the bound
+        {"id": MAX_ID + 1},
+        {"id": -1},
+        {"bytes_in": -1},  # would turn the status's byte totals negative
+        {"bytes_out": MAX_OBJECT_BYTES + 1},
+    ],
+)
+def test_results_with_ids_or_byte_counts_out_of_bounds_are_malformed(change: dict):
+    body = json.loads(Result(job=JOB, id=7, outcome=Outcome.done, source="s3://raw/x").encode())
+    with pytest.raises(MessageError) as caught:
+        Result.decode(json.dumps(body | change).encode())
+    assert caught.value.reason == "malformed_message"
+
+
+def test_a_result_message_over_the_size_bound_is_refused_before_parsing():
+    result = Result(job=JOB, id=7, outcome=Outcome.failed, source="s3://raw/x", message="m" * 60_000)
+    assert Result.decode(result.encode()) == result  # a long message still fits
+    with pytest.raises(MessageError, match="over"):
+        Result.decode(result.model_copy(update={"message": "m" * MAX_RESULT_BYTES}).encode())

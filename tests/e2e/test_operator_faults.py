@@ -1,0 +1,148 @@
+"""The operator end to end (tests/e2e/cluster.py) when what a job depends on goes wrong: a store that
+refuses the ledger's writes for a while, a URL manifest read from S3, and one that is not a URL list.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from testbed import KubeAPI, RabbitMQ, S3Server
+from tests.chaos.tools import S3Faults, photo_inputs, upload_parallel, wait_for
+from tests.e2e.cluster import Cluster, install, job_manifest
+
+pytestmark = pytest.mark.kube
+
+NAMESPACE = "faults"
+URL_HOST = "127.0.0.2"  # loopback the workers are allowed to fetch from (URL inputs may not otherwise)
+
+
+@pytest.fixture(scope="module")
+def cluster(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, tmp_path_factory) -> Iterator[Cluster]:
+    installed = install(kube, rabbitmq, s3, tmp_path_factory.mktemp("faults-operator"), NAMESPACE)
+    installed.agent.env_overrides["KOMPRESSOR_URL_ALLOW_NETWORKS"] = f'["{URL_HOST}/32"]'
+    with installed.running():
+        yield installed
+
+
+def _bucket(s3: S3Server, inputs: int) -> str:
+    name = f"faults-{uuid.uuid4().hex[:10]}"
+    s3.client().create_bucket(Bucket=name)
+    upload_parallel(s3, name, photo_inputs(inputs))
+    return name
+
+
+def _condition(cluster: Cluster, name: str, type: str) -> dict:
+    return next((c for c in cluster.job_status(name).get("conditions", []) if c["type"] == type), {})
+
+
+def _events(cluster: Cluster, name: str) -> list[dict]:
+    return cluster.get("events", "--field-selector", f"involvedObject.name={name}")["items"]
+
+
+def _manifest_ids(s3: S3Server, url: str) -> list[int]:
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    body = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    return sorted(json.loads(line)["id"] for line in body.splitlines())
+
+
+def test_a_store_refusing_the_ledger_shows_as_a_condition_and_an_event_until_it_recovers(
+    cluster: Cluster, s3: S3Server
+):
+    total, name = 16, "outage"
+    bucket = _bucket(s3, total)
+
+    def ledger_parts(method: str, path: str) -> bool:
+        return method == "PUT" and f"/{bucket}/out/.kompressor/" in path and "/part-" in path
+
+    # The job's endpoint is the proxy, for the operator and the workers alike; only the ledger's part
+    # writes are refused, so the workers go on storing outputs while the operator cannot record them.
+    faults = S3Faults(s3.port, refuse=ledger_parts).start()
+    faults.failing.set()
+    try:
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=job_manifest(name, bucket, s3, storage={"endpointURL": faults.url}),
+        )
+        wait_for(
+            lambda: _condition(cluster, name, "StorageReachable").get("status") == "False", 180, "the outage"
+        )
+        during = cluster.job_status(name)
+        storage = _condition(cluster, name, "StorageReachable")
+        assert during["phase"] == "Running" and during.get("succeeded", 0) == 0
+        assert storage["reason"] == "StorageError"
+        assert "InternalError" in storage["message"] and "PutObject" in storage["message"], storage
+        warnings = [e for e in _events(cluster, name) if e["reason"] == "StorageError"]
+        assert warnings and warnings[0]["type"] == "Warning" and "InternalError" in warnings[0]["message"]
+        assert faults.refused
+
+        faults.failing.clear()
+        status = cluster.wait_phase(name, {"Succeeded", "Failed"}, 240)
+    finally:
+        faults.failing.clear()
+        faults.stop()
+    storage = _condition(cluster, name, "StorageReachable")
+    assert (storage["status"], storage["reason"]) == ("True", "Reachable")
+    assert _condition(cluster, name, "BrokerReachable")["status"] == "True"
+    assert (status["phase"], status["total"], status["succeeded"], status["failed"]) == (
+        "Succeeded",
+        total,
+        total,
+        0,
+    )
+    assert _manifest_ids(s3, status["manifest"]) == list(range(total))
+    recovered = [e for e in _events(cluster, name) if e["reason"] == "StorageRecovered"]
+    assert recovered and recovered[0]["type"] == "Normal"
+
+
+@pytest.fixture
+def url_server(tmp_path: Path) -> Iterator[tuple[ThreadingHTTPServer, dict[str, bytes]]]:
+    photos = photo_inputs(6)
+    for name, body in photos.items():
+        (tmp_path / name).write_bytes(body)
+    server = ThreadingHTTPServer(
+        (URL_HOST, 0), functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, photos
+    server.shutdown()
+
+
+def test_a_url_manifest_from_s3_runs_and_a_malformed_one_fails_the_job(
+    cluster: Cluster, s3: S3Server, url_server: tuple[ThreadingHTTPServer, dict[str, bytes]]
+):
+    server, photos = url_server
+    bucket = _bucket(s3, 0)
+    urls = [f"http://{URL_HOST}:{server.server_port}/{name}" for name in photos]
+    good = "url,title\n" + "".join(f'{url},"photo {i}, jpeg"\n' for i, url in enumerate(urls))
+    s3.client().put_object(Bucket=bucket, Key="lists/good.csv", Body=good.encode())
+    s3.client().put_object(
+        Bucket=bucket, Key="lists/bad.csv", Body=f"url\n{urls[0]}\nfile:///etc/passwd\n".encode()
+    )
+
+    def apply(name: str, key: str) -> None:
+        source = {"urls": {"manifest": {"bucket": bucket, "key": key}}}
+        cluster.kubectl("apply", "-f", "-", input=job_manifest(name, bucket, s3, source=source))
+
+    apply("urls", "lists/good.csv")
+    apply("badlist", "lists/bad.csv")
+    status = cluster.wait_phase("urls", {"Succeeded", "Failed"}, 240)
+    assert (status["phase"], status["total"], status["succeeded"]) == ("Succeeded", len(urls), len(urls))
+    assert _manifest_ids(s3, status["manifest"]) == list(range(len(urls)))
+
+    status = cluster.wait_phase("badlist", {"Succeeded", "Failed"}, 60)
+    failed = _condition(cluster, "badlist", "Failed")
+    assert (status["phase"], failed["status"], failed["reason"]) == ("Failed", "True", "ManifestInvalid")
+    assert f"s3://{bucket}/lists/bad.csv" in failed["message"] and "file:///etc/passwd" in failed["message"]
+    events = [e for e in _events(cluster, "badlist") if e["reason"] == "ManifestInvalid"]
+    assert events and events[0]["type"] == "Warning"
+    assert status.get("published", 0) == 0

@@ -16,6 +16,7 @@ import pytest
 
 from testbed import RabbitMQ, S3Server
 from testbed.process import free_port, wait_until
+from tests.chaos.tools import S3Faults
 from tests.corpus import awkward_inputs, real_photos
 from tests.jobs import descendants, start_kompressor_run, upload
 
@@ -131,6 +132,25 @@ def test_a_url_manifest_csv_in_s3_runs_end_to_end(
         key = line["dest"].removeprefix(f"s3://{bucket}/")
         assert key.startswith("out/127.0.0.2") and key.endswith(".webp"), key
         assert s3.client().head_object(Bucket=bucket, Key=key)["ContentLength"] == line["bytesOut"]
+
+
+def test_a_store_that_keeps_refusing_the_ledger_ends_the_run_with_one_line(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    upload(s3, bucket, real_photos(limit=2, max_side=400))
+    faults = S3Faults(s3.port, refuse=lambda method, path: method == "PUT" and "/ledger/" in path).start()
+    faults.failing.set()
+    job = _job(bucket, storage={"endpointURL": faults.url})
+    try:
+        run = start_kompressor_run(job, tmp_path, _env(rabbitmq, s3, KOMPRESSOR_STORAGE__MAX_ATTEMPTS="1"))
+        out, err = run.communicate(timeout=180)
+    finally:
+        faults.stop()
+    assert run.returncode == 2, (out, err)
+    *retries, last = err.strip().splitlines()
+    assert "Traceback" not in err and all(line.startswith("job step failed") for line in retries), err
+    assert last.startswith("kompressor: storage kept failing for 30s: ClientError"), err
+    assert "InternalError" in last and "PutObject" in last, err
 
 
 def _is_worker(pid: int) -> bool:

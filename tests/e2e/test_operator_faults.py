@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -140,9 +141,11 @@ def test_a_store_refusing_the_ledger_shows_as_a_condition_and_an_event_until_it_
             "-",
             input=job_manifest(name, bucket, s3, storage={"endpointURL": faults.url}),
         )
+        applied = time.monotonic()
         wait_for(
             lambda: _condition(cluster, name, "StorageReachable").get("status") == "False", 180, "the outage"
         )
+        shown = time.monotonic() - applied
         during = cluster.job_status(name)
         storage = _condition(cluster, name, "StorageReachable")
         assert during["phase"] == "Running" and during.get("succeeded", 0) == 0
@@ -153,7 +156,10 @@ def test_a_store_refusing_the_ledger_shows_as_a_condition_and_an_event_until_it_
         assert faults.refused
 
         faults.failing.clear()
+        cleared = time.monotonic()
         status = cluster.wait_phase(name, {"Succeeded", "Failed"}, 240)
+        recovered = time.monotonic() - cleared
+        print(f"\napply → StorageReachable False: {shown:.1f}s; store back → Succeeded: {recovered:.1f}s")
     finally:
         faults.failing.clear()
         faults.stop()

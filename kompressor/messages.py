@@ -16,7 +16,7 @@ import posixpath
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kompressor.crd import Destination, Existing, Format, Limits, Output
 
@@ -31,7 +31,9 @@ MAX_OBJECT_BYTES = 5 * 2**40
 result from driving the status's byte totals negative or past int64."""
 MAX_RESULT_BYTES = 64 * 2**10
 """The largest result message read. A real one is a few hundred bytes (keys and URLs are at most
-2 KiB); the bound keeps a flood of huge forged results from filling the reader's memory."""
+2 KiB, a message is cut at MAX_MESSAGE_CHARS); the bound keeps a flood of huge forged results from
+filling the reader's memory."""
+MAX_MESSAGE_CHARS = 2000
 
 
 class MessageError(ValueError):
@@ -142,7 +144,7 @@ class Result(_Wire):
     dest: str = Field(default="", description="s3://bucket/key of the output, when there is one.")
     bytes_in: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
     bytes_out: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
-    reason: str = Field(default="", description="Machine-readable reason, e.g. decode_error.")
+    reason: str = Field(default="", max_length=64, description="Machine-readable reason, e.g. decode_error.")
     message: str = Field(default="", description="A sentence for people.")
     attempts: int = 1
     seconds: float = 0.0
@@ -151,6 +153,12 @@ class Result(_Wire):
     stored_original: bool = Field(
         default=False, description="neverLarger kept the input's bytes as the output."
     )
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _cut(cls, message: Any) -> Any:
+        """Cut, not refused: a worker's long error message must not make its result unreadable."""
+        return message[:MAX_MESSAGE_CHARS] if isinstance(message, str) else message
 
     @classmethod
     def decode(cls, body: bytes) -> Result:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from kompressor.crd import parse_spec
 from kompressor.messages import (
     MAX_ID,
+    MAX_MESSAGE_CHARS,
     MAX_OBJECT_BYTES,
     MAX_RESULT_BYTES,
     JobRef,
@@ -119,6 +120,10 @@ def test_results_with_ids_or_byte_counts_out_of_bounds_are_malformed(change: dic
 
 def test_a_result_message_over_the_size_bound_is_refused_before_parsing():
     result = Result(job=JOB, id=7, outcome=Outcome.failed, source="s3://raw/x", message="m" * 60_000)
-    assert Result.decode(result.encode()) == result  # a long message still fits
+    assert result.message == "m" * MAX_MESSAGE_CHARS  # a worker's long error is cut, not refused
+    assert Result.decode(result.encode()) == result
+    body = json.loads(result.encode()) | {"message": "m" * MAX_RESULT_BYTES}
     with pytest.raises(MessageError, match="over"):
-        Result.decode(result.model_copy(update={"message": "m" * MAX_RESULT_BYTES}).encode())
+        Result.decode(json.dumps(body).encode())
+    with pytest.raises(MessageError):  # a reason is a word: a key of status.failuresByReason
+        Result.decode(json.dumps(json.loads(result.encode()) | {"reason": "r" * 65}).encode())

@@ -112,6 +112,19 @@ def test_a_damaged_ledger_part_does_not_stop_a_reload_and_stays_out_of_the_manif
         procs.stop_all(timeout=20)
         engine.close()
     prefix = f"{ledger_prefix(job, spec)}ledger/{job.uid8}/"
+    caplog.set_level(logging.WARNING, logger="kompressor.ledger")
+
+    # A damaged cursor: the listing starts again, each input published again with its old id.
+    s3.client().put_object(Bucket=bucket, Key=prefix + "cursor.json", Body=b'{"next_id": "seven"')
+    relisted = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
+    try:
+        assert (relisted.ledger.cursor.next_id, relisted.counts().succeeded) == (0, TOTAL)
+        assert any("cursor" in r.getMessage() and "is damaged" in r.getMessage() for r in caplog.records)
+        progress = relisted.step()
+        assert (progress.published_now, progress.finished, progress.counts.total) == (TOTAL, True, TOTAL)
+    finally:
+        relisted.close()
+
     good = json.loads(
         s3.client()
         .get_object(Bucket=bucket, Key=_parts(s3, bucket, prefix)[0])["Body"]
@@ -129,7 +142,6 @@ def test_a_damaged_ledger_part_does_not_stop_a_reload_and_stays_out_of_the_manif
     for name, body in damaged.items():
         s3.client().put_object(Bucket=bucket, Key=prefix + name, Body=body)
 
-    caplog.set_level(logging.WARNING, logger="kompressor.ledger")
     reloaded = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
     try:
         counts = reloaded.counts()

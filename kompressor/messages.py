@@ -16,12 +16,24 @@ import posixpath
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kompressor.crd import Destination, Existing, Format, Limits, Output
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
+
+MAX_ID = 2**53 - 1
+"""The largest task id. Ids index a job's listing; past 2^53 a JSON reader in another language (the
+manifest's) loses precision, and an id past 2^63 cannot index anything at all."""
+MAX_OBJECT_BYTES = 5 * 2**40
+"""The largest byte count a result may report: S3's largest object (5 TiB). A bound keeps a forged
+result from driving the status's byte totals negative or past int64."""
+MAX_RESULT_BYTES = 64 * 2**10
+"""The largest result message read. A real one is a few hundred bytes (keys and URLs are at most
+2 KiB, a message is cut at MAX_MESSAGE_CHARS); the bound keeps a flood of huge forged results from
+filling the reader's memory."""
+MAX_MESSAGE_CHARS = 2000
 
 
 class MessageError(ValueError):
@@ -106,7 +118,7 @@ class Task(_Wire):
 
     v: Literal[1] = SCHEMA_VERSION
     job: JobRef
-    id: int = Field(ge=0, description="Stable index of the input in the job's listing.")
+    id: int = Field(ge=0, le=MAX_ID, description="Stable index of the input in the job's listing.")
     source: SourceObject
     dest_bucket: str
     dest_key: str
@@ -126,13 +138,13 @@ class Result(_Wire):
 
     v: Literal[1] = SCHEMA_VERSION
     job: JobRef
-    id: int = Field(ge=0)
+    id: int = Field(ge=0, le=MAX_ID)
     outcome: Outcome
     source: str = Field(description="s3://bucket/key or the URL of the input.")
     dest: str = Field(default="", description="s3://bucket/key of the output, when there is one.")
-    bytes_in: int = 0
-    bytes_out: int = 0
-    reason: str = Field(default="", description="Machine-readable reason, e.g. decode_error.")
+    bytes_in: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
+    bytes_out: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
+    reason: str = Field(default="", max_length=64, description="Machine-readable reason, e.g. decode_error.")
     message: str = Field(default="", description="A sentence for people.")
     attempts: int = 1
     seconds: float = 0.0
@@ -141,6 +153,18 @@ class Result(_Wire):
     stored_original: bool = Field(
         default=False, description="neverLarger kept the input's bytes as the output."
     )
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _cut(cls, message: Any) -> Any:
+        """Cut, not refused: a worker's long error message must not make its result unreadable."""
+        return message[:MAX_MESSAGE_CHARS] if isinstance(message, str) else message
+
+    @classmethod
+    def decode(cls, body: bytes) -> Result:
+        if len(body) > MAX_RESULT_BYTES:
+            raise MessageError("malformed_message", f"Result of {len(body)} bytes is over {MAX_RESULT_BYTES}")
+        return super().decode(body)
 
 
 # --- output keys ----------------------------------------------------------------------------------

@@ -31,15 +31,20 @@ from kompressor_operator import broker, notify
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
 from kompressor_operator.endpoints import EndpointRefused, check_endpoint
-from kompressor_operator.engine import JobEngine
+from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.kube import DeploymentNotOwned, Kube, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
+from kompressor_operator.planning import ManifestError
 from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget, decide_replicas
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import (
+    Outage,
     check_spec,
+    failed_status,
     immutable_changes,
     next_status,
+    reachability,
+    retry_delay,
     set_condition,
     throughput,
 )
@@ -85,6 +90,8 @@ class _Job:
     rate: float | None = None
     last_step: float = 0.0
     listed_announced: bool = False
+    failures: int = 0  # steps failed in a row (broker or storage)
+    retry_at: float = 0.0
 
 
 @dataclass
@@ -138,7 +145,9 @@ class Controller:
         client = self._storage(job, spec).client()
         deployment = self._deployment(job, spec, body, replicas=0)
         self.kube.apply_deployment(deployment)
-        engine = JobEngine(job, spec, self.settings.broker.url.get_secret_value(), client).open()
+        # No retries inside a step: step() backs off between steps and reports a lasting outage.
+        broker_url = self.settings.broker.url.get_secret_value()
+        engine = JobEngine(job, spec, broker_url, client, retry_delays=()).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
@@ -202,12 +211,23 @@ class Controller:
         if state is None:
             return None  # not started (an invalid spec, or the resume handler has not run yet)
         now = time.monotonic()
-        if now - state.last_step < poll_interval:
+        if now - state.last_step < poll_interval or now < state.retry_at:
             return None
         spec, refused = accepted_spec(body)
         state.spec = spec
         state.engine.spec = spec
-        progress = state.engine.step()
+        try:
+            progress = state.engine.step()
+        except StepFailed as exc:
+            return self._step_failed(state, previous, exc, poll_interval)
+        except ManifestError as exc:
+            outcome = Outcome(events=[Event("Warning", "ManifestInvalid", str(exc))])
+            status = failed_status(previous, "ManifestInvalid", str(exc), datetime.now(UTC))
+            outcome.status = self._finish(state, status, outcome)
+            return outcome
+        state.failures = 0
+        for reason, count in progress.refused_now.items():
+            self.metrics.refused_results.labels(state.job.name, reason).inc(count)
         state.rate = (
             throughput(state.rate, progress.accounted_now, now - state.last_step)
             if state.last_step
@@ -257,6 +277,9 @@ class Controller:
                 )
             }
         )
+        conditions, notices = reachability(status.conditions, None, datetime.now(UTC))
+        status = status.model_copy(update={"conditions": conditions})
+        outcome.events.extend(Event(n.type, n.reason, n.message) for n in notices)
         if counts.listing_done and not state.listed_announced:
             state.listed_announced = True
             outcome.events.append(Event("Normal", "Listed", f"{counts.total} inputs found"))
@@ -264,6 +287,22 @@ class Controller:
             status = self._finish(state, status, outcome)
         outcome.status = status
         return outcome
+
+    def _step_failed(
+        self, state: _Job, previous: CompressionJobStatus, error: StepFailed, poll_interval: float
+    ) -> Outcome:
+        """The broker or the storage failed the step: the next one waits longer, and an outage that
+        lasts shows in the status (the phase stays) and in an Event."""
+        state.failures += 1
+        delay = retry_delay(state.failures, poll_interval)
+        state.retry_at = time.monotonic() + delay
+        log.warning("job %s: step failed (%s); the next in %.0fs", state.job.name, error, delay)
+        outage = Outage(error.dependency, state.failures, str(error))
+        conditions, notices = reachability(previous.conditions, outage, datetime.now(UTC), delay)
+        return Outcome(
+            status=previous.model_copy(update={"conditions": conditions}),
+            events=[Event(n.type, n.reason, n.message) for n in notices],
+        )
 
     def _decide(self, uid: str, state: _Job, sample: Sample, spec: CompressionJobSpec, now: float):
         wanted = decide_replicas(sample, spec.workers, state.scale, now)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from itertools import islice
 
 import pika.exceptions
@@ -26,7 +27,7 @@ from kompressor_operator.ledger import Cursor, Ledger
 from kompressor_operator.listing import list_s3_sources, url_sources
 from kompressor_operator.planning import plan_task
 from kompressor_operator.policy import Sample
-from kompressor_operator.status import Counts
+from kompressor_operator.status import Counts, Dependency
 
 log = logging.getLogger("kompressor.engine")
 
@@ -41,6 +42,21 @@ _DEAD_REASONS = {"delivery_limit": "attempts_exhausted", "expired": "expired", "
 # A broker restart or a short storage outage: the step is tried again after each delay (~30 s in all).
 STEP_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
 _TRANSIENT = (pika.exceptions.AMQPError, OSError, BotoCoreError, ClientError)
+MALFORMED = "malformed"
+
+
+class StepFailed(Exception):
+    """A broker or storage error that outlasted the step's retries; `dependency` says which failed."""
+
+    def __init__(self, dependency: Dependency, error: BaseException):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.dependency = dependency
+
+
+def _failing(error: BaseException) -> Dependency:
+    # botocore wraps its socket errors (EndpointConnectionError, ReadTimeoutError...): an error that
+    # is not botocore's came from the broker connection.
+    return Dependency.storage if isinstance(error, BotoCoreError | ClientError) else Dependency.broker
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,8 @@ class Progress:
     ready: int
     accounted_now: int
     published_now: int
+    refused_now: Mapping[str, int] = field(default_factory=dict)
+    """Results and dead letters read in this step and dropped unrecorded, by reason."""
 
     @property
     def finished(self) -> bool:
@@ -70,11 +88,19 @@ class Progress:
 
 
 class JobEngine:
-    def __init__(self, job: JobRef, spec: CompressionJobSpec, broker_url: str, s3_client):
+    def __init__(
+        self,
+        job: JobRef,
+        spec: CompressionJobSpec,
+        broker_url: str,
+        s3_client,
+        retry_delays: Sequence[float] = STEP_RETRY_DELAYS,
+    ):
         self.job = job
         self.spec = spec
         self.broker_url = broker_url
         self.s3 = s3_client
+        self.retry_delays = retry_delays
         self.ledger = Ledger(s3_client, job, spec)
         self._connection = None
         self._channel = None
@@ -115,14 +141,15 @@ class JobEngine:
         """One round. A round that fails part-way leaves nothing half done: the connection is closed
         (results read but not acked go back to their queue) and the listing starts again from the
         saved cursor (a batch published but not saved is published again, with the same ids).
-        Broker and storage errors are retried after each of STEP_RETRY_DELAYS, then raised."""
-        for delay in (*STEP_RETRY_DELAYS, None):
+        Broker and storage errors are retried after each of `retry_delays`, then raised as
+        StepFailed. A URL manifest that cannot be read as one raises ManifestError."""
+        for delay in (*self.retry_delays, None):
             try:
                 return self._step()
             except _TRANSIENT as exc:
                 self._reset()
                 if delay is None:
-                    raise
+                    raise StepFailed(_failing(exc), exc) from exc
                 log.warning("job step failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, delay)
                 time.sleep(delay)
             except BaseException:
@@ -136,10 +163,10 @@ class JobEngine:
 
     def _step(self) -> Progress:
         channel = self._ensure_channel()
-        accounted = self._collect(channel)
+        accounted, refused = self._collect(channel)
         published = self._fan_out(channel)
         ready = broker.queue_depth(channel, task_queue(self.job)).ready
-        return Progress(self.counts(), ready, accounted, published)
+        return Progress(self.counts(), ready, accounted, published, refused)
 
     def counts(self) -> Counts:
         tally, cursor = self.ledger.tally, self.ledger.cursor
@@ -157,16 +184,25 @@ class JobEngine:
             listing_started=True,
         )
 
-    def _collect(self, channel) -> int:
+    def _collect(self, channel) -> tuple[int, Counter[str]]:
         """Results first, then dead letters: a worker confirms a failure's result before rejecting
-        the task, so a rejected dead letter's result is always read before the dead letter."""
-        new = 0
+        the task, so a rejected dead letter's result is always read before the dead letter.
+        Returns how many were new and how many were dropped unrecorded (by reason)."""
+        new, refused = 0, Counter[str]()
         while True:
-            batch = list(broker.drain_results(channel, self.job, limit=1000))
+            # Tags and decoded results only: an undecodable body is not kept past its decode.
+            batch = [(tag, result) for tag, result, _body in broker.drain_results(channel, self.job)]
             if not batch:
                 break
-            results = [result for _tag, result, _body in batch if result is not None]
-            new += self.ledger.record(results)
+            results = [result for _tag, result in batch if result is not None]
+            if len(results) < len(batch):
+                refused[MALFORMED] += len(batch) - len(results)
+                log.warning(
+                    "job %s: dropped %d undecodable result(s)", self.job.name, len(batch) - len(results)
+                )
+            recorded = self.ledger.record(results)
+            new += recorded.new
+            refused += recorded.refused
             channel.basic_ack(batch[-1][0], multiple=True)
         dead: list[Result] = []
         last_tag = None
@@ -175,12 +211,13 @@ class JobEngine:
                 task = Task.decode(letter.body)
             except (MessageError, RecursionError) as exc:  # RecursionError: JSON nested too deep
                 log.warning("dropping an undecodable dead letter (%s)", exc)
+                refused[MALFORMED] += 1
                 last_tag = tag
                 continue
             if not self.ledger.seen(task.id) and letter.reason in _DEAD_REASONS:
                 dead.append(
                     Result(
-                        job=self.job,
+                        job=task.job,  # the ledger refuses a dead letter of another job, as a result
                         id=task.id,
                         outcome=Outcome.failed,
                         source=task.source.describe(),
@@ -191,10 +228,12 @@ class JobEngine:
                 )
             last_tag = tag
         if dead:
-            new += self.ledger.record(dead)
+            recorded = self.ledger.record(dead)
+            new += recorded.new
+            refused += recorded.refused
         if last_tag is not None:
             channel.basic_ack(last_tag, multiple=True)
-        return new
+        return new, refused
 
     def _fan_out(self, channel) -> int:
         """Publish while fewer than maxOutstanding tasks are unaccounted, for up to FAN_OUT_SECONDS;

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from botocore.exceptions import ClientError
+
 from kompressor.crd import S3Source, UrlSource
 from kompressor.messages import SourceObject
-from kompressor_operator.planning import parse_url_manifest
+from kompressor_operator.planning import ManifestError, parse_url_manifest
 
 MANIFEST_MAX_BYTES = 256 * 2**20
 
@@ -37,13 +39,23 @@ def list_s3_sources(client, source: S3Source, start_after: str = "") -> Iterator
 
 
 def url_sources(client, source: UrlSource) -> list[SourceObject]:
+    """The URL inputs, inline or from the manifest object. ManifestError when the manifest is
+    missing, too large, not UTF-8 or not a URL list; other storage errors propagate (retried)."""
     if source.items is not None:
         urls = list(source.items)
     else:
         assert source.manifest is not None
-        head = client.head_object(Bucket=source.manifest.bucket, Key=source.manifest.key)
-        if head["ContentLength"] > MANIFEST_MAX_BYTES:
-            raise ValueError(f"URL manifest is over {MANIFEST_MAX_BYTES} bytes")
-        body = client.get_object(Bucket=source.manifest.bucket, Key=source.manifest.key)["Body"].read()
-        urls = parse_url_manifest(body.decode("utf-8-sig"))
+        bucket, key = source.manifest.bucket, source.manifest.key
+        try:
+            head = client.head_object(Bucket=bucket, Key=key)
+            if head["ContentLength"] > MANIFEST_MAX_BYTES:
+                raise ManifestError(f"it is over {MANIFEST_MAX_BYTES} bytes")
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            urls = parse_url_manifest(body.decode("utf-8-sig"))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
+            raise ManifestError(f"URL manifest s3://{bucket}/{key} does not exist") from None
+        except (ManifestError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"URL manifest s3://{bucket}/{key}: {exc}") from None
     return [SourceObject(url=url) for url in urls]

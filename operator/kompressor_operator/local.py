@@ -43,7 +43,8 @@ from kompressor.crd import (
 from kompressor.messages import JobRef, task_queue
 from kompressor.settings import StorageSettings
 from kompressor_operator import broker
-from kompressor_operator.engine import JobEngine
+from kompressor_operator.engine import STEP_RETRY_DELAYS, JobEngine, StepFailed
+from kompressor_operator.planning import ManifestError
 from kompressor_operator.policy import ScaleState, decide_replicas
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import check_spec, next_status, throughput
@@ -193,7 +194,14 @@ def run_job(
     started = last = time.monotonic()
     try:
         while True:
-            progress = engine.step()
+            try:
+                progress = engine.step()
+            except ManifestError as exc:
+                raise ConfigError(str(exc)) from None
+            except StepFailed as exc:
+                raise ConfigError(
+                    f"{exc.dependency.value} kept failing for {sum(STEP_RETRY_DELAYS):.0f}s: {exc}"
+                ) from None
             now = time.monotonic()
             rate = throughput(rate, progress.accounted_now, now - last) if now > last else rate
             last = now

@@ -30,3 +30,10 @@ class OperatorMetrics:
             ["compressionjob", "direction"],
             registry=self.registry,
         )
+        self.refused_results = Counter(
+            "kompressor_refused_results",
+            "Results and dead letters dropped unrecorded: malformed, of another job, or of an id the "
+            "job never published (anything with the broker credentials can publish them).",
+            ["compressionjob", "reason"],
+            registry=self.registry,
+        )

@@ -15,6 +15,7 @@ from kompressor.crd import CompressionJobSpec
 from kompressor.messages import JobRef, SourceObject, Task, output_key
 
 MANIFEST_URL_COLUMN = "url"
+MAX_URL_CHARS = 2048  # as the CRD's inline `urls.items`: a task must stay a small message
 
 
 def plan_task(job: JobRef, spec: CompressionJobSpec, index: int, source: SourceObject) -> Task:
@@ -39,7 +40,8 @@ def plan_tasks(
 
 
 class ManifestError(ValueError):
-    pass
+    """A URL manifest that cannot be a job's inputs; the message says where and why. The job fails:
+    reading it again gives the same answer."""
 
 
 def parse_url_manifest(text: str) -> list[str]:
@@ -57,4 +59,9 @@ def parse_url_manifest(text: str) -> list[str]:
     bad = [url for url in urls if not url.startswith(("http://", "https://"))]
     if bad:
         raise ManifestError(f"{len(bad)} line(s) are not http(s) URLs, first: {bad[0][:200]!r}")
+    long = [url for url in urls if len(url) > MAX_URL_CHARS]
+    if long:
+        raise ManifestError(
+            f"{len(long)} URL(s) are over {MAX_URL_CHARS} characters, first: {long[0][:200]!r}..."
+        )
     return urls

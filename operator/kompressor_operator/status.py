@@ -27,6 +27,10 @@ Choices, documented once here:
 - Conditions (always present, so `kubectl wait --for=condition=...` works in either direction):
   `Listed` (the listing is done), `Progressing` (listing or running), `Suspended`, `Complete`
   (Succeeded) and `Failed`. Conditions of other types (a handler's `SpecInvalid`, say) are kept.
+- `StorageReachable` and `BrokerReachable` (`reachability`): True after a step that worked; False
+  with the error once steps have failed OUTAGE_AFTER_FAILURES times in a row, with a Warning Event
+  naming it, while the next steps back off (`retry_delay`); True again, with a Normal Event, after
+  the next step that works. The phase is left alone: an outage is not the job's end.
 - Numbers: `total` shown is never below what was published or accounted, so progress never exceeds
   100% while the listing count lags; `outstanding` = published - accounted; `progress` is
   "(succeeded+skipped)/total"; `saved` is the share of input bytes not written ("61%"; "" before
@@ -42,6 +46,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from kompressor import inputs
@@ -281,6 +286,98 @@ def _conditions(phase: Phase, counts: Counts, total: int) -> list[tuple[str, boo
     else:
         failed = (FAILED, False, "NotFailed", "")
     return [listed, (PROGRESSING, *progressing), suspended, complete, failed]
+
+
+def failed_status(
+    previous: CompressionJobStatus, reason: str, message: str, now: datetime
+) -> CompressionJobStatus:
+    """`previous` ended Failed for a reason its counts do not show (a URL manifest that is not one):
+    phase Failed, completed now, and the Failed, Progressing and Complete conditions saying why."""
+    conditions = set_condition(previous.conditions, FAILED, True, reason, message, now)
+    conditions = set_condition(conditions, PROGRESSING, False, "Finished", message, now)
+    conditions = set_condition(conditions, COMPLETE, False, "Failed", "", now)
+    return previous.model_copy(
+        update={"phase": Phase.failed, "completion_time": now, "conditions": conditions}
+    )
+
+
+# --- outages of the broker and the storage ------------------------------------------------------
+
+
+class Dependency(StrEnum):
+    """A service every step of a job needs; each has a condition `<Service>Reachable`."""
+
+    storage = "storage"
+    broker = "broker"
+
+    @property
+    def condition(self) -> str:
+        return f"{self.value.capitalize()}Reachable"
+
+
+OUTAGE_AFTER_FAILURES = 2
+"""Failed steps in a row that make an outage a condition: one may be a blip the next step gets past
+(a broker restart, a dropped connection), and the storage client has already retried inside it."""
+RETRY_MAX_SECONDS = 120.0
+ERROR_CHARS = 600
+"""Of an error in a condition or an Event: a botocore error names the call and the code well within it."""
+
+
+@dataclass(frozen=True)
+class Outage:
+    """The failed steps of a job since its last step that worked: how many, which dependency and
+    which error the last one met."""
+
+    dependency: Dependency
+    failures: int
+    error: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An Event to post: type (Normal or Warning), reason, message."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def retry_delay(failures: int, poll_interval: float) -> float:
+    """Seconds before the next step after `failures` failed in a row: the poll interval, doubled with
+    each further failure, at most RETRY_MAX_SECONDS."""
+    if failures <= 0:
+        return poll_interval
+    return min(poll_interval * 2.0 ** min(failures - 1, 32), RETRY_MAX_SECONDS)
+
+
+def reachability(
+    conditions: Sequence[Condition], outage: Outage | None, now: datetime, retry_in: float = 0.0
+) -> tuple[list[Condition], list[Notice]]:
+    """The conditions with StorageReachable and BrokerReachable after a step, and the Events to post.
+
+    `outage` None (the step worked): both True; a Normal `<Service>Recovered` Event for each that was
+    False. A failed step sets its dependency's condition False (reason `<Service>Error`, the error,
+    how many steps failed and when the next one runs) from the OUTAGE_AFTER_FAILURES-th failure in a
+    row on, with a Warning Event the first time; the other condition is left as it was, since the
+    step said nothing about it. Fewer failures change nothing.
+    """
+    before = {c.type: c.status for c in conditions}
+    out, notices = list(conditions), []
+    if outage is None:
+        for dependency in Dependency:
+            if before.get(dependency.condition) == "False":
+                name = dependency.value.capitalize()
+                notices.append(Notice("Normal", f"{name}Recovered", f"{dependency.value} is reachable again"))
+            out = set_condition(out, dependency.condition, True, "Reachable", "", now)
+        return out, notices
+    if outage.failures < OUTAGE_AFTER_FAILURES:
+        return out, notices
+    dependency, error = outage.dependency, outage.error[:ERROR_CHARS]
+    reason = f"{dependency.value.capitalize()}Error"
+    message = f"{error} ({outage.failures} steps in a row failed; the next in {retry_in:.0f}s)"
+    if before.get(dependency.condition) != "False":
+        notices.append(Notice("Warning", reason, f"{dependency.value} keeps failing: {error}"))
+    return set_condition(out, dependency.condition, False, reason, message, now), notices
 
 
 # --- spec checks ----------------------------------------------------------------------------------

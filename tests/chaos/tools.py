@@ -3,6 +3,8 @@
 - `S3Recorder`: a TCP proxy in front of the S3 server that reads the HTTP request and status lines
   passing through it (it never changes a byte, so SigV4 signatures still match). It answers "how
   many times was this output written": the PUTs of a key that S3 answered with a 2xx.
+- `S3Faults`: a proxy in front of the S3 server that answers InternalError, as a store whose disk is
+  full does, to the requests it is told to refuse while it is failing; the rest pass unchanged.
 - `Firehose`: RabbitMQ's firehose tracer (`rabbitmqctl trace_on`, core RabbitMQ, no plugin) copied
   into a durable quorum queue, so every message published (tasks, results) and every delivery of a
   task is recorded, across a broker restart too (tracing is re-armed once the node is back).
@@ -178,6 +180,116 @@ class S3Recorder:
             return sum(
                 1 for e in self.exchanges if e.method == method and (status is None or e.status == status)
             )
+
+
+_INTERNAL_ERROR_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+    b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
+_INTERNAL_ERROR = (
+    b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_INTERNAL_ERROR_BODY)
+) + _INTERNAL_ERROR_BODY
+
+
+class S3Faults:
+    """A proxy to the S3 server that answers 500 InternalError to each request `refuse(method, path)`
+    names while `failing` is set; everything else passes byte for byte (SigV4 still matches).
+
+    It reads each request's head and, by its Content-Length, its body, so it knows where the next
+    request starts (botocore/urllib3 never pipeline: a request comes after the previous answer). A
+    refused request gets the error before its body when it waits for `100-continue` (botocore's
+    PutObject does), after it otherwise; then the connection closes, as `Connection: close` says."""
+
+    def __init__(self, backend_port: int, refuse: Callable[[str, str], bool]):
+        self.backend_port = backend_port
+        self.refuse = refuse
+        self.failing = threading.Event()
+        self.refused: list[str] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> S3Faults:
+        threading.Thread(target=self._accept, name="s3-faults", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._connection, args=(client,), daemon=True).start()
+
+    def _connection(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.backend_port), timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = client.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                lines = head.decode("latin-1").split("\r\n")
+                method, path = lines[0].split(" ")[:2]
+                headers = dict(
+                    (name.strip().lower(), value.strip())
+                    for name, value in (line.split(":", 1) for line in lines[1:] if ":" in line)
+                )
+                if "transfer-encoding" in headers:  # no Content-Length to frame it: pass the rest
+                    upstream.sendall(head + b"\r\n\r\n" + buffer)
+                    _pump(client, upstream)
+                    return
+                length = int(headers.get("content-length", "0"))
+                if self.failing.is_set() and self.refuse(method, unquote(path)):
+                    if headers.get("expect", "").lower() != "100-continue":
+                        while len(buffer) < length and (chunk := client.recv(65536)):
+                            buffer += chunk
+                    self.refused.append(f"{method} {unquote(path)}")
+                    client.sendall(_INTERNAL_ERROR)
+                    return
+                upstream.sendall(head + b"\r\n\r\n")
+                body, buffer = buffer[:length], buffer[length:]
+                upstream.sendall(body)
+                remaining = length - len(body)
+                while remaining > 0:
+                    chunk = client.recv(min(65536, remaining))
+                    if not chunk:
+                        return
+                    upstream.sendall(chunk)
+                    remaining -= len(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def _pump(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while chunk := source.recv(65536):
+            sink.sendall(chunk)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
 
 
 # --- RabbitMQ: record the traffic --------------------------------------------------------------------

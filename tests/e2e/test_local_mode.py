@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from PIL import Image
 
 from testbed import RabbitMQ, S3Server
 from testbed.process import free_port, wait_until
+from tests.chaos.tools import S3Faults
 from tests.corpus import awkward_inputs, never_larger_table, opt_in_inputs, real_photos
 from tests.jobs import descendants, start_kompressor_run, upload
 
@@ -102,6 +106,58 @@ def test_rerun_skips_what_exists_and_a_killed_worker_loses_nothing(
     assert (status["skipped"], status["succeeded"]) == (24, 0)
 
 
+def test_a_url_manifest_csv_in_s3_runs_end_to_end(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    photos = real_photos(limit=5, max_side=640)
+    served = tmp_path / "served"
+    served.mkdir()
+    for name, body in photos.items():
+        (served / name).write_bytes(body)
+    # 127.0.0.2: a loopback address the run allow-lists (a URL input may not reach loopback otherwise).
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(served))
+    server = ThreadingHTTPServer(("127.0.0.2", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    urls = [f"http://127.0.0.2:{server.server_port}/{name}" for name in photos]
+    csv = "sku,URL,title\n" + "".join(f'{i},{url},"photo, {i}"\n' for i, url in enumerate(urls))
+    s3.client().put_object(Bucket=bucket, Key="lists/urls.csv", Body=("\ufeff" + csv).encode())  # with a BOM
+    job = _job(bucket, source={"urls": {"manifest": {"bucket": bucket, "key": "lists/urls.csv"}}})
+    env = _env(rabbitmq, s3, KOMPRESSOR_URL_ALLOW_NETWORKS='["127.0.0.2/32"]')
+    try:
+        run = start_kompressor_run(job, tmp_path, env)
+        out, err = run.communicate(timeout=180)
+    finally:
+        server.shutdown()
+    assert run.returncode == 0, err
+    status = json.loads(out)
+    assert (status["phase"], status["total"], status["succeeded"], status["failed"]) == ("Succeeded", 5, 5, 0)
+    lines = _manifest(s3, status["manifest"])
+    assert sorted(line["source"] for line in lines) == sorted(urls)
+    for line in lines:
+        key = line["dest"].removeprefix(f"s3://{bucket}/")
+        assert key.startswith("out/127.0.0.2") and key.endswith(".webp"), key
+        assert s3.client().head_object(Bucket=bucket, Key=key)["ContentLength"] == line["bytesOut"]
+
+
+def test_a_store_that_keeps_refusing_the_ledger_ends_the_run_with_one_line(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    upload(s3, bucket, real_photos(limit=2, max_side=400))
+    faults = S3Faults(s3.port, refuse=lambda method, path: method == "PUT" and "/ledger/" in path).start()
+    faults.failing.set()
+    job = _job(bucket, storage={"endpointURL": faults.url})
+    try:
+        run = start_kompressor_run(job, tmp_path, _env(rabbitmq, s3, KOMPRESSOR_STORAGE__MAX_ATTEMPTS="1"))
+        out, err = run.communicate(timeout=180)
+    finally:
+        faults.stop()
+    assert run.returncode == 2, (out, err)
+    *retries, last = err.strip().splitlines()
+    assert "Traceback" not in err and all(line.startswith("job step failed") for line in retries), err
+    assert last.startswith("kompressor: storage kept failing for 30s: ClientError"), err
+    assert "InternalError" in last and "PutObject" in last, err
+
+
 def _is_worker(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -120,6 +176,9 @@ def _is_worker(pid: int) -> bool:
         ("unknown_field", "spec.output.colour: unknown field"),
         ("overlapping_prefixes", "spec.destination"),
         ("input_format_beyond_the_installation", "heif not allowed by this installation"),
+        ("manifest_not_urls", "urls.csv: 2 line(s) are not http(s) URLs, first: 'ftp://"),
+        ("manifest_not_utf8", "urls.csv: 'utf-8' codec can't decode"),
+        ("manifest_missing", "URL manifest s3://{bucket}/urls.csv does not exist"),
     ],
 )
 def test_configuration_errors_are_one_line_naming_the_fix(
@@ -138,6 +197,14 @@ def test_configuration_errors_are_one_line_naming_the_fix(
         job["spec"]["destination"]["s3"]["prefix"] = "in/out/"
     elif case == "input_format_beyond_the_installation":
         job["spec"]["limits"] = {"inputFormats": ["jpeg", "heif"]}  # KOMPRESSOR_ALLOWED_INPUT_FORMATS unset
+    elif case.startswith("manifest"):
+        job["spec"]["source"] = {"urls": {"manifest": {"bucket": bucket, "key": "urls.csv"}}}
+        body = {
+            "manifest_not_urls": b"id,url\n1,https://images.example/a.jpg\n2,ftp://x/b.jpg\n3,c.jpg\n",
+            "manifest_not_utf8": b"url\nhttps://images.example/\xff\xfe.jpg\n",
+        }.get(case)
+        if body is not None:
+            s3.client().put_object(Bucket=bucket, Key="urls.csv", Body=body)
     run = start_kompressor_run(job, tmp_path, env)
     if case == "invalid_yaml":
         (tmp_path / "job.yaml").write_text("spec: [unclosed\n")
@@ -152,7 +219,7 @@ def test_configuration_errors_are_one_line_naming_the_fix(
     out, err = run.communicate(timeout=60)
     assert run.returncode == 2, (out, err)
     assert len(err.strip().splitlines()) == 1, err
-    assert expected in err and "Traceback" not in err
+    assert expected.format(bucket=bucket) in err and "Traceback" not in err
 
 
 def test_never_larger_stores_smaller_outputs_the_original_or_nothing(

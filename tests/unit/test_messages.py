@@ -10,6 +10,10 @@ from hypothesis import strategies as st
 
 from kompressor.crd import Format, parse_spec
 from kompressor.messages import (
+    MAX_ID,
+    MAX_MESSAGE_CHARS,
+    MAX_OBJECT_BYTES,
+    MAX_RESULT_BYTES,
     JobRef,
     MessageError,
     Outcome,
@@ -105,3 +109,31 @@ def test_keep_names_the_format_the_codec_stores():
     for name, key in expected.items():
         source = SourceObject(bucket="raw", key=f"products/{name}")
         assert output_key(source, "products/", SPEC.destination, keep) == key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"id": 2**63},  # past any index: OverflowError in the ledger's bitmap before the bound
+        {"id": MAX_ID + 1},
+        {"id": -1},
+        {"bytes_in": -1},  # would turn the status's byte totals negative
+        {"bytes_out": MAX_OBJECT_BYTES + 1},
+    ],
+)
+def test_results_with_ids_or_byte_counts_out_of_bounds_are_malformed(change: dict):
+    body = json.loads(Result(job=JOB, id=7, outcome=Outcome.done, source="s3://raw/x").encode())
+    with pytest.raises(MessageError) as caught:
+        Result.decode(json.dumps(body | change).encode())
+    assert caught.value.reason == "malformed_message"
+
+
+def test_a_result_message_over_the_size_bound_is_refused_before_parsing():
+    result = Result(job=JOB, id=7, outcome=Outcome.failed, source="s3://raw/x", message="m" * 60_000)
+    assert result.message == "m" * MAX_MESSAGE_CHARS  # a worker's long error is cut, not refused
+    assert Result.decode(result.encode()) == result
+    body = json.loads(result.encode()) | {"message": "m" * MAX_RESULT_BYTES}
+    with pytest.raises(MessageError, match="over"):
+        Result.decode(json.dumps(body).encode())
+    with pytest.raises(MessageError):  # a reason is a word: a key of status.failuresByReason
+        Result.decode(json.dumps(json.loads(result.encode()) | {"reason": "r" * 65}).encode())

@@ -19,10 +19,17 @@ from kompressor.crd import (
 from kompressor.messages import SourceObject, output_key
 from kompressor_operator.status import (
     CONDITION_TYPES,
+    OUTAGE_AFTER_FAILURES,
+    RETRY_MAX_SECONDS,
     Counts,
+    Dependency,
+    Outage,
     check_spec,
+    failed_status,
     immutable_changes,
     next_status,
+    reachability,
+    retry_delay,
     set_condition,
     throughput,
 )
@@ -422,3 +429,73 @@ def test_check_spec_refuses_input_formats_beyond_the_installations():
     assert "allowedInputFormats (KOMPRESSOR_ALLOWED_INPUT_FORMATS)" in problem
     assert check_spec(heif, [InputFormat.jpeg, InputFormat.heif]) == []
     assert check_spec(SPEC, [InputFormat.jpeg]) == []  # no choice: the web set within the maximum
+
+
+# --- outages ---------------------------------------------------------------------------------------
+
+ERROR = "ClientError: An error occurred (InternalError) when calling the PutObject operation"
+
+
+def _types(conditions) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in conditions}
+
+
+def test_a_step_that_works_makes_both_dependencies_reachable_without_events():
+    conditions, notices = reachability([], None, T0)
+    assert _types(conditions) == {
+        "StorageReachable": ("True", "Reachable"),
+        "BrokerReachable": ("True", "Reachable"),
+    }
+    assert notices == []
+
+
+def test_an_outage_becomes_a_condition_and_one_warning_then_clears_with_a_normal_event():
+    conditions, _ = reachability([], None, T0)
+    for failures in range(1, OUTAGE_AFTER_FAILURES):  # a blip changes nothing
+        same, notices = reachability(conditions, Outage(Dependency.storage, failures, ERROR), T0, 3)
+        assert (same, notices) == (conditions, [])
+    events = []
+    for failures in range(OUTAGE_AFTER_FAILURES, OUTAGE_AFTER_FAILURES + 3):
+        at = T0 + timedelta(seconds=failures)
+        conditions, notices = reachability(conditions, Outage(Dependency.storage, failures, ERROR), at, 12)
+        events += notices
+    storage = next(c for c in conditions if c.type == "StorageReachable")
+    assert (storage.status, storage.reason) == ("False", "StorageError")
+    assert ERROR in storage.message and f"{OUTAGE_AFTER_FAILURES + 2} steps in a row" in storage.message
+    assert storage.last_transition_time == T0 + timedelta(seconds=OUTAGE_AFTER_FAILURES)
+    assert _types(conditions)["BrokerReachable"] == ("True", "Reachable")  # the step said nothing of it
+    assert [(e.type, e.reason) for e in events] == [("Warning", "StorageError")]
+    assert ERROR in events[0].message
+    conditions, notices = reachability(conditions, None, T0 + timedelta(minutes=5))
+    assert _types(conditions)["StorageReachable"] == ("True", "Reachable")
+    assert [(n.type, n.reason) for n in notices] == [("Normal", "StorageRecovered")]
+
+
+def test_a_broker_outage_names_the_broker_and_a_long_error_is_cut():
+    error = "AMQPConnectionError: " + "x" * 5000
+    conditions, notices = reachability([], Outage(Dependency.broker, OUTAGE_AFTER_FAILURES, error), T0)
+    assert _types(conditions) == {"BrokerReachable": ("False", "BrokerError")}
+    assert [n.reason for n in notices] == ["BrokerError"]
+    assert len(notices[0].message) < 1000 and len(conditions[0].message) < 1000
+
+
+@given(st.integers(min_value=0, max_value=10_000), st.floats(min_value=0.1, max_value=30))
+def test_retries_back_off_doubling_up_to_a_cap(failures: int, poll: float):
+    delay = retry_delay(failures, poll)
+    assert poll <= delay <= max(poll, RETRY_MAX_SECONDS)
+    assert retry_delay(failures + 1, poll) >= delay
+    if failures >= 1 and delay < RETRY_MAX_SECONDS / 2:
+        assert retry_delay(failures + 1, poll) == pytest.approx(2 * delay)
+
+
+def test_a_failed_status_is_final_and_says_why():
+    running = step(total=10, published=4, listing_started=True)
+    failed = failed_status(running, "ManifestInvalid", "URL manifest s3://raw/urls.csv: 2 line(s)", T0)
+    assert failed.phase is Phase.failed and failed.completion_time == T0
+    assert (condition(failed, "Failed").status, condition(failed, "Failed").reason) == (
+        "True",
+        "ManifestInvalid",
+    )
+    assert condition(failed, "Progressing").status == "False"
+    after = step(failed, at=60, total=10, published=4)
+    assert after.phase is Phase.failed and condition(after, "Failed").reason == "ManifestInvalid"

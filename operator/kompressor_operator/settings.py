@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kompressor.settings import BrokerSettings, StorageSettings
+
+OPERATOR_ENV_PREFIXES = (
+    "KOMPRESSOR_QUEUE",
+    "KOMPRESSOR_PROCESSES",
+    "KOMPRESSOR_HEALTH_PORT",
+    "KOMPRESSOR_GRACE_SECONDS",
+    "KOMPRESSOR_LOG_",
+    "KOMPRESSOR_BROKER__URL",
+    "KOMPRESSOR_STORAGE__",
+)
+"""Worker variables the operator sets from the job and these defaults: extraEnv may not set them too
+(a second entry with the same name would silently win or lose, depending on the kubelet)."""
+TMP_VOLUME = "tmp"
+"""The worker's own /tmp volume; extraVolumes may not reuse its name."""
 
 
 class WorkerDefaults(BaseModel):
@@ -19,9 +35,42 @@ class WorkerDefaults(BaseModel):
     )
     storage_secret: str = Field(
         default="kompressor-storage",
-        description="Secret with keys accessKeyId and secretAccessKey, used when a job names none.",
+        description="Secret with keys accessKeyId and secretAccessKey, used when a job names none; "
+        "empty: no static keys, the workers use the S3 SDK's default credential chain (e.g. IRSA).",
     )
     health_port: int = Field(default=8080, description="Port of the worker's /healthz, /readyz, /metrics.")
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_format: str = Field(default="json", pattern="^(auto|json|text)$")
+    # Pod settings, passed through to every worker pod as Kubernetes objects. A job's
+    # spec.workers may override the placement ones (builders.worker_pod_settings says how).
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    affinity: dict[str, Any] = Field(default_factory=dict)
+    priority_class_name: str = ""
+    image_pull_secrets: list[dict[str, str]] = Field(default_factory=list, description="[{name: regcred}]")
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    service_account_name: str = Field(
+        default="",
+        description="ServiceAccount (in each job's namespace) of worker pods; its token is mounted. "
+        "Empty: the namespace's default account, with no token mounted.",
+    )
+    extra_env: list[dict[str, Any]] = Field(default_factory=list, description="Kubernetes EnvVar objects.")
+    extra_volumes: list[dict[str, Any]] = Field(default_factory=list)
+    extra_volume_mounts: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_clash_with_the_operators_own(self) -> WorkerDefaults:
+        taken = [
+            item.get("name", "")
+            for item in self.extra_env
+            if str(item.get("name", "")).startswith(OPERATOR_ENV_PREFIXES)
+        ]
+        if taken:
+            raise ValueError(f"extraEnv sets {', '.join(taken)}, which the operator sets for each job")
+        if any(volume.get("name") == TMP_VOLUME for volume in self.extra_volumes):
+            raise ValueError(f"extraVolumes: the name {TMP_VOLUME!r} is the worker's own /tmp")
+        return self
 
 
 class OperatorSettings(BaseSettings):

@@ -22,7 +22,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
+def configure_logging(fmt: str = "auto", level: int | str = logging.INFO) -> None:
     """`auto` writes JSON unless stderr is a terminal."""
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())

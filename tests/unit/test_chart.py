@@ -198,6 +198,20 @@ BAD_VALUES = {
     "bad log format": ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
     "endpoint without scheme": ({"storage": {"endpointURL": "seaweedfs:8333"}}, "/storage/endpointURL"),
     "bad cpu quantity": ({"operator": {"resources": {"limits": {"cpu": "lots"}}}}, "/operator/resources"),
+    "bad worker log level": ({"worker": {"logLevel": "verbose"}}, "/worker/logLevel"),
+    "worker extraEnv sets the queue": (
+        {"worker": {"extraEnv": [{"name": "KOMPRESSOR_QUEUE", "value": "x"}]}},
+        "/worker/extraEnv/0/name",
+    ),
+    "worker extraVolumes reuses tmp": (
+        {"worker": {"extraVolumes": [{"name": "tmp"}]}},
+        "/worker/extraVolumes",
+    ),
+    "unknown affinity kind": ({"worker": {"affinity": {"nodeAfinity": {}}}}, "/worker/affinity"),
+    "worker service account not a name": (
+        {"worker": {"serviceAccountName": "Team A"}},
+        "/worker/serviceAccountName",
+    ),
 }
 
 
@@ -342,6 +356,80 @@ def test_operator_env_follows_the_values():
     assert env["KOMPRESSOR_POLL_INTERVAL_SECONDS"] == "2.5"
     assert env["KOMPRESSOR_WORKER__IMAGE"] == "registry.local/worker:dev"
     assert env["KOMPRESSOR_WORKER__IMAGE_PULL_POLICY"] == "Always"
+
+
+WORKER_POD_VALUES = {
+    "storageSecret": "",
+    "logLevel": "DEBUG",
+    "logFormat": "text",
+    "nodeSelector": {"pool": "batch"},
+    "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+    "priorityClassName": "batch-low",
+    "imagePullSecrets": [{"name": "regcred"}],
+    "podAnnotations": {"example.com/team": "media"},
+    "podLabels": {"team": "media"},
+    "serviceAccountName": "kompressor-worker",
+    "extraEnv": [{"name": "AWS_CA_BUNDLE", "value": "/etc/ca/ca.crt"}],
+    "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+}
+
+
+def _operator_settings(values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The operator's settings as its container's environment gives them (Secrets left unread)."""
+    for name in list(os.environ):
+        if name.startswith("KOMPRESSOR_"):
+            monkeypatch.delenv(name)
+    for entry in operator_container(values)["env"]:
+        if "value" in entry:
+            monkeypatch.setenv(entry["name"], entry["value"])
+    return _operator_settings_class()()
+
+
+def test_worker_pod_values_reach_the_operator_and_its_worker_pods(monkeypatch):
+    from kompressor.crd import CompressionJobSpec
+    from kompressor.messages import JobRef
+    from kompressor_operator.builders import worker_deployment
+
+    worker = _operator_settings({"worker": WORKER_POD_VALUES}, monkeypatch).worker
+    assert worker.storage_secret == ""
+    assert (worker.log_level, worker.log_format) == ("DEBUG", "text")
+    assert worker.node_selector == WORKER_POD_VALUES["nodeSelector"]
+    assert worker.tolerations == WORKER_POD_VALUES["tolerations"]
+    assert worker.affinity == WORKER_POD_VALUES["affinity"]
+    assert worker.priority_class_name == "batch-low"
+    assert worker.image_pull_secrets == [{"name": "regcred"}]
+    assert worker.pod_annotations == WORKER_POD_VALUES["podAnnotations"]
+    assert worker.pod_labels == {"team": "media"}
+    assert worker.service_account_name == "kompressor-worker"
+    assert worker.extra_env == WORKER_POD_VALUES["extraEnv"]
+    assert worker.extra_volumes == WORKER_POD_VALUES["extraVolumes"]
+    assert worker.extra_volume_mounts == WORKER_POD_VALUES["extraVolumeMounts"]
+    spec = CompressionJobSpec.model_validate(
+        {"source": {"s3": {"bucket": "raw"}}, "destination": {"s3": {"bucket": "web"}}}
+    )
+    pod = worker_deployment(JobRef(namespace="shop", name="j", uid="u"), spec, worker, None, 0)["spec"][
+        "template"
+    ]["spec"]
+    assert pod["serviceAccountName"] == "kompressor-worker" and pod["automountServiceAccountToken"] is True
+    assert pod["nodeSelector"] == {"pool": "batch"} and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "AWS_CA_BUNDLE" in env and "KOMPRESSOR_STORAGE__ACCESS_KEY_ID" not in env
+
+
+def test_unset_worker_pod_values_add_no_variables(monkeypatch):
+    names = {e["name"] for e in operator_container()["env"]}
+    assert not {"KOMPRESSOR_WORKER__NODE_SELECTOR", "KOMPRESSOR_WORKER__EXTRA_ENV"} & names
+    assert _operator_settings({}, monkeypatch).worker.node_selector == {}
+
+
+def test_the_schema_refuses_exactly_the_variables_the_operator_reserves():
+    from kompressor_operator.settings import OPERATOR_ENV_PREFIXES
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    name = schema["properties"]["worker"]["properties"]["extraEnv"]["items"]["properties"]["name"]
+    assert name["not"]["pattern"] == "^(" + "|".join(OPERATOR_ENV_PREFIXES) + ")"
 
 
 # --- every pod is hardened ------------------------------------------------------------------------

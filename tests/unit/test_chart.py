@@ -133,6 +133,13 @@ def test_dev_creates_worker_secrets_in_every_watched_namespace():
         assert {(namespace, "kompressor-broker"), (namespace, "kompressor-storage")} <= secrets
 
 
+def test_dev_without_a_worker_storage_secret_creates_none_for_the_workers():
+    values = {"dev": {"enabled": True}, "worker": {"storageSecret": ""}, "watchNamespaces": ["shop"]}
+    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in objects(values, "Secret")}
+    assert ("shop", "kompressor-broker") in secrets and ("shop", "kompressor-storage") not in secrets
+    assert (RELEASE_NS, "kompressor-storage") in secrets  # the operator's own still comes
+
+
 def test_dev_refuses_one_secret_name_for_broker_and_storage():
     values = {"dev": {"enabled": True}, "worker": {"storageSecret": "kompressor-broker"}}
     with pytest.raises(gen.RenderError, match="both the AMQP URL and the S3 credentials"):

@@ -9,6 +9,7 @@ Decisions live in policy.py, status.py and builders.py; I/O in engine.py, kube.p
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from kompressor.crd import FINISHED_PHASES, GROUP, PLURAL, VERSION, CompressionJobStatus, Phase
+from kompressor.logs import quiet_third_party
 from kompressor_operator.controller import Controller, InvalidSpec, Outcome, accepted_spec, refusals
 from kompressor_operator.kube import Kube, load_config
 from kompressor_operator.metrics import OperatorMetrics
@@ -35,6 +37,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.posting.level = 20
     config = OperatorSettings()
+    # After kopf set the root level from --verbose/--debug: at DEBUG the libraries speak too.
+    quiet_third_party(logging.getLogger().level)
     load_config()
     metrics = OperatorMetrics()
     if config.metrics_port:

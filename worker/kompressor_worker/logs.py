@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from kompressor.logs import quiet_third_party
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -30,4 +32,4 @@ def configure_logging(fmt: str = "auto", level: int | str = logging.INFO) -> Non
         JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    quiet_third_party(level)

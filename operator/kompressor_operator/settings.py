@@ -74,16 +74,14 @@ class WorkerDefaults(BaseModel):
 
 
 class OperatorSettings(BaseSettings):
-    """KOMPRESSOR_BROKER__URL, KOMPRESSOR_STORAGE__*, KOMPRESSOR_NAMESPACES, KOMPRESSOR_WORKER__IMAGE, ..."""
+    """KOMPRESSOR_BROKER__URL, KOMPRESSOR_STORAGE__*, KOMPRESSOR_WORKER__IMAGE, ... (which namespaces
+    are watched is kopf's --namespace / --all-namespaces)."""
 
     model_config = SettingsConfigDict(env_prefix="KOMPRESSOR_", env_nested_delimiter="__", extra="ignore")
 
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     worker: WorkerDefaults = Field(default_factory=WorkerDefaults)
-    namespaces: list[str] = Field(
-        default_factory=list, description="Namespaces to watch; empty watches all (needs a ClusterRole)."
-    )
     max_total_workers: int = Field(default=100, ge=0, description="Worker pods across all jobs, at most.")
     poll_interval_seconds: float = Field(default=3.0, gt=0, description="How often each job is scaled.")
     metrics_port: int = Field(default=9090, description="Prometheus metrics port; 0 turns it off.")

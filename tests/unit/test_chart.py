@@ -338,7 +338,6 @@ def test_operator_env_is_what_its_settings_read(values, monkeypatch):
     settings = settings_class()
     assert settings.broker.url.get_secret_value() == "secret:kompressor-broker/url"
     assert settings.storage.access_key_id.get_secret_value() == "secret:kompressor-storage/accessKeyId"
-    assert settings.namespaces == values.get("watchNamespaces", [])
     assert settings.max_total_workers == 100
     assert settings.poll_interval_seconds == 3.0
     assert settings.metrics_port == 9090
@@ -347,6 +346,26 @@ def test_operator_env_is_what_its_settings_read(values, monkeypatch):
     assert settings.worker.broker_secret == "kompressor-broker"
     assert settings.worker.storage_secret == "kompressor-storage"
     assert settings.worker.health_port == 8080
+
+
+def _extra_env_examples(section: str) -> list[str]:
+    """The KOMPRESSOR_* variables named in the comment above `<section>.extraEnv` in values.yaml."""
+    text = (CHART / "values.yaml").read_text()
+    block = text.split(f"\n{section}:\n", 1)[1]
+    comment = block.split("\n  extraEnv:", 1)[0].rsplit("\n  # --", 1)[1]
+    return re.findall(r"name: (KOMPRESSOR_[A-Z_]+)", comment)
+
+
+def test_extra_env_examples_name_settings_of_the_process_they_reach():
+    """The operator's example once named the broker heartbeat, which only the workers use."""
+    from kompressor_worker.settings import WorkerSettings
+
+    for section, model in (("operator", _operator_settings_class()), ("worker", WorkerSettings)):
+        examples = _extra_env_examples(section)
+        assert examples, section
+        for name in examples:
+            assert _field_exists(model, name.removeprefix("KOMPRESSOR_").split("__")), (section, name)
+    assert "KOMPRESSOR_BROKER__HEARTBEAT_SECONDS" not in _extra_env_examples("operator")
 
 
 def test_operator_env_follows_the_values():

@@ -33,18 +33,25 @@ class Kube:
         self.custom = kubernetes.client.CustomObjectsApi()
 
     def apply_deployment(self, deployment: dict[str, Any]) -> None:
-        """Create the Deployment, or bring its template up to date (keeping the current replicas)."""
+        """Create the Deployment, or replace it with this one, keeping its current replicas.
+
+        A replace, not a patch: a strategic merge patch keeps whatever the new template no longer
+        has (a nodeSelector key a job dropped, a removed extra volume, the key variables of a storage
+        Secret no longer named). A conflict (someone wrote in between) raises; the caller retries."""
         namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
         try:
             self.apps.create_namespaced_deployment(namespace, deployment)
+            return
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            patch = {
-                "metadata": {"labels": deployment["metadata"]["labels"]},
-                "spec": {"template": deployment["spec"]["template"]},
-            }
-            self.apps.patch_namespaced_deployment(name, namespace, patch)
+        current = self.apps.read_namespaced_deployment(name, namespace)
+        body = {
+            **deployment,
+            "metadata": {**deployment["metadata"], "resourceVersion": current.metadata.resource_version},
+            "spec": {**deployment["spec"], "replicas": current.spec.replicas},
+        }
+        self.apps.replace_namespaced_deployment(name, namespace, body)
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})

@@ -164,3 +164,44 @@ def test_a_job_with_pod_overrides_is_stored_whole(kube: KubeAPI):
     job["spec"]["workers"]["tolerations"] = [{"key": "spot", "effect": "Sometimes"}]
     refused = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(job), check=False)
     assert refused.returncode != 0 and "effect" in refused.stderr
+
+
+def test_reapplying_a_worker_deployment_drops_what_the_new_one_lacks(kube: KubeAPI):
+    """A job that drops a nodeSelector key, or a chart that drops an extra volume or the storage
+    Secret, must not leave them in the running Deployment; its replicas stay as scaled."""
+    import kubernetes
+
+    from kompressor.crd import CompressionJobSpec
+    from kompressor.messages import JobRef
+    from kompressor_operator.builders import worker_deployment
+    from kompressor_operator.kube import Kube
+    from kompressor_operator.settings import WorkerDefaults
+
+    kube.kubectl("create", "namespace", "team-b", check=False)
+    kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig_path))
+    adapter = Kube()
+    job = JobRef(namespace="team-b", name="reapplied", uid="u-2")
+    base = {"source": {"s3": {"bucket": "raw"}}, "destination": {"s3": {"bucket": "web"}}}
+    placed = CompressionJobSpec.model_validate(
+        {**base, "storage": {"credentialsSecret": "s3-creds"}, "workers": {"nodeSelector": {"pool": "spot"}}}
+    )
+    chart = WorkerDefaults(
+        extra_volumes=[{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+        extra_volume_mounts=[{"name": "ca", "mountPath": "/etc/ca"}],
+    )
+    adapter.apply_deployment(worker_deployment(job, placed, chart, None, 0))
+    adapter.scale(job.namespace, "reapplied-workers", 3)
+    adapter.apply_deployment(
+        worker_deployment(
+            job, CompressionJobSpec.model_validate(base), WorkerDefaults(storage_secret=""), None, 0
+        )
+    )
+    stored = json.loads(
+        kube.kubectl("get", "deployment", "-n", "team-b", "reapplied-workers", "-o", "json").stdout
+    )
+    pod = stored["spec"]["template"]["spec"]
+    assert stored["spec"]["replicas"] == 3
+    assert "nodeSelector" not in pod
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "KOMPRESSOR_STORAGE__ACCESS_KEY_ID" not in env

@@ -27,7 +27,8 @@ Choices, documented once here:
   RuntimeDefault, no privilege escalation, read-only root filesystem with every capability dropped,
   a bounded emptyDir at /tmp, no service-link environment variables. One exception: when the chart
   names a worker ServiceAccount (worker.serviceAccountName), its token is mounted, since that
-  account exists to give the pods an identity (IRSA, workload identity).
+  account exists to give the pods an identity (IRSA, workload identity; IRSA pods with the token
+  unmounted fail to read it: aws/amazon-eks-pod-identity-webhook#67).
 - Pod settings (`worker_pod_settings`): the chart's worker.* defaults, with a job's
   spec.workers overrides of placement and priority. Maps merge key by key and the job wins
   (nodeSelector: a job adds a node pool label and keeps the cluster's `kubernetes.io/os`); a list

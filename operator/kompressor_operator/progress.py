@@ -96,7 +96,15 @@ def print_dry_run(out: Console, name: str, plan) -> None:
     unknown = f", {figures.unknown_sizes} of unknown size (URLs)" if figures.unknown_sizes else ""
     out.print(f"inputs: {figures.inputs}, {_size(figures.bytes)}{unknown}")
     out.print(
-        f"estimate: ~{figures.seconds(plan.processes):.0f} s with {plan.processes} compressing "
-        f"process(es) on this machine ({figures.cpu_seconds:.0f} CPU s at the rates measured in "
-        "kompressor_operator/planning.py; inputs whose output exists are skipped faster)"
+        f"estimate: ~{_duration(figures.seconds(plan.processes))} with {plan.processes} compressing "
+        f"process(es) on this machine ({_duration(figures.cpu_seconds)} of CPU at the rates measured "
+        "in kompressor_operator/planning.py; inputs whose output exists are skipped faster)"
     )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -9,17 +9,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kompressor.settings import BrokerSettings, StorageSettings
 
-OPERATOR_ENV_PREFIXES = (
+OPERATOR_ENV = (
     "KOMPRESSOR_QUEUE",
     "KOMPRESSOR_PROCESSES",
     "KOMPRESSOR_HEALTH_PORT",
     "KOMPRESSOR_GRACE_SECONDS",
-    "KOMPRESSOR_LOG_",
+    "KOMPRESSOR_LOG_LEVEL",
+    "KOMPRESSOR_LOG_FORMAT",
     "KOMPRESSOR_BROKER__URL",
-    "KOMPRESSOR_STORAGE__",
+    "KOMPRESSOR_STORAGE__ACCESS_KEY_ID",
+    "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY",
+    "KOMPRESSOR_STORAGE__REGION",
+    "KOMPRESSOR_STORAGE__ENDPOINT_URL",
 )
 """Worker variables the operator sets from the job and these defaults: extraEnv may not set them too
-(a second entry with the same name would silently win or lose, depending on the kubelet)."""
+(a second entry with the same name would silently win or lose, depending on the kubelet). Others,
+such as KOMPRESSOR_STORAGE__MAX_ATTEMPTS or KOMPRESSOR_BROKER__HEARTBEAT_SECONDS, are extraEnv's."""
 TMP_VOLUME = "tmp"
 """The worker's own /tmp volume; extraVolumes may not reuse its name."""
 
@@ -61,11 +66,7 @@ class WorkerDefaults(BaseModel):
 
     @model_validator(mode="after")
     def _no_clash_with_the_operators_own(self) -> WorkerDefaults:
-        taken = [
-            item.get("name", "")
-            for item in self.extra_env
-            if str(item.get("name", "")).startswith(OPERATOR_ENV_PREFIXES)
-        ]
+        taken = [item.get("name", "") for item in self.extra_env if item.get("name") in OPERATOR_ENV]
         if taken:
             raise ValueError(f"extraEnv sets {', '.join(taken)}, which the operator sets for each job")
         if any(volume.get("name") == TMP_VOLUME for volume in self.extra_volumes):

@@ -18,7 +18,7 @@ from kompressor_operator.builders import (
     worker_deployment_name,
     worker_pod_settings,
 )
-from kompressor_operator.settings import OPERATOR_ENV_PREFIXES, WorkerDefaults
+from kompressor_operator.settings import OPERATOR_ENV, WorkerDefaults
 
 JOB = JobRef(namespace="shop", name="catalog-2026-11", uid="0f6c2a9e-1111-2222-3333-444455556666")
 SPEC = CompressionJobSpec.model_validate(
@@ -409,7 +409,8 @@ def test_without_any_storage_secret_the_worker_uses_the_sdks_credential_chain():
 
 def test_every_variable_the_operator_sets_is_reserved_from_extra_env():
     for item in build()["spec"]["template"]["spec"]["containers"][0]["env"]:
-        assert item["name"].startswith(OPERATOR_ENV_PREFIXES), item["name"]
+        assert item["name"] in OPERATOR_ENV, item["name"]
+    assert WorkerDefaults(extra_env=[{"name": "KOMPRESSOR_STORAGE__MAX_ATTEMPTS", "value": "8"}]).extra_env
 
 
 @pytest.mark.parametrize(

@@ -451,11 +451,11 @@ def test_unset_worker_pod_values_add_no_variables(monkeypatch):
 
 
 def test_the_schema_refuses_exactly_the_variables_the_operator_reserves():
-    from kompressor_operator.settings import OPERATOR_ENV_PREFIXES
+    from kompressor_operator.settings import OPERATOR_ENV
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     name = schema["properties"]["worker"]["properties"]["extraEnv"]["items"]["properties"]["name"]
-    assert name["not"]["pattern"] == "^(" + "|".join(OPERATOR_ENV_PREFIXES) + ")"
+    assert name["not"]["pattern"] == "^(" + "|".join(OPERATOR_ENV) + ")$"
 
 
 # --- every pod is hardened ------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from kompressor.messages import JobRef
 from kompressor_operator import broker, notify
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.engine import JobEngine
-from kompressor_operator.kube import Kube, SecretMissing
+from kompressor_operator.kube import Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget, decide_replicas
 from kompressor_operator.settings import OperatorSettings
@@ -123,7 +123,11 @@ class Controller:
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
         deployment = worker_deployment(job, spec, self.settings.worker, owner=body, replicas=0)
-        self.kube.apply_deployment(deployment)
+        try:
+            self.kube.apply_deployment(deployment)
+        except Refused as exc:
+            self.jobs.pop(job.uid).engine.close()
+            raise InvalidSpec([f"spec.workers: the worker Deployment was refused: {exc}"]) from None
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         outcome.events.append(
             Event(
@@ -285,16 +289,25 @@ class Controller:
             self.kube.delete_job(body["metadata"]["namespace"], body["metadata"]["name"])
         return None
 
-    def update_workers(self, body: dict[str, Any]) -> None:
-        """spec.workers changed: the Deployment's pod template follows (its replicas stay the policy's)."""
+    def update_workers(self, body: dict[str, Any]) -> list[Event]:
+        """spec.workers changed: the Deployment's pod template follows (its replicas stay the policy's).
+        A template the API server refuses leaves the running one as it was, with a Warning."""
         state = self.jobs.get(body["metadata"]["uid"])
         if state is None:
-            return
+            return []
         spec, _ = accepted_spec(body)
         state.spec = spec
-        self.kube.apply_deployment(
-            worker_deployment(state.job, spec, self.settings.worker, owner=body, replicas=state.scale.current)
-        )
+        try:
+            self.kube.apply_deployment(
+                worker_deployment(
+                    state.job, spec, self.settings.worker, owner=body, replicas=state.scale.current
+                )
+            )
+        except Refused as exc:
+            return [
+                Event("Warning", "WorkersRefused", f"spec.workers: the worker Deployment was refused: {exc}")
+            ]
+        return []
 
     # --- delete ---------------------------------------------------------------------------------
 

@@ -116,7 +116,8 @@ async def spec_changed(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_
     for event in refusals(refused):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if old.get("workers") != new.get("workers"):
-        await asyncio.to_thread(memo.controller.update_workers, dict(body))
+        for event in await asyncio.to_thread(memo.controller.update_workers, dict(body)):
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -7,6 +7,7 @@ decides anything: builders.py says what a Deployment is, policy.py how many repl
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import kubernetes
@@ -26,6 +27,19 @@ class SecretMissing(LookupError):
     pass
 
 
+class Refused(ValueError):
+    """The API server refused an object as invalid (422); the message names the field and the rule.
+    A job's pod settings can get here: the CRD keeps affinity terms as written, unchecked."""
+
+
+def _refusal(exc: ApiException) -> Refused:
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except ValueError:
+        message = ""
+    return Refused(message or str(exc.reason))
+
+
 class Kube:
     def __init__(self) -> None:
         self.apps = kubernetes.client.AppsV1Api()
@@ -37,12 +51,15 @@ class Kube:
 
         A replace, not a patch: a strategic merge patch keeps whatever the new template no longer
         has (a nodeSelector key a job dropped, a removed extra volume, the key variables of a storage
-        Secret no longer named). A conflict (someone wrote in between) raises; the caller retries."""
+        Secret no longer named). A conflict (someone wrote in between) raises; the caller retries.
+        An invalid Deployment raises Refused."""
         namespace, name = deployment["metadata"]["namespace"], deployment["metadata"]["name"]
         try:
             self.apps.create_namespaced_deployment(namespace, deployment)
             return
         except ApiException as exc:
+            if exc.status == 422:
+                raise _refusal(exc) from None
             if exc.status != 409:
                 raise
         current = self.apps.read_namespaced_deployment(name, namespace)
@@ -51,7 +68,12 @@ class Kube:
             "metadata": {**deployment["metadata"], "resourceVersion": current.metadata.resource_version},
             "spec": {**deployment["spec"], "replicas": current.spec.replicas},
         }
-        self.apps.replace_namespaced_deployment(name, namespace, body)
+        try:
+            self.apps.replace_namespaced_deployment(name, namespace, body)
+        except ApiException as exc:
+            if exc.status == 422:
+                raise _refusal(exc) from None
+            raise
 
     def scale(self, namespace: str, name: str, replicas: int) -> None:
         self.apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})

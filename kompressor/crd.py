@@ -407,6 +407,22 @@ class Resources(_Model):
     )
 
 
+class Toleration(_Model):
+    """A Kubernetes toleration of worker pods (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, max_length=317, description="Taint key; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: str | None = Field(default=None, max_length=63, description="Taint value, with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="With NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
 class Workers(_Model):
     """How much compute the job may use and how it follows the backlog."""
 
@@ -429,6 +445,53 @@ class Workers(_Model):
         "during this many seconds.",
     )
     resources: Resources = Field(default_factory=Resources, description="Worker container resources.")
+    # Placement and priority overrides of the chart's worker.* defaults, merged by the operator's
+    # builders.worker_pod_settings: maps merge key by key, lists and whole objects replace.
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None,
+        description="Node labels worker pods must match, merged over the chart's worker.nodeSelector "
+        "key by key (this job's value wins): a job adds a constraint without restating the defaults.",
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None,
+        max_length=64,
+        description="Tolerations of worker pods; when set, they replace the chart's "
+        "worker.tolerations (a list has no key to merge by, and a job must be able to drop one).",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Affinity of worker pods (core/v1 Affinity). Each of nodeAffinity, podAffinity "
+        "and podAntiAffinity set here replaces the same one of the chart's worker.affinity; the "
+        "others are kept.",
+        json_schema_extra={
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                kind: {
+                    "type": "object",
+                    "description": f"core/v1 {kind[0].upper()}{kind[1:]}.",
+                    "x-kubernetes-preserve-unknown-fields": True,
+                }
+                for kind in ("nodeAffinity", "podAffinity", "podAntiAffinity")
+            },
+        },
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="PriorityClass of worker pods, instead of the chart's worker.priorityClassName.",
+    )
+
+    @field_validator("affinity")
+    @classmethod
+    def _affinity_kinds(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        unknown = set(value or {}) - {"nodeAffinity", "podAffinity", "podAntiAffinity"}
+        if unknown:
+            raise ValueError(
+                f"unknown affinity {', '.join(sorted(unknown))}: use nodeAffinity, "
+                "podAffinity or podAntiAffinity"
+            )
+        return value
 
     @model_validator(mode="after")
     def _min_not_above_max(self) -> Workers:

@@ -34,8 +34,12 @@ class BrokerSettings(BaseModel):
         default=SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F"),
         description="AMQP URL with credentials, e.g. amqp://user:pass@rabbitmq:5672/%2F.",
     )
-    heartbeat_seconds: int = Field(default=30, ge=0, description="AMQP heartbeat interval.")
-    connect_attempts: int = Field(default=10, ge=1, description="Attempts before giving up at start.")
+    heartbeat_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="AMQP heartbeat interval of a worker's connection (the operator's connections "
+        "keep 30 s: it uses them at every poll, so they never sit idle for long).",
+    )
 
 
 class StorageSettings(BaseModel):

@@ -25,20 +25,32 @@ Choices, documented once here:
   enough. Recreate would drain every pod at once and stall the job.
 - Hardening (DESIGN.md §7): no service-account token, non-root uid/gid 65532, seccomp
   RuntimeDefault, no privilege escalation, read-only root filesystem with every capability dropped,
-  a bounded emptyDir at /tmp, no service-link environment variables.
+  a bounded emptyDir at /tmp, no service-link environment variables. One exception: when the chart
+  names a worker ServiceAccount (worker.serviceAccountName), its token is mounted, since that
+  account exists to give the pods an identity (IRSA, workload identity; IRSA pods with the token
+  unmounted fail to read it: aws/amazon-eks-pod-identity-webhook#67).
+- Pod settings (`worker_pod_settings`): the chart's worker.* defaults, with a job's
+  spec.workers overrides of placement and priority. Maps merge key by key and the job wins
+  (nodeSelector: a job adds a node pool label and keeps the cluster's `kubernetes.io/os`); a list
+  replaces (tolerations: it has no key to merge by, and a job must be able to drop one); affinity
+  merges per kind (nodeAffinity, podAffinity, podAntiAffinity), each replaced whole, because its
+  terms are lists. The chart's podLabels never override the labels the selector uses.
+- Storage credentials: the job's Secret, else the chart's worker.storageSecret; when neither is
+  named, no key variables are set and the S3 SDK's default credential chain is used.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Collection, Mapping
 from typing import Any
 
 from kompressor import inputs
-from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat
+from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat, Workers
 from kompressor.messages import JobRef, task_queue
-from kompressor_operator.settings import WorkerDefaults
+from kompressor_operator.settings import TMP_VOLUME, WorkerDefaults
 
 CONTAINER = "worker"
 NAME_SUFFIX = "-workers"
@@ -140,15 +152,43 @@ def worker_env(
         _value("KOMPRESSOR_PROCESSES", spec.workers.processes_per_pod),
         _value("KOMPRESSOR_HEALTH_PORT", defaults.health_port),
         _value("KOMPRESSOR_GRACE_SECONDS", spec.limits.task_timeout_seconds + DRAIN_MARGIN_SECONDS),
+        _value("KOMPRESSOR_LOG_LEVEL", defaults.log_level),
+        _value("KOMPRESSOR_LOG_FORMAT", defaults.log_format),
         _secret("KOMPRESSOR_BROKER__URL", defaults.broker_secret, "url"),
-        _secret("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", storage_secret, "accessKeyId"),
-        _secret("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", storage_secret, "secretAccessKey"),
-        _value("KOMPRESSOR_STORAGE__REGION", storage.region),
         _value(inputs.SETTING_ENV, json.dumps([f.value for f in InputFormat if f in allowed_input_formats])),
     ]
+    if storage_secret:
+        env += [
+            _secret("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", storage_secret, "accessKeyId"),
+            _secret("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", storage_secret, "secretAccessKey"),
+        ]
+    env.append(_value("KOMPRESSOR_STORAGE__REGION", storage.region))
     if endpoint:
         env.append(_value("KOMPRESSOR_STORAGE__ENDPOINT_URL", endpoint))
-    return env
+    return env + copy.deepcopy(defaults.extra_env)
+
+
+def worker_pod_settings(workers: Workers, defaults: WorkerDefaults) -> dict[str, Any]:
+    """The pod spec fields set by the chart's worker.* defaults and a job's spec.workers overrides
+    (merge rules in the module docstring); a field neither sets is left out."""
+    node_selector = {**defaults.node_selector, **(workers.node_selector or {})}
+    tolerations = (
+        [t.model_dump(by_alias=True, exclude_none=True) for t in workers.tolerations]
+        if workers.tolerations is not None
+        else defaults.tolerations
+    )
+    affinity = {**defaults.affinity, **(workers.affinity or {})}
+    priority_class = workers.priority_class_name or defaults.priority_class_name
+    account = defaults.service_account_name
+    fields: dict[str, Any] = {
+        "nodeSelector": node_selector,
+        "tolerations": copy.deepcopy(tolerations),
+        "affinity": copy.deepcopy(affinity),
+        "priorityClassName": priority_class,
+        "imagePullSecrets": copy.deepcopy(defaults.image_pull_secrets),
+        "serviceAccountName": account,
+    }
+    return {name: value for name, value in fields.items() if value}
 
 
 def _resources(spec: CompressionJobSpec) -> dict[str, dict[str, str]]:
@@ -205,10 +245,16 @@ def worker_deployment(
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": TMP_VOLUME, "mountPath": "/tmp"},
+            *copy.deepcopy(defaults.extra_volume_mounts),
+        ],
     }
+    pod_settings = worker_pod_settings(spec.workers, defaults)
     pod_spec = {
-        "automountServiceAccountToken": False,
+        **pod_settings,
+        # Only an account named for the workers' identity gets its token (see the module docstring).
+        "automountServiceAccountToken": "serviceAccountName" in pod_settings,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": spec.limits.task_timeout_seconds + GRACE_MARGIN_SECONDS,
         "securityContext": {
@@ -219,8 +265,14 @@ def worker_deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}],
+        "volumes": [
+            {"name": TMP_VOLUME, "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}},
+            *copy.deepcopy(defaults.extra_volumes),
+        ],
     }
+    template_metadata: dict[str, Any] = {"labels": {**defaults.pod_labels, **labels}}
+    if defaults.pod_annotations:
+        template_metadata["annotations"] = dict(defaults.pod_annotations)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -230,7 +282,7 @@ def worker_deployment(
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": selector_labels(job)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+            "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
 

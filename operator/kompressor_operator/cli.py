@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 from pathlib import Path
 
 import yaml
 
+from kompressor import __version__
 from kompressor.crd import crd
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -32,6 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         settings = local.settings_from_environment()
         job_file = local.load_job_file(Path(args.job), settings.allowed_input_formats)
+        if args.dry_run:
+            return _dry_run(job_file, settings, args.json)
         console = progress.console(stderr=True)
         with progress.LiveProgress(console, job_file.name, enabled=not args.json) as live:
             run = local.run_job(
@@ -53,17 +57,52 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_SUCCEEDED if run.status.phase is Phase.succeeded else EXIT_FAILED
 
 
+def _dry_run(job_file, settings, as_json: bool) -> int:
+    from kompressor_operator import local, progress
+
+    plan = local.dry_run(job_file, settings)
+    if as_json:
+        figures = plan.estimate
+        print(
+            json.dumps(
+                {
+                    "inputs": figures.inputs,
+                    "bytes": figures.bytes,
+                    "unknownSizes": figures.unknown_sizes,
+                    "estimatedCpuSeconds": round(figures.cpu_seconds, 1),
+                    "processes": plan.processes,
+                    "estimatedSeconds": round(figures.seconds(plan.processes), 1),
+                    "first": [
+                        {"source": t.source.describe(), "dest": f"s3://{t.dest_bucket}/{t.dest_key}"}
+                        for t in plan.first
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        progress.print_dry_run(progress.console(), job_file.name, plan)
+    return EXIT_SUCCEEDED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kompressor", description="Kubernetes-native image compression.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("crd", help="print the CompressionJob CustomResourceDefinition as YAML")
     run = commands.add_parser(
         "run",
         help="run a CompressionJob on this machine (RabbitMQ and S3 from KOMPRESSOR_* variables)",
-        description="Exit codes: 0 the job Succeeded, 1 it Failed, 2 a configuration error.",
+        description="Exit codes: 0 the job Succeeded (or the dry run listed it), 1 it Failed, "
+        "2 a configuration error.",
     )
     run.add_argument("job", help="a CompressionJob YAML file")
-    run.add_argument("--json", action="store_true", help="print the final status as JSON")
+    run.add_argument("--json", action="store_true", help="print the final status (or the dry run) as JSON")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the inputs and estimate the time; publish, declare and write nothing",
+    )
     run.add_argument("--log-dir", help="where worker logs go (default: a new temporary directory)")
     args = parser.parse_args(argv)
     if args.command == "crd":

@@ -32,7 +32,7 @@ from kompressor_operator.builders import job_ref, worker_deployment, worker_depl
 from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
 from kompressor_operator.endpoints import EndpointRefused, check_endpoint
 from kompressor_operator.engine import JobEngine, StepFailed
-from kompressor_operator.kube import DeploymentNotOwned, Kube, SecretMissing
+from kompressor_operator.kube import DeploymentNotOwned, Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.planning import ManifestError
 from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget, decide_replicas
@@ -144,7 +144,10 @@ class Controller:
             raise InvalidSpec(problems)
         client = self._storage(job, spec).client()
         deployment = self._deployment(job, spec, body, replicas=0)
-        self.kube.apply_deployment(deployment)
+        try:
+            self.kube.apply_deployment(deployment)
+        except Refused as exc:
+            raise InvalidSpec([f"spec.workers: the worker Deployment was refused: {exc}"]) from None
         # No retries inside a step: step() backs off between steps and reports a lasting outage.
         broker_url = self.settings.broker.url.get_secret_value()
         engine = JobEngine(job, spec, broker_url, client, retry_delays=()).open()
@@ -403,15 +406,21 @@ class Controller:
             self.kube.delete_job(body["metadata"]["namespace"], body["metadata"]["name"])
         return None
 
-    def update_workers(self, body: dict[str, Any]) -> None:
-        """spec.workers changed: the Deployment's pod template follows (its replicas stay the policy's)."""
+    def update_workers(self, body: dict[str, Any]) -> list[Event]:
+        """spec.workers changed: the Deployment's pod template follows (its replicas stay the policy's).
+        A template the API server refuses leaves the running one as it was, with a Warning."""
         state = self.jobs.get(body["metadata"]["uid"])
         if state is None:
-            return
+            return []
         spec, _ = accepted_spec(body)
         state.spec = spec
-        deployment = self._deployment(state.job, spec, body, replicas=state.scale.current)
-        self.kube.apply_deployment(deployment)
+        try:
+            self.kube.apply_deployment(self._deployment(state.job, spec, body, replicas=state.scale.current))
+        except Refused as exc:
+            return [
+                Event("Warning", "WorkersRefused", f"spec.workers: the worker Deployment was refused: {exc}")
+            ]
+        return []
 
     # --- delete ---------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import pika.exceptions
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kompressor.crd import CompressionJobSpec
+from kompressor.logs import reason
 from kompressor.messages import JobRef, MessageError, Outcome, Result, Task, task_queue
 from kompressor_operator import broker
 from kompressor_operator.ledger import Cursor, Ledger
@@ -150,7 +151,7 @@ class JobEngine:
                 self._reset()
                 if delay is None:
                     raise StepFailed(_failing(exc), exc) from exc
-                log.warning("job step failed (%s: %s); retrying in %.0fs", type(exc).__name__, exc, delay)
+                log.warning("job step failed (%s); retrying in %.0fs", reason(exc), delay)
                 time.sleep(delay)
             except BaseException:
                 self._reset()

@@ -9,6 +9,7 @@ Decisions live in policy.py, status.py and builders.py; I/O in engine.py, kube.p
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -16,6 +17,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from kompressor.crd import FINISHED_PHASES, GROUP, PLURAL, VERSION, CompressionJobStatus, Phase
+from kompressor.logs import quiet_third_party
 from kompressor_operator.controller import (
     DEPLOYMENT_NOT_OWNED,
     Controller,
@@ -46,6 +48,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     settings.posting.level = 20
     config = OperatorSettings()
+    # After kopf set the root level from --verbose/--debug: at DEBUG the libraries speak too.
+    quiet_third_party(logging.getLogger().level)
     load_config()
     metrics = OperatorMetrics()
     if config.metrics_port:
@@ -145,7 +149,8 @@ async def spec_changed(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_
     for event in refusals(refused):
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     if old.get("workers") != new.get("workers"):
-        await asyncio.to_thread(memo.controller.update_workers, dict(body))
+        for event in await asyncio.to_thread(memo.controller.update_workers, dict(body)):
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

@@ -12,6 +12,7 @@ a Deployment deleted and made again in between is refused by the API server (uid
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import kubernetes
@@ -35,6 +36,19 @@ class DeploymentNotOwned(Exception):
     """A Deployment has the job's worker name but is not the job's: the operator will not touch it."""
 
 
+class Refused(ValueError):
+    """The API server refused an object as invalid (422); the message names the field and the rule.
+    A job's pod settings can get here: the CRD keeps affinity terms as written, unchecked."""
+
+
+def _refusal(exc: ApiException) -> Refused:
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except ValueError:
+        message = ""
+    return Refused(message or str(exc.reason))
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         """`api_client`: the loaded configuration's (load_config) when None."""
@@ -43,33 +57,51 @@ class Kube:
         self.custom = kubernetes.client.CustomObjectsApi(api_client)
 
     def apply_deployment(self, deployment: dict[str, Any]) -> None:
-        """Create the Deployment, or bring its template up to date (keeping the current replicas)
-        when the existing one is owned by the same job as `deployment`; else DeploymentNotOwned."""
+        """Create the Deployment, or replace the job's own with this one, keeping its current
+        replicas; DeploymentNotOwned when the existing one is not owned by the job of `deployment`.
+
+        A replace, not a patch: a strategic merge patch keeps whatever the new template no longer
+        has (a nodeSelector key a job dropped, a removed extra volume, the key variables of a storage
+        Secret no longer named). The replace carries the checked object's uid and resourceVersion, so
+        one changed or made again in between is refused (a conflict: the caller retries).
+        An invalid Deployment raises Refused."""
         metadata = deployment["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
         try:
             self.apps.create_namespaced_deployment(namespace, deployment)
             return
         except ApiException as exc:
+            if exc.status == 422:
+                raise _refusal(exc) from None
             if exc.status != 409:
                 raise
         owners = [reference["uid"] for reference in metadata.get("ownerReferences", [])]
-        uid = self._owned(namespace, name, owners)
-        patch = {
-            "metadata": {"uid": uid, "labels": metadata["labels"]},
-            "spec": {"template": deployment["spec"]["template"]},
+        current = self._owned(namespace, name, owners)
+        body = {
+            **deployment,
+            "metadata": {
+                **metadata,
+                "uid": current.metadata.uid,
+                "resourceVersion": current.metadata.resource_version,
+            },
+            "spec": {**deployment["spec"], "replicas": current.spec.replicas},
         }
-        self.apps.patch_namespaced_deployment(name, namespace, patch)
+        try:
+            self.apps.replace_namespaced_deployment(name, namespace, body)
+        except ApiException as exc:
+            if exc.status == 422:
+                raise _refusal(exc) from None
+            raise
 
     def scale(self, namespace: str, name: str, replicas: int, owner_uid: str) -> None:
         """Set the replicas of the Deployment owned by `owner_uid`; DeploymentNotOwned otherwise."""
-        uid = self._owned(namespace, name, [owner_uid])
+        uid = self._owned(namespace, name, [owner_uid]).metadata.uid
         self.apps.patch_namespaced_deployment(
             name, namespace, {"metadata": {"uid": uid}, "spec": {"replicas": replicas}}
         )
 
-    def _owned(self, namespace: str, name: str, owner_uids: list[str]) -> str:
-        """The uid of Deployment `name`, which one of `owner_uids` owns; else DeploymentNotOwned."""
+    def _owned(self, namespace: str, name: str, owner_uids: list[str]) -> Any:
+        """Deployment `name` (a V1Deployment), which one of `owner_uids` owns; else DeploymentNotOwned."""
         existing = self.apps.read_namespaced_deployment(name, namespace)
         found = [reference.uid for reference in existing.metadata.owner_references or []]
         if not set(found) & set(owner_uids):
@@ -78,7 +110,7 @@ class Kube:
                 f"Deployment {namespace}/{name} already exists and is not this job's ({owned}); the "
                 "operator leaves it alone: delete or rename it, or give the job another name"
             )
-        return existing.metadata.uid
+        return existing
 
     def ready_replicas(self, namespace: str, name: str) -> int:
         try:

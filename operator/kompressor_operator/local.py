@@ -14,6 +14,7 @@ people's; here they are one person's, so run only job files you trust.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -40,11 +41,12 @@ from kompressor.crd import (
     WorkerCounts,
     parse_spec,
 )
-from kompressor.messages import JobRef, task_queue
+from kompressor.messages import JobRef, Task, task_queue
 from kompressor.settings import StorageSettings
 from kompressor_operator import broker
 from kompressor_operator.engine import STEP_RETRY_DELAYS, JobEngine, StepFailed
-from kompressor_operator.planning import ManifestError
+from kompressor_operator.listing import list_s3_sources, url_sources
+from kompressor_operator.planning import Estimate, ManifestError, estimate, plan_tasks
 from kompressor_operator.policy import ScaleState, decide_replicas
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import check_spec, next_status, throughput
@@ -231,6 +233,46 @@ def run_job(
         workers.stop_all()
         engine.close()
     return Run(status=status, log_dir=log_dir, decisions=decisions)
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What `run_job` would do, found without publishing, declaring or writing anything."""
+
+    estimate: Estimate
+    first: list[Task]
+    """The first tasks, in the order they would be published."""
+    processes: int
+    """Processes that would compress at once on this machine."""
+
+
+def dry_run(job_file: JobFile, settings: OperatorSettings, show: int = 10) -> DryRun:
+    """List the job's inputs and plan their tasks as `run_job` would, and estimate the work. It
+    reads only: preflight opens and closes a broker connection and heads the buckets; the listing
+    is read; no queue is declared, no message published, no object written."""
+    spec = job_file.spec
+    storage = settings.storage.for_job(spec.storage)
+    client = preflight(spec, settings, storage)
+    job = JobRef(namespace="local", name=job_file.name, uid="dry-run")
+    if spec.source.s3 is not None:
+        sources = list_s3_sources(client, spec.source.s3)
+    else:
+        assert spec.source.urls is not None
+        sources = iter(url_sources(client, spec.source.urls))
+    first: list[Task] = []
+
+    def kept(tasks):
+        for task in tasks:
+            if len(first) < show:
+                first.append(task)
+            yield task
+
+    summary = estimate(spec, kept(plan_tasks(job, spec, sources)))
+    cores = len(os.sched_getaffinity(0))
+    # Each worker process runs processesPerPod compressing processes (0: one per core); all share
+    # this machine's cores.
+    per_worker = spec.workers.processes_per_pod or cores
+    return DryRun(summary, first, processes=min(cores, spec.workers.max_replicas * per_worker))
 
 
 def _check_workers_start(workers: WorkerProcesses, spec: CompressionJobSpec, failed_exits: int) -> None:

@@ -82,3 +82,29 @@ def print_summary(out: Console, name: str, run) -> None:
     for key, value in rows:
         table.add_row(key, value)
     out.print(table)
+
+
+def print_dry_run(out: Console, name: str, plan) -> None:
+    """What `kompressor run --dry-run` found (a local.DryRun): the first tasks, the totals, the time."""
+    figures = plan.estimate
+    out.print(f"CompressionJob {name}: dry run, nothing published or written")
+    for task in plan.first:
+        size = f" ({_size(task.source.size)})" if task.source.size is not None else ""
+        out.print(f"  {task.source.describe()}{size} → s3://{task.dest_bucket}/{task.dest_key}")
+    if figures.inputs > len(plan.first):
+        out.print(f"  ... and {figures.inputs - len(plan.first)} more")
+    unknown = f", {figures.unknown_sizes} of unknown size (URLs)" if figures.unknown_sizes else ""
+    out.print(f"inputs: {figures.inputs}, {_size(figures.bytes)}{unknown}")
+    out.print(
+        f"estimate: ~{_duration(figures.seconds(plan.processes))} with {plan.processes} compressing "
+        f"process(es) on this machine ({_duration(figures.cpu_seconds)} of CPU at the rates measured "
+        "in kompressor_operator/planning.py; inputs whose output exists are skipped faster)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -292,3 +292,54 @@ def test_opt_in_input_formats_through_the_installation_and_the_job(
     for name, fmt in (("b.heic", "heif"), ("c.jpg", "jpeg")):
         assert (lines[name]["outcome"], lines[name]["reason"]) == ("failed", "unsupported_format")
         assert f"add {fmt} to spec.limits.inputFormats" in lines[name]["message"]
+
+
+def test_a_dry_run_lists_and_estimates_and_leaves_nothing_behind(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    photos = real_photos(limit=6, max_side=600)
+    upload(s3, bucket, photos)
+    job = _job(bucket)
+    job["metadata"]["name"] = "dry-run-check"
+    before = rabbitmq.ctl("list_queues", "-q", "name")
+    run = start_kompressor_run(job, tmp_path, _env(rabbitmq, s3), "--dry-run")
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    plan = json.loads(out)
+    assert plan["inputs"] == len(photos)
+    assert plan["bytes"] == sum(len(body) for body in photos.values())
+    assert plan["estimatedSeconds"] > 0 and plan["processes"] >= 1
+    assert plan["first"][0]["dest"].startswith(f"s3://{bucket}/out/") and plan["first"][0]["dest"].endswith(
+        ".webp"
+    )
+    # Nothing was published or written: no queue of the job, nothing under the destination.
+    assert ".dry-run-check." not in rabbitmq.ctl("list_queues", "-q", "name")
+    assert rabbitmq.ctl("list_queues", "-q", "name") == before
+    assert s3.client().list_objects_v2(Bucket=bucket, Prefix="out/").get("KeyCount") == 0
+    assert not (tmp_path / "logs").exists(), "a worker was started"
+    # Without --json, a person reads the same.
+    text = subprocess.run(
+        [sys.executable, "-m", "kompressor_operator.cli", "run", "--dry-run", str(tmp_path / "job.yaml")],
+        env=_env(rabbitmq, s3),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert text.returncode == 0, text.stderr
+    assert f"inputs: {len(photos)}," in text.stdout and "estimate: ~" in text.stdout
+    assert "nothing published or written" in text.stdout
+
+
+def test_version():
+    import tomllib
+
+    version = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"][
+        "version"
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "kompressor_operator.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, f"kompressor {version}")

@@ -350,6 +350,7 @@ GRANTED = {
     ("patch", "compressionjobs.kompressor.dev/status"),
     ("get", "deployments.apps"),
     ("create", "deployments.apps"),
+    ("update", "deployments.apps"),
     ("patch", "deployments.apps"),
     ("get", "secrets"),
 }
@@ -386,3 +387,49 @@ def test_the_operator_role_is_enough_and_no_more(cluster: Cluster, kube: KubeAPI
     assert not can("get", "secrets", "-n", RELEASE_NAMESPACE)
     assert not can("delete", "namespaces")
     assert Path(cluster.operator_kubeconfig).exists()
+
+
+BAD_AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Inn", "values": ["a"]}]}]
+        }
+    }
+}
+
+
+def test_a_job_whose_worker_pods_are_refused_fails_with_the_reason(cluster: Cluster, s3: S3Server):
+    """The CRD keeps affinity terms unchecked; the API server's refusal of the Deployment becomes the
+    job's SpecInvalid condition, not a retry for ever."""
+    bucket = _photos_bucket(s3, 1)
+    workers = {"maxReplicas": 1, "affinity": BAD_AFFINITY}
+    cluster.kubectl("apply", "-f", "-", input=job_manifest("misplaced", bucket, s3, workers=workers))
+    status = cluster.wait_phase("misplaced", {"Failed", "Succeeded"}, 60)
+    assert status["phase"] == "Failed"
+    [condition] = [c for c in status["conditions"] if c["reason"] == "SpecInvalid"]
+    assert "spec.workers" in condition["message"] and "Inn" in condition["message"], condition
+
+
+def test_placement_edits_reach_the_pods_and_a_refused_one_is_a_warning(cluster: Cluster, s3: S3Server):
+    bucket = _photos_bucket(s3, 1)
+    cluster.kubectl("apply", "-f", "-", input=job_manifest("placed", bucket, s3, suspend=True))
+    cluster.wait_phase("placed", {"Suspended"}, 60)
+    patch = {
+        "spec": {"workers": {"nodeSelector": {"pool": "batch"}, "priorityClassName": "system-node-critical"}}
+    }
+    cluster.kubectl("patch", "compjob", "placed", "--type=merge", "-p", json.dumps(patch))
+
+    def template() -> dict:
+        return cluster.get("deployment", "placed-workers")["spec"]["template"]["spec"]
+
+    wait_until(lambda: template().get("nodeSelector") == {"pool": "batch"}, 30, "the nodeSelector applied")
+    assert template()["priorityClassName"] == "system-node-critical"
+    bad = {"spec": {"workers": {"affinity": BAD_AFFINITY}}}
+    cluster.kubectl("patch", "compjob", "placed", "--type=merge", "-p", json.dumps(bad))
+    wait_until(
+        lambda: any(e["reason"] == "WorkersRefused" for e in _events(cluster, "placed")),
+        30,
+        "a Warning Event",
+    )
+    assert "affinity" not in template() and template().get("nodeSelector") == {"pool": "batch"}
+    assert cluster.job_status("placed")["phase"] == "Suspended"

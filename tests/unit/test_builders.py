@@ -8,16 +8,18 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat
+from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat, Workers
 from kompressor.messages import JobRef, task_queue
 from kompressor_operator.builders import (
     job_ref,
     scale_patch,
     worker_deployment,
     worker_deployment_name,
+    worker_pod_settings,
 )
-from kompressor_operator.settings import WorkerDefaults
+from kompressor_operator.settings import OPERATOR_ENV, WorkerDefaults
 from kompressor_worker.settings import WorkerSettings
 
 JOB = JobRef(namespace="shop", name="catalog-2026-11", uid="0f6c2a9e-1111-2222-3333-444455556666")
@@ -51,8 +53,14 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
-def build(spec: CompressionJobSpec = SPEC, job: JobRef = JOB, owner=OWNER, replicas: int = 3) -> dict:
-    return worker_deployment(job, spec, DEFAULTS, owner, replicas)
+def build(
+    spec: CompressionJobSpec = SPEC,
+    job: JobRef = JOB,
+    owner=OWNER,
+    replicas: int = 3,
+    defaults: WorkerDefaults = DEFAULTS,
+) -> dict:
+    return worker_deployment(job, spec, defaults, owner, replicas)
 
 
 def container(deployment: dict) -> dict:
@@ -240,3 +248,196 @@ def test_workers_get_the_installations_allowed_input_formats():
     assert json.loads(env(wider)["KOMPRESSOR_ALLOWED_INPUT_FORMATS"]["value"]) == ["jpeg", "heif"]
     worker = WorkerSettings.model_validate({"queue": "q", "allowed_input_formats": ["jpeg", "heif"]})
     assert worker.allowed_input_formats == [InputFormat.jpeg, InputFormat.heif]
+
+
+# --- pod settings: the chart's worker.* defaults and a job's overrides ------------------------------
+
+SPOT = {"key": "spot", "operator": "Exists", "effect": "NoSchedule"}
+GPU = {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute", "tolerationSeconds": 60}
+ZONE_AFFINITY = {
+    "requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}]}
+        ]
+    }
+}
+SPREAD = {
+    "preferredDuringSchedulingIgnoredDuringExecution": [
+        {
+            "weight": 100,
+            "podAffinityTerm": {
+                "topologyKey": "kubernetes.io/hostname",
+                "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "kompressor-worker"}},
+            },
+        }
+    ]
+}
+PLATFORM = WorkerDefaults(
+    image="registry.internal/kompressor-worker:1.2.3",
+    storage_secret="",
+    node_selector={"kubernetes.io/os": "linux", "pool": "batch"},
+    tolerations=[SPOT],
+    affinity={"podAntiAffinity": SPREAD},
+    priority_class_name="batch-low",
+    image_pull_secrets=[{"name": "regcred"}],
+    pod_annotations={"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"},
+    pod_labels={"team": "media", "app.kubernetes.io/name": "hijack", "kompressor.dev/job": "other"},
+    service_account_name="kompressor-worker",
+    extra_env=[
+        {"name": "AWS_CA_BUNDLE", "value": "/etc/ca/ca.crt"},
+        {"name": "KOMPRESSOR_PREFETCH", "value": "4"},
+    ],
+    extra_volumes=[{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+    extra_volume_mounts=[{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+    log_level="DEBUG",
+    log_format="text",
+)
+
+
+def workers(**overrides) -> Workers:
+    return Workers.model_validate(overrides)
+
+
+def test_without_pod_settings_the_pod_spec_has_none_of_them():
+    assert worker_pod_settings(Workers(), WorkerDefaults()) == {}
+    pod = build()["spec"]["template"]["spec"]
+    for field in ("nodeSelector", "tolerations", "affinity", "priorityClassName", "imagePullSecrets"):
+        assert field not in pod
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+
+
+def test_the_chart_defaults_reach_every_job():
+    assert worker_pod_settings(Workers(), PLATFORM) == {
+        "nodeSelector": {"kubernetes.io/os": "linux", "pool": "batch"},
+        "tolerations": [SPOT],
+        "affinity": {"podAntiAffinity": SPREAD},
+        "priorityClassName": "batch-low",
+        "imagePullSecrets": [{"name": "regcred"}],
+        "serviceAccountName": "kompressor-worker",
+    }
+
+
+def test_a_job_overrides_placement_and_priority():
+    job = workers(
+        nodeSelector={"pool": "spot-arm", "kubernetes.io/arch": "arm64"},
+        tolerations=[GPU],
+        affinity={"nodeAffinity": ZONE_AFFINITY},
+        priorityClassName="urgent",
+    )
+    pod = worker_pod_settings(job, PLATFORM)
+    # A map merges key by key, the job's value winning.
+    assert pod["nodeSelector"] == {
+        "kubernetes.io/os": "linux",
+        "pool": "spot-arm",
+        "kubernetes.io/arch": "arm64",
+    }
+    # A list replaces: the chart's spot toleration is gone.
+    assert pod["tolerations"] == [GPU]
+    # Affinity merges per kind: the job's nodeAffinity joins the chart's podAntiAffinity.
+    assert pod["affinity"] == {"podAntiAffinity": SPREAD, "nodeAffinity": ZONE_AFFINITY}
+    assert pod["priorityClassName"] == "urgent"
+
+
+def test_a_job_drops_the_default_tolerations_with_an_empty_list():
+    assert "tolerations" not in worker_pod_settings(workers(tolerations=[]), PLATFORM)
+    assert worker_pod_settings(workers(), PLATFORM)["tolerations"] == [SPOT]  # unset: the default
+
+
+def test_a_job_replaces_one_affinity_kind_whole():
+    mine = {"requiredDuringSchedulingIgnoredDuringExecution": []}
+    pod = worker_pod_settings(workers(affinity={"podAntiAffinity": mine}), PLATFORM)
+    assert pod["affinity"] == {"podAntiAffinity": mine}
+
+
+def test_the_result_shares_nothing_with_the_defaults():
+    pod = worker_pod_settings(Workers(), PLATFORM)
+    pod["tolerations"][0]["key"] = "changed"
+    pod["affinity"]["podAntiAffinity"]["x"] = 1
+    pod["nodeSelector"]["x"] = "y"
+    assert PLATFORM.tolerations == [SPOT] and "x" not in PLATFORM.affinity["podAntiAffinity"]
+    assert "x" not in PLATFORM.node_selector
+
+
+labels_ = st.dictionaries(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["1", "2", "3"]), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(default=labels_, job=st.none() | labels_)
+def test_node_selectors_merge_with_the_job_winning(default, job):
+    merged = worker_pod_settings(workers(nodeSelector=job), WorkerDefaults(node_selector=default))
+    got = merged.get("nodeSelector", {})
+    assert set(got) == set(default) | set(job or {})
+    for key, value in got.items():
+        assert value == (job or {}).get(key, default.get(key))
+
+
+def test_the_deployment_carries_the_platform_settings():
+    d = build(defaults=PLATFORM)
+    template = d["spec"]["template"]
+    pod = template["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "batch-low"
+    assert template["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+    labels = template["metadata"]["labels"]
+    assert labels["team"] == "media"
+    # podLabels never change the labels the selector matches.
+    assert d["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert labels["app.kubernetes.io/name"] == "kompressor-worker"
+    assert labels["kompressor.dev/job"] == JOB.name
+    assert "team" not in d["spec"]["selector"]["matchLabels"] and "team" not in d["metadata"]["labels"]
+    c = container(d)
+    assert c["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "ca", "mountPath": "/etc/ca", "readOnly": True},
+    ]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp", "ca"]
+    values = {name: item.get("value") for name, item in env(d).items()}
+    assert values["AWS_CA_BUNDLE"] == "/etc/ca/ca.crt" and values["KOMPRESSOR_PREFETCH"] == "4"
+    assert (values["KOMPRESSOR_LOG_LEVEL"], values["KOMPRESSOR_LOG_FORMAT"]) == ("DEBUG", "text")
+    assert len(c["env"]) == len(env(d)), "two variables with one name"
+
+
+def test_a_named_service_account_is_the_only_case_its_token_is_mounted():
+    pod = build(defaults=PLATFORM)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "kompressor-worker"
+    assert pod["automountServiceAccountToken"] is True
+    anonymous = PLATFORM.model_copy(update={"service_account_name": ""})
+    pod = build(defaults=anonymous)["spec"]["template"]["spec"]
+    assert "serviceAccountName" not in pod and pod["automountServiceAccountToken"] is False
+
+
+def test_without_any_storage_secret_the_worker_uses_the_sdks_credential_chain():
+    """No job Secret and no chart default: no key variables, so boto3 finds IRSA's or workload
+    identity's credentials itself (a Secret reference would keep the pod from starting)."""
+    no_secret = SPEC.model_copy(
+        update={"storage": SPEC.storage.model_copy(update={"credentials_secret": None})}
+    )
+    names = set(env(build(no_secret, defaults=PLATFORM)))
+    assert not {"KOMPRESSOR_STORAGE__ACCESS_KEY_ID", "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY"} & names
+    assert "KOMPRESSOR_STORAGE__REGION" in names
+    # A job that names its Secret still gets it, whatever the chart says.
+    refs = {
+        n: e["valueFrom"]["secretKeyRef"]["name"]
+        for n, e in env(build(defaults=PLATFORM)).items()
+        if "valueFrom" in e
+    }
+    assert refs["KOMPRESSOR_STORAGE__ACCESS_KEY_ID"] == "s3-creds"
+
+
+def test_every_variable_the_operator_sets_is_reserved_from_extra_env():
+    for item in build()["spec"]["template"]["spec"]["containers"][0]["env"]:
+        assert item["name"] in OPERATOR_ENV, item["name"]
+    assert WorkerDefaults(extra_env=[{"name": "KOMPRESSOR_STORAGE__MAX_ATTEMPTS", "value": "8"}]).extra_env
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("extra_env", [{"name": "KOMPRESSOR_QUEUE", "value": "x"}], "KOMPRESSOR_QUEUE"),
+        ("extra_env", [{"name": "KOMPRESSOR_STORAGE__REGION", "value": "x"}], "KOMPRESSOR_STORAGE__REGION"),
+        ("extra_volumes", [{"name": "tmp", "emptyDir": {}}], "'tmp'"),
+    ],
+)
+def test_defaults_refuse_what_would_clash_with_the_operators_own(field, value, words):
+    with pytest.raises(ValidationError, match=words):
+        WorkerDefaults(**{field: value})

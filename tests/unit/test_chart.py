@@ -133,6 +133,13 @@ def test_dev_creates_worker_secrets_in_every_watched_namespace():
         assert {(namespace, "kompressor-broker"), (namespace, "kompressor-storage")} <= secrets
 
 
+def test_dev_without_a_worker_storage_secret_creates_none_for_the_workers():
+    values = {"dev": {"enabled": True}, "worker": {"storageSecret": ""}, "watchNamespaces": ["shop"]}
+    secrets = {(s["metadata"]["namespace"], s["metadata"]["name"]) for s in objects(values, "Secret")}
+    assert ("shop", "kompressor-broker") in secrets and ("shop", "kompressor-storage") not in secrets
+    assert (RELEASE_NS, "kompressor-storage") in secrets  # the operator's own still comes
+
+
 def test_dev_refuses_one_secret_name_for_broker_and_storage():
     values = {"dev": {"enabled": True}, "worker": {"storageSecret": "kompressor-broker"}}
     with pytest.raises(gen.RenderError, match="both the AMQP URL and the S3 credentials"):
@@ -201,6 +208,20 @@ BAD_VALUES = {
     "endpoint without scheme": ({"storage": {"endpointURL": "seaweedfs:8333"}}, "/storage/endpointURL"),
     "allowed endpoint not a CIDR": ({"storage": {"endpointAllowNetworks": ["s3.example.com"]}}, "/storage"),
     "bad cpu quantity": ({"operator": {"resources": {"limits": {"cpu": "lots"}}}}, "/operator/resources"),
+    "bad worker log level": ({"worker": {"logLevel": "verbose"}}, "/worker/logLevel"),
+    "worker extraEnv sets the queue": (
+        {"worker": {"extraEnv": [{"name": "KOMPRESSOR_QUEUE", "value": "x"}]}},
+        "/worker/extraEnv/0/name",
+    ),
+    "worker extraVolumes reuses tmp": (
+        {"worker": {"extraVolumes": [{"name": "tmp"}]}},
+        "/worker/extraVolumes",
+    ),
+    "unknown affinity kind": ({"worker": {"affinity": {"nodeAfinity": {}}}}, "/worker/affinity"),
+    "worker service account not a name": (
+        {"worker": {"serviceAccountName": "Team A"}},
+        "/worker/serviceAccountName",
+    ),
 }
 
 
@@ -320,7 +341,6 @@ def test_operator_env_is_what_its_settings_read(values, monkeypatch):
     settings = settings_class()
     assert settings.broker.url.get_secret_value() == "secret:kompressor-broker/url"
     assert settings.storage.access_key_id.get_secret_value() == "secret:kompressor-storage/accessKeyId"
-    assert settings.namespaces == values.get("watchNamespaces", [])
     assert settings.max_total_workers == 100
     assert settings.allowed_input_formats == list(WEB_INPUT_FORMATS)
     assert settings.poll_interval_seconds == 3.0
@@ -331,6 +351,26 @@ def test_operator_env_is_what_its_settings_read(values, monkeypatch):
     assert settings.worker.storage_secret == "kompressor-storage"
     assert settings.worker.health_port == 8080
     assert settings.storage_endpoint_allow_networks == []  # no endpoint but the operator's own
+
+
+def _extra_env_examples(section: str) -> list[str]:
+    """The KOMPRESSOR_* variables named in the comment above `<section>.extraEnv` in values.yaml."""
+    text = (CHART / "values.yaml").read_text()
+    block = text.split(f"\n{section}:\n", 1)[1]
+    comment = block.split("\n  extraEnv:", 1)[0].rsplit("\n  # --", 1)[1]
+    return re.findall(r"name: (KOMPRESSOR_[A-Z_]+)", comment)
+
+
+def test_extra_env_examples_name_settings_of_the_process_they_reach():
+    """The operator's example once named the broker heartbeat, which only the workers use."""
+    from kompressor_worker.settings import WorkerSettings
+
+    for section, model in (("operator", _operator_settings_class()), ("worker", WorkerSettings)):
+        examples = _extra_env_examples(section)
+        assert examples, section
+        for name in examples:
+            assert _field_exists(model, name.removeprefix("KOMPRESSOR_").split("__")), (section, name)
+    assert "KOMPRESSOR_BROKER__HEARTBEAT_SECONDS" not in _extra_env_examples("operator")
 
 
 def test_operator_env_follows_the_values():
@@ -355,6 +395,80 @@ def test_operator_env_follows_the_values():
     assert env["KOMPRESSOR_POLL_INTERVAL_SECONDS"] == "2.5"
     assert env["KOMPRESSOR_WORKER__IMAGE"] == "registry.local/worker:dev"
     assert env["KOMPRESSOR_WORKER__IMAGE_PULL_POLICY"] == "Always"
+
+
+WORKER_POD_VALUES = {
+    "storageSecret": "",
+    "logLevel": "DEBUG",
+    "logFormat": "text",
+    "nodeSelector": {"pool": "batch"},
+    "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+    "priorityClassName": "batch-low",
+    "imagePullSecrets": [{"name": "regcred"}],
+    "podAnnotations": {"example.com/team": "media"},
+    "podLabels": {"team": "media"},
+    "serviceAccountName": "kompressor-worker",
+    "extraEnv": [{"name": "AWS_CA_BUNDLE", "value": "/etc/ca/ca.crt"}],
+    "extraVolumes": [{"name": "ca", "configMap": {"name": "corporate-ca"}}],
+    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ca", "readOnly": True}],
+}
+
+
+def _operator_settings(values: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The operator's settings as its container's environment gives them (Secrets left unread)."""
+    for name in list(os.environ):
+        if name.startswith("KOMPRESSOR_"):
+            monkeypatch.delenv(name)
+    for entry in operator_container(values)["env"]:
+        if "value" in entry:
+            monkeypatch.setenv(entry["name"], entry["value"])
+    return _operator_settings_class()()
+
+
+def test_worker_pod_values_reach_the_operator_and_its_worker_pods(monkeypatch):
+    from kompressor.crd import CompressionJobSpec
+    from kompressor.messages import JobRef
+    from kompressor_operator.builders import worker_deployment
+
+    worker = _operator_settings({"worker": WORKER_POD_VALUES}, monkeypatch).worker
+    assert worker.storage_secret == ""
+    assert (worker.log_level, worker.log_format) == ("DEBUG", "text")
+    assert worker.node_selector == WORKER_POD_VALUES["nodeSelector"]
+    assert worker.tolerations == WORKER_POD_VALUES["tolerations"]
+    assert worker.affinity == WORKER_POD_VALUES["affinity"]
+    assert worker.priority_class_name == "batch-low"
+    assert worker.image_pull_secrets == [{"name": "regcred"}]
+    assert worker.pod_annotations == WORKER_POD_VALUES["podAnnotations"]
+    assert worker.pod_labels == {"team": "media"}
+    assert worker.service_account_name == "kompressor-worker"
+    assert worker.extra_env == WORKER_POD_VALUES["extraEnv"]
+    assert worker.extra_volumes == WORKER_POD_VALUES["extraVolumes"]
+    assert worker.extra_volume_mounts == WORKER_POD_VALUES["extraVolumeMounts"]
+    spec = CompressionJobSpec.model_validate(
+        {"source": {"s3": {"bucket": "raw"}}, "destination": {"s3": {"bucket": "web"}}}
+    )
+    pod = worker_deployment(JobRef(namespace="shop", name="j", uid="u"), spec, worker, None, 0)["spec"][
+        "template"
+    ]["spec"]
+    assert pod["serviceAccountName"] == "kompressor-worker" and pod["automountServiceAccountToken"] is True
+    assert pod["nodeSelector"] == {"pool": "batch"} and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    env = {e["name"] for e in pod["containers"][0]["env"]}
+    assert "AWS_CA_BUNDLE" in env and "KOMPRESSOR_STORAGE__ACCESS_KEY_ID" not in env
+
+
+def test_unset_worker_pod_values_add_no_variables(monkeypatch):
+    names = {e["name"] for e in operator_container()["env"]}
+    assert not {"KOMPRESSOR_WORKER__NODE_SELECTOR", "KOMPRESSOR_WORKER__EXTRA_ENV"} & names
+    assert _operator_settings({}, monkeypatch).worker.node_selector == {}
+
+
+def test_the_schema_refuses_exactly_the_variables_the_operator_reserves():
+    from kompressor_operator.settings import OPERATOR_ENV
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    name = schema["properties"]["worker"]["properties"]["extraEnv"]["items"]["properties"]["name"]
+    assert name["not"]["pattern"] == "^(" + "|".join(OPERATOR_ENV) + ")$"
 
 
 # --- every pod is hardened ------------------------------------------------------------------------
@@ -405,13 +519,14 @@ CLUSTER_RULES = {
     ("", "namespaces", "watch"),
 }
 # Exactly the calls the operator makes (kube.py and kopf's list, watch and merge/JSON patches): no
-# get/update of jobs, no pods, no Deployment list/watch/update, no scale subresource.
+# get/update of jobs, no pods, no Deployment list/watch, no scale subresource. Deployments are
+# replaced (update), not patched, when their template changes: a patch would keep what was removed.
 NAMESPACED_RULES = {
     ("", "events", "create"),
     ("events.k8s.io", "events", "create"),
     *{("kompressor.dev", "compressionjobs", v) for v in ("list", "watch", "patch", "delete")},
     ("kompressor.dev", "compressionjobs/status", "patch"),
-    *{("apps", "deployments", v) for v in ("get", "create", "patch")},
+    *{("apps", "deployments", v) for v in ("get", "create", "update", "patch")},
     ("", "secrets", "get"),
 }
 

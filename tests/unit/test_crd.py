@@ -120,6 +120,17 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         (_with("destination.s3.bucket", "UPPER"), "spec.destination.s3.bucket", "pattern"),
         (_with("output.colour", "red"), "spec.output.colour", "unknown field"),
         ({"source": VALID["source"]}, "spec.destination", "required field is missing"),
+        (
+            _with("workers.affinity", {"nodeAfinity": {}}),
+            "spec.workers.affinity",
+            "unknown affinity nodeAfinity",
+        ),
+        (
+            _with("workers.tolerations", [{"effect": "Sometimes"}]),
+            "spec.workers.tolerations.0.effect",
+            "NoExecute",
+        ),
+        (_with("workers.priorityClassName", "Urgent!"), "spec.workers.priorityClassName", "pattern"),
     ],
 )
 def test_invalid_specs_name_the_field_and_the_rule(spec, field, rule):

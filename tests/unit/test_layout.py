@@ -46,3 +46,15 @@ def test_kompressor_crd_prints_the_generated_definition():
         check=True,
     )
     assert yaml.safe_load(result.stdout) == crd()
+
+
+def test_the_license_file_is_the_apache_license_pyproject_and_the_image_labels_name():
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"]
+    assert declared == "Apache-2.0"
+    for dockerfile in ("Dockerfile.operator", "Dockerfile.worker"):
+        assert f'org.opencontainers.image.licenses="{declared}"' in (ROOT / dockerfile).read_text()
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a pointer to it

@@ -20,12 +20,10 @@ def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", "AKIA-test")
     monkeypatch.setenv("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", "s3cr3t-value")
     monkeypatch.setenv("KOMPRESSOR_STORAGE__REGION", "eu-west-1")
-    monkeypatch.setenv("KOMPRESSOR_NAMESPACES", '["shop", "media"]')
     settings = OperatorSettings()
     assert settings.broker.url.get_secret_value() == "amqp://u:hunter2@rabbit:5672/%2F"
     assert settings.storage.endpoint_url == "http://seaweedfs:8333"
     assert settings.storage.region == "eu-west-1"
-    assert settings.namespaces == ["shop", "media"]
     shown = repr(settings) + str(settings.model_dump())
     assert "hunter2" not in shown and "s3cr3t-value" not in shown and "AKIA-test" not in shown
 
@@ -39,3 +37,31 @@ def test_s3_timestamps_parse_as_botocore_parses_them(moment: datetime):
     for text in (iso, rfc):
         assert parse_timestamp(text) == botocore_parse(text)
         assert parse_timestamp(text).utcoffset() == timedelta(0)
+
+
+def _fields(model, prefix=""):
+    for name, info in model.model_fields.items():
+        yield prefix + name, name
+        if hasattr(info.annotation, "model_fields"):
+            yield from _fields(info.annotation, prefix + name + ".")
+
+
+def test_every_setting_is_read_somewhere():
+    """A setting nothing reads is a knob that does nothing (broker.connect_attempts was one)."""
+    from pathlib import Path
+
+    from kompressor_worker.settings import WorkerSettings
+
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "\n".join(
+            path.read_text()
+            for folder in ("kompressor", "operator/kompressor_operator", "worker/kompressor_worker")
+            for path in (root / folder).glob("*.py")
+            if path.name != "settings.py"
+        )
+        + (root / "kompressor" / "settings.py").read_text().split("def for_job", 1)[1]
+    )
+    for model in (OperatorSettings, WorkerSettings):
+        for path, name in _fields(model):
+            assert f".{name}" in code, f"{model.__name__}.{path} is read nowhere"

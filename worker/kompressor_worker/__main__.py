@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(_settings_error(exc), file=sys.stderr)
         return 2
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     quota = resources.cpu_quota()
     processes = resources.pool_size(settings.processes, quota, resources.available_cpus())
     budget = resources.memory_budget(resources.memory_limit(), processes, settings.memory_reserve_bytes)

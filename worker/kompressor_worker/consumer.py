@@ -30,6 +30,7 @@ import pebble
 import pika
 import pika.exceptions
 
+from kompressor.logs import reason
 from kompressor.messages import CONTENT_TYPE, MessageError, Outcome, Result, Task, result_queue
 from kompressor_worker.health import Health
 from kompressor_worker.metrics import Metrics
@@ -123,7 +124,8 @@ class Consumer:
                 connection = pika.BlockingConnection(parameters)
             except _CONNECTION_ERRORS as exc:
                 self.health.disconnected()
-                self._pause(next(delays), f"broker unreachable ({type(exc).__name__})")
+                # The reason is ours to log: pika's own loggers are held quiet (kompressor.logs).
+                self._pause(next(delays), f"broker unreachable ({reason(exc)})")
                 continue
             self.health.connected()
             try:
@@ -133,7 +135,7 @@ class Consumer:
                 self.health.disconnected()
                 # Settling those needs this connection; the broker redelivers them instead.
                 self._inflight.clear()
-                self._pause(next(delays), f"broker connection lost ({type(exc).__name__}: {exc})")
+                self._pause(next(delays), f"broker connection lost ({reason(exc)})")
             finally:
                 if connection.is_open:
                     with contextlib.suppress(_CONNECTION_ERRORS):

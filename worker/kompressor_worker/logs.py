@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from kompressor.logs import quiet_third_party
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -22,7 +24,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
+def configure_logging(fmt: str = "auto", level: int | str = logging.INFO) -> None:
     """`auto` writes JSON unless stderr is a terminal."""
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -30,4 +32,4 @@ def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
         JsonFormatter() if use_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    quiet_third_party(level)

@@ -33,4 +33,7 @@ class WorkerSettings(BaseSettings):
         default=20.0, gt=0, description="Per worker and origin host, so an origin is not hammered."
     )
     allowed_input_formats: AllowedInputFormats
-    log_format: str = Field(default="auto", pattern="^(auto|json|text)$")
+    log_format: str = Field(
+        default="auto", pattern="^(auto|json|text)$", description="auto: JSON unless stderr is a terminal."
+    )
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")

@@ -122,7 +122,7 @@ Secrets (the webhook HMAC key, a job's storage credentials). tests/e2e pins this
   verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "create", "update", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]

@@ -28,7 +28,8 @@ Choices, documented once here:
   call and restored after it, under a lock; the worker runs one task per process, so the lock is
   never contended there.
 - Animated inputs (GIF, WebP, AVIF sequences; multi-page TIFF): the first frame only becomes the
-  output; `Compressed.frames` tells how many frames the input had.
+  output; `Compressed.frames` tells how many frames the input had (a TIFF's pages are counted up
+  to `TIFF_PAGES_COUNTED`: Pillow's count of them takes quadratic time).
 - `format: keep` re-encodes JPEG, PNG, WebP and AVIF in their own format; GIF and TIFF become PNG
   (lossless like their source, and a format every browser shows). `Compressed.format` always names
   the format actually stored.
@@ -150,6 +151,11 @@ WHITE = 255
 # peak over a fixed quality on a 12 MP picture: +17 (JPEG) and +23 (WebP).
 AUTO_QUALITY_BYTES_PER_PIXEL = 24
 
+# Pages of a TIFF examined at most. Pillow's `n_frames` walks every page and compares each with all
+# those seen before (quadratic: 40,000 pages took 12.6 s, before any limit applied); only the first
+# page is encoded, and the count only has to tell one page from several.
+TIFF_PAGES_COUNTED = 256
+
 # Pillow's decoder settings are module globals: set per call, restored after, one call at a time.
 _PILLOW_GLOBALS = threading.Lock()
 
@@ -189,7 +195,7 @@ class Compressed:
     height: int
     quality: int | None  # encoder quality used; None for png and for a stored original
     stored_original: bool  # neverLarger kept the input's bytes
-    frames: int  # frames in the input (only the first is encoded)
+    frames: int  # frames in the input, TIFF pages up to TIFF_PAGES_COUNTED (only the first is encoded)
     ssim: float | None = None  # automatic quality: luma SSIM of what is stored against the source
     reason: str = ""  # automatic quality: quality_floor_unreachable when no quality met the floor
     attempts: tuple[auto.Attempt, ...] = ()  # automatic quality: every encode the search measured
@@ -527,9 +533,7 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
             f"({limits.max_pixels})",
         )
     fmt = resolve_format(output.format, source_format)
-    frames = max(1, int(getattr(image, "n_frames", 1) or 1))
-    if frames > 1:
-        image.seek(0)
+    frames = _count_frames(image, source_format)
 
     # A PNG's EXIF may follow its pixels, and Pillow decodes the whole image to look for it: read
     # the orientation only after the budget check then. Other formats carry it in the header.
@@ -598,6 +602,23 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
         source_has_metadata=source_has_metadata,
         source_subsampling=sampling if sampling >= 0 else None,
     )
+
+
+def _count_frames(image: ImageFile.ImageFile, source_format: str) -> int:
+    """Frames in the input, a TIFF's pages counted up to TIFF_PAGES_COUNTED; the first selected."""
+    if source_format == "tiff":
+        frames = 1
+        while frames < TIFF_PAGES_COUNTED:
+            try:
+                image.seek(frames)
+            except EOFError:
+                break
+            frames += 1
+    else:
+        frames = max(1, int(getattr(image, "n_frames", 1) or 1))
+    if frames > 1:
+        image.seek(0)
+    return frames
 
 
 def _png_exif_seen(image: Image.Image) -> bool:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from kompressor.crd import Format, Limits, Output, Resize
-from kompressor_worker import codec, quality
+from kompressor_worker import codec, memory, quality
 from kompressor_worker.codec import CodecError, Compressed, compress, encode, prepare
 from tests import corpus
 
@@ -414,7 +414,7 @@ def test_shrinking_a_jpeg_decodes_it_in_draft_mode(monkeypatch: pytest.MonkeyPat
 def test_draft_mode_lowers_the_memory_needed() -> None:
     data = photo("aloeL.jpg")
     shrink = out(Format.jpeg, resize=Resize(max_width=300, max_height=300))
-    full_size = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110))
+    full_size = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), fmt=Format.jpeg)
     budget = full_size // 2
     with pytest.raises(CodecError) as caught:
         compress(data, out(Format.jpeg), LIMITS, memory_budget_bytes=budget)
@@ -832,9 +832,10 @@ def test_fixed_quality_carries_no_ssim() -> None:
 
 def test_automatic_quality_counts_in_the_memory_estimate() -> None:
     data = photo("aloeL.jpg")
-    needed = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110))
-    searching = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), auto_quality=True)
-    assert searching == needed + 1282 * 1110 * codec.AUTO_QUALITY_BYTES_PER_PIXEL
+    needed = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), fmt=Format.jpeg)
+    searching = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), auto_quality=True, fmt=Format.jpeg)
+    held = quality.SEARCH[Format.jpeg].max_full * memory.output_memory(Format.jpeg, (1282, 1110))
+    assert searching == needed + 1282 * 1110 * codec.AUTO_QUALITY_BYTES_PER_PIXEL + held
     budget = (needed + searching) // 2
     assert compress(data, out(Format.jpeg), LIMITS, memory_budget_bytes=budget).quality == 80
     with pytest.raises(CodecError) as caught:

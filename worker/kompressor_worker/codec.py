@@ -22,7 +22,8 @@ Choices, documented once here:
   only parse a header to name the format in the message.
 - Limits come from the header, before any pixel is decoded: width × height above `maxPixels` fails
   with `too_many_pixels` (Pillow's own bomb check runs with the same limit and its warning is an
-  error), and the estimated decoded size above `memory_budget_bytes` with `too_much_memory`.
+  error), and the estimated memory to decode, prepare and encode it (each encoder's working memory
+  measured: `memory.py`) above `memory_budget_bytes` with `too_much_memory`.
   Truncated inputs fail with `decode_error` (Pillow's `LOAD_TRUNCATED_IMAGES` is forced off while
   decoding). While decoding, Pillow's `MAX_IMAGE_PIXELS` and `LOAD_TRUNCATED_IMAGES` are set for the
   call and restored after it, under a lock; the worker runs one task per process, so the lock is
@@ -67,7 +68,8 @@ Choices, documented once here:
   fifth of the time; the chosen quality is then encoded once with our settings. A one-time check per
   process (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
   libjpeg ever breaks that identity. The search holds about 24 more bytes per output pixel (luma
-  planes, a decoded candidate), counted in the memory estimate.
+  planes, a decoded candidate) and every full-size output it measured (up to `max_full`), counted
+  in the memory estimate.
 - Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes
   (2×w×h from q95); noisy pictures at q90+ need more and failed with "Suspension not allowed
   here": such a save is retried once with a buffer of 2 bytes per pixel and band.
@@ -97,6 +99,7 @@ from dataclasses import dataclass
 from PIL import ExifTags, Image, ImageCms, ImageFile, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from kompressor.crd import Format, Limits, Output
+from kompressor_worker import memory
 from kompressor_worker import quality as auto
 
 # Pillow format id -> our name of the source format.
@@ -450,17 +453,22 @@ def encode(
 
 
 def estimate_memory(
-    size: tuple[int, int], mode: str, target: tuple[int, int], auto_quality: bool = False
+    size: tuple[int, int], mode: str, target: tuple[int, int], auto_quality: bool = False, *, fmt: Format
 ) -> int:
-    """Bytes needed to decode an image of `size` and `mode` and bring it to `target`: the decoded
-    image, one 4-byte-per-pixel working copy (mode conversion) and the resized result; with
-    `auto_quality`, also what the quality search holds per output pixel."""
+    """Bytes needed to decode an image of `size` and `mode`, bring it to `target` and encode it as
+    `fmt`: the decoded image, one 4-byte-per-pixel working copy (mode conversion), the resized
+    result and the encoder's working memory (measured: `memory.py`); with `auto_quality`, also what
+    the quality search holds per output pixel and the full-size outputs it keeps."""
     width, height = size
     decoded = width * height * _bytes_per_pixel(mode)
     working = width * height * 4
     resized = target[0] * target[1] * 4
-    search = target[0] * target[1] * AUTO_QUALITY_BYTES_PER_PIXEL if auto_quality else 0
-    return decoded + working + resized + search
+    encoder = memory.encoder_memory(fmt, target)
+    search = 0
+    if auto_quality:
+        held = auto.SEARCH[fmt].max_full * memory.output_memory(fmt, target)
+        search = target[0] * target[1] * AUTO_QUALITY_BYTES_PER_PIXEL + held
+    return decoded + working + resized + encoder + search
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -550,7 +558,7 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
         # Unknown orientation: budget for the larger of the two possible targets.
         targets = [target] if exif_in_header else [_stored_target((width, height), o, *box) for o in (1, 6)]
         searching = output.target_ssim is not None and fmt in _LOSSY
-        needed = max(estimate_memory(image.size, image.mode, t, searching) for t in targets)
+        needed = max(estimate_memory(image.size, image.mode, t, searching, fmt=fmt) for t in targets)
         if needed > memory_budget_bytes:
             raise CodecError(
                 "too_much_memory",

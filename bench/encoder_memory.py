@@ -12,7 +12,7 @@ Per format, the table is an upper envelope of every variant: bytes per pixel = t
 least-squares slope of a variant over the sizes, constant = the largest residue of any measurement
 above that slope; both rounded up. `kompressor_worker/memory.py` holds the result.
 
-    python bench/encoder_memory.py                        # 1000², 2000², 3000²: ~3 minutes on 2 cores
+    python bench/encoder_memory.py                     # 250² to 3000²: ~10 minutes on 2 busy cores
     python bench/encoder_memory.py --sides 1000,2000,4000 --formats avif
 
 Prints the measurements and the table, and writes bench/results/encoder_memory.json.
@@ -159,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sides", default="1000,2000,3000", help="square image sides to measure")
+    parser.add_argument("--sides", default="250,1000,2000,3000", help="square image sides to measure")
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()

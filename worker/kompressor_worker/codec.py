@@ -562,8 +562,8 @@ def _prepare(data: bytes, output: Output, limits: Limits, memory_budget_bytes: i
         if needed > memory_budget_bytes:
             raise CodecError(
                 "too_much_memory",
-                f"decoding the {width}x{height} {image.mode} image needs about {needed} bytes, more "
-                f"than this worker's budget of {memory_budget_bytes} bytes",
+                f"decoding the {width}x{height} {image.mode} image and encoding it as {fmt.value} needs "
+                f"about {needed} bytes, more than this worker's budget of {memory_budget_bytes} bytes",
             )
 
     image.load()  # the full decode: truncated data fails here

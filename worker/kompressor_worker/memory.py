@@ -9,12 +9,12 @@ AVIF: two such inputs at once exceeded a 2Gi pod.
 
 What it must never do: measure at run time, or depend on content it cannot see before decoding.
 Each format's figure is the worst case over content (flat and random noise: noise is the worst for
-every encoder), mode (RGB and RGBA) and quality (50 and 100), so it over-counts a photo at the
-default quality (WebP q80 RGB: ~18-32 bytes per pixel against 38).
+every encoder), mode (RGB and RGBA) and quality (50 and 100), so it over-counts most images (WebP
+of RGB noise: 18 bytes per pixel at q50 and 33 at q100, against 38).
 
 How it was measured (bench/encoder_memory.py; re-run it after upgrading Pillow or its libraries and
 copy its table here): each encode in a fresh process, as `codec.encode` with our settings, its
-peak RSS (`VmHWM`, reset with /proc/self/clear_refs) above the resident size just before, at
+peak RSS (`VmHWM`, reset with /proc/self/clear_refs) above the resident size just before, at 250²,
 1000², 2000² and 3000², after freeing a 32 MiB buffer as a worker child that ran an earlier task
 has (glibc then grows buffers below 32 MiB on its heap, copying them). Per format: the steepest
 least-squares slope of any variant over the sizes, and the largest residue above it, rounded up.
@@ -23,10 +23,10 @@ encoder thread), Intel Xeon, Python 3.11.7:
 
 | format | bytes per pixel | constant | largest output per pixel | steepest variant |
 |--------|-----------------|----------|--------------------------|------------------|
-| jpeg   | 12.5            | 0 MiB    | 3.0                      | noisy RGB q100   |
-| png    | 9.5             | 0 MiB    | 4.5                      | noisy RGB        |
-| webp   | 37.5            | 11 MiB   | 2.5                      | noisy RGBA q100  |
-| avif   | 29.0            | 24 MiB   | 3.5                      | noisy RGBA q100  |
+| jpeg   | 12.5            | 0 MiB    | 3.5                      | noisy RGB q100   |
+| png    | 9.0             | 1 MiB    | 4.5                      | noisy RGB        |
+| webp   | 38.0            | 11 MiB   | 2.5                      | noisy RGBA q100  |
+| avif   | 30.5            | 23 MiB   | 3.5                      | noisy RGBA q100  |
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ class EncoderMemory:
 
 # Every format the worker writes (keep resolves to one of them). The table in the docstring.
 ENCODERS: dict[Format, EncoderMemory] = {
-    Format.jpeg: EncoderMemory(bytes_per_pixel=12.5, constant=0 * MIB, output_bytes_per_pixel=3.0),
-    Format.png: EncoderMemory(bytes_per_pixel=9.5, constant=0 * MIB, output_bytes_per_pixel=4.5),
-    Format.webp: EncoderMemory(bytes_per_pixel=37.5, constant=11 * MIB, output_bytes_per_pixel=2.5),
-    Format.avif: EncoderMemory(bytes_per_pixel=29.0, constant=24 * MIB, output_bytes_per_pixel=3.5),
+    Format.jpeg: EncoderMemory(bytes_per_pixel=12.5, constant=0 * MIB, output_bytes_per_pixel=3.5),
+    Format.png: EncoderMemory(bytes_per_pixel=9.0, constant=1 * MIB, output_bytes_per_pixel=4.5),
+    Format.webp: EncoderMemory(bytes_per_pixel=38.0, constant=11 * MIB, output_bytes_per_pixel=2.5),
+    Format.avif: EncoderMemory(bytes_per_pixel=30.5, constant=23 * MIB, output_bytes_per_pixel=3.5),
 }
 
 

@@ -36,6 +36,7 @@ import sys
 from typing import Any
 
 from common import describe_machine, machine, table, write_json
+from PIL import Image
 
 from kompressor.crd import Format, Limits, Output
 from kompressor_worker import codec
@@ -60,9 +61,7 @@ def variants(fmt: str) -> list[dict[str, Any]]:
 # --- the child ------------------------------------------------------------------------------------
 
 
-def synthetic(content: str, mode: str, side: int):
-    from PIL import Image
-
+def synthetic(content: str, mode: str, side: int) -> Image.Image:
     if content == "flat":
         return Image.new(mode, (side, side), (200, 120, 40, 255)[: len(mode)])
     return Image.frombytes(mode, (side, side), random.Random(1).randbytes(side * side * len(mode)))
@@ -81,8 +80,10 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     image = synthetic(spec["content"], spec["mode"], spec["side"])
     fmt = Format(spec["format"])
     if spec.get("stage") == "compress":
-        data = _png(image)
-        del image
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG", compress_level=1)  # an input as the worker gets it, made quickly
+        data = buffer.getvalue()
+        del image, buffer
         target = spec.get("target_ssim")
         output = Output(format=fmt, quality=None if target else spec["quality"], targetSSIM=target)
 
@@ -102,12 +103,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     before = _status("VmRSS")
     encoded = run()
     return {**spec, "peak_bytes": _status("VmHWM") - before, "output_bytes": len(encoded)}
-
-
-def _png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def measure_in_child(spec: dict[str, Any]) -> dict[str, Any]:

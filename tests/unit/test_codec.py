@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from kompressor.crd import Format, InputFormat, Limits, Output, Resize
-from kompressor_worker import codec, quality
+from kompressor_worker import codec, memory, quality
 from kompressor_worker.codec import CodecError, Compressed, compress, encode, prepare
 from kompressor_worker.never_larger import NotSmaller
 from tests import corpus
@@ -326,6 +326,37 @@ def test_animated_webp_keeps_the_first_frame() -> None:
     assert image.convert("RGB").getpixel((16, 16))[2] > 200
 
 
+def tiff_of_pages(pages: int) -> bytes:
+    """A little-endian TIFF of `pages` 1x1 grey pages, each its own IFD, all sharing one strip (128)."""
+    fields = [(256, 1), (257, 1), (258, 8), (259, 1), (262, 1), (277, 1), (278, 1)]  # SHORT tags
+    ifd_size = 2 + 12 * (len(fields) + 2) + 4
+    strip = 8 + pages * ifd_size
+    ifds = bytearray()
+    for page in range(pages):
+        following = 8 + (page + 1) * ifd_size if page + 1 < pages else 0
+        ifds += struct.pack("<H", len(fields) + 2)
+        for tag, value in sorted([*fields, (273, strip), (279, 1)]):
+            kind = 4 if tag in (273, 279) else 3  # StripOffsets, StripByteCounts: LONG; others SHORT
+            ifds += struct.pack("<HHII", tag, kind, 1, value)  # little-endian: a SHORT fits the same way
+        ifds += struct.pack("<I", following)
+    return b"II*\x00" + struct.pack("<I", 8) + bytes(ifds) + b"\x80"
+
+
+def test_a_multi_page_tiff_keeps_its_first_page_and_counts_them() -> None:
+    result = compress(tiff_of_pages(3), out(Format.png), LIMITS)
+    assert result.frames == 3 and (result.width, result.height) == (1, 1)
+    assert decode(result).getpixel((0, 0)) == 128
+
+
+def test_tiff_pages_are_counted_in_bounded_time() -> None:
+    # Pillow's own count took 12.6 s for 40,000 pages (quadratic), before any limit applied.
+    data = tiff_of_pages(40_000)
+    started = time.process_time()
+    result = compress(data, out(Format.png), LIMITS)
+    assert time.process_time() - started < 0.5
+    assert result.frames == codec.TIFF_PAGES_COUNTED and decode(result).getpixel((0, 0)) == 128
+
+
 # --- keep format ----------------------------------------------------------------------------------
 
 
@@ -388,7 +419,7 @@ def test_shrinking_a_jpeg_decodes_it_in_draft_mode(monkeypatch: pytest.MonkeyPat
 def test_draft_mode_lowers_the_memory_needed() -> None:
     data = photo("aloeL.jpg")
     shrink = out(Format.jpeg, resize=Resize(max_width=300, max_height=300))
-    full_size = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110))
+    full_size = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), fmt=Format.jpeg)
     budget = full_size // 2
     with pytest.raises(CodecError) as caught:
         compress(data, out(Format.jpeg), LIMITS, memory_budget_bytes=budget)
@@ -848,9 +879,10 @@ def test_fixed_quality_carries_no_ssim() -> None:
 
 def test_automatic_quality_counts_in_the_memory_estimate() -> None:
     data = photo("aloeL.jpg")
-    needed = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110))
-    searching = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), auto_quality=True)
-    assert searching == needed + 1282 * 1110 * codec.AUTO_QUALITY_BYTES_PER_PIXEL
+    needed = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), fmt=Format.jpeg)
+    searching = codec.estimate_memory((1282, 1110), "RGB", (1282, 1110), auto_quality=True, fmt=Format.jpeg)
+    held = quality.SEARCH[Format.jpeg].max_full * memory.output_memory(Format.jpeg, (1282, 1110))
+    assert searching == needed + 1282 * 1110 * codec.AUTO_QUALITY_BYTES_PER_PIXEL + held
     budget = (needed + searching) // 2
     assert compress(data, out(Format.jpeg), LIMITS, memory_budget_bytes=budget).quality == 80
     with pytest.raises(CodecError) as caught:

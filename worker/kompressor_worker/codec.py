@@ -27,13 +27,15 @@ Choices, documented once here:
   formats' plugins ever decode pixels; the others only parse a header to name the format.
 - Limits come from the header, before any pixel is decoded: width × height above `maxPixels` fails
   with `too_many_pixels` (Pillow's own bomb check runs with the same limit and its warning is an
-  error), and the estimated decoded size above `memory_budget_bytes` with `too_much_memory`.
+  error), and the estimated memory to decode, prepare and encode it (each encoder's working memory
+  measured: `memory.py`) above `memory_budget_bytes` with `too_much_memory`.
   Truncated inputs fail with `decode_error` (Pillow's `LOAD_TRUNCATED_IMAGES` is forced off while
   decoding). While decoding, Pillow's `MAX_IMAGE_PIXELS` and `LOAD_TRUNCATED_IMAGES` are set for the
   call and restored after it, under a lock; the worker runs one task per process, so the lock is
   never contended there.
 - Animated inputs (GIF, WebP, AVIF sequences; multi-page TIFF): the first frame only becomes the
-  output; `Compressed.frames` tells how many frames the input had.
+  output; `Compressed.frames` tells how many frames the input had (a TIFF's pages are counted up
+  to `TIFF_PAGES_COUNTED`: Pillow's count of them takes quadratic time).
 - `format: keep` re-encodes JPEG, PNG, WebP and AVIF in their own format; GIF, TIFF, BMP, TGA,
   ICO, PNM and PSD become PNG (lossless like their source, and a format every browser shows); HEIF
   and JPEG 2000, photo codecs, become JPEG. `Compressed.format` always names
@@ -72,7 +74,8 @@ Choices, documented once here:
   fifth of the time; the chosen quality is then encoded once with our settings. A one-time check per
   process (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
   libjpeg ever breaks that identity. The search holds about 24 more bytes per output pixel (luma
-  planes, a decoded candidate), counted in the memory estimate.
+  planes, a decoded candidate) and every full-size output it measured (up to `max_full`), counted
+  in the memory estimate.
 - Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes
   (2×w×h from q95); noisy pictures at q90+ need more and failed with "Suspension not allowed
   here": such a save is retried once with a buffer of 2 bytes per pixel and band.
@@ -99,7 +102,7 @@ from PIL import ExifTags, Image, ImageCms, ImageFile, JpegImagePlugin, PngImageP
 
 from kompressor import inputs
 from kompressor.crd import WEB_INPUT_FORMATS, Format, InputFormat, Limits, Output
-from kompressor_worker import never_larger
+from kompressor_worker import memory, never_larger
 from kompressor_worker import quality as auto
 
 # Pillow format id -> the input format it is.
@@ -160,6 +163,11 @@ WHITE = 255
 # peak over a fixed quality on a 12 MP picture: +17 (JPEG) and +23 (WebP).
 AUTO_QUALITY_BYTES_PER_PIXEL = 24
 
+# Pages of a TIFF examined at most. Pillow's `n_frames` walks every page and compares each with all
+# those seen before (quadratic: 40,000 pages took 12.6 s, before any limit applied); only the first
+# page is encoded, and the count only has to tell one page from several.
+TIFF_PAGES_COUNTED = 256
+
 # Pillow's decoder settings are module globals: set per call, restored after, one call at a time.
 _PILLOW_GLOBALS = threading.Lock()
 
@@ -199,7 +207,7 @@ class Compressed:
     height: int
     quality: int | None  # encoder quality used; None for png and for a stored original
     stored_original: bool  # neverLarger kept the input's bytes
-    frames: int  # frames in the input (only the first is encoded)
+    frames: int  # frames in the input, TIFF pages up to TIFF_PAGES_COUNTED (only the first is encoded)
     ssim: float | None = None  # automatic quality: luma SSIM of what is stored against the source
     reason: str = ""  # automatic quality: quality_floor_unreachable when no quality met the floor
     attempts: tuple[auto.Attempt, ...] = ()  # automatic quality: every encode the search measured
@@ -469,17 +477,22 @@ def encode(
 
 
 def estimate_memory(
-    size: tuple[int, int], mode: str, target: tuple[int, int], auto_quality: bool = False
+    size: tuple[int, int], mode: str, target: tuple[int, int], auto_quality: bool = False, *, fmt: Format
 ) -> int:
-    """Bytes needed to decode an image of `size` and `mode` and bring it to `target`: the decoded
-    image, one 4-byte-per-pixel working copy (mode conversion) and the resized result; with
-    `auto_quality`, also what the quality search holds per output pixel."""
+    """Bytes needed to decode an image of `size` and `mode`, bring it to `target` and encode it as
+    `fmt`: the decoded image, one 4-byte-per-pixel working copy (mode conversion), the resized
+    result and the encoder's working memory (measured: `memory.py`); with `auto_quality`, also what
+    the quality search holds per output pixel and the full-size outputs it keeps."""
     width, height = size
     decoded = width * height * _bytes_per_pixel(mode)
     working = width * height * 4
     resized = target[0] * target[1] * 4
-    search = target[0] * target[1] * AUTO_QUALITY_BYTES_PER_PIXEL if auto_quality else 0
-    return decoded + working + resized + search
+    encoder = memory.encoder_memory(fmt, target)
+    search = 0
+    if auto_quality:
+        held = auto.SEARCH[fmt].max_full * memory.output_memory(fmt, target)
+        search = target[0] * target[1] * AUTO_QUALITY_BYTES_PER_PIXEL + held
+    return decoded + working + resized + encoder + search
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -576,10 +589,7 @@ def _prepare(
             f"({limits.max_pixels})",
         )
     fmt = resolve_format(output.format, source_format)
-    # A PSD's "frames" are its layers: the flattened composite is what it opens at.
-    frames = 1 if source_format is InputFormat.psd else max(1, int(getattr(image, "n_frames", 1) or 1))
-    if frames > 1:
-        image.seek(0)
+    frames = _count_frames(image, source_format)
 
     # A PNG's EXIF may follow its pixels, and Pillow decodes the whole image to look for it: read
     # the orientation only after the budget check then. Other formats carry it in the header.
@@ -596,12 +606,12 @@ def _prepare(
         # Unknown orientation: budget for the larger of the two possible targets.
         targets = [target] if exif_in_header else [_stored_target((width, height), o, *box) for o in (1, 6)]
         searching = output.target_ssim is not None and fmt in _LOSSY
-        needed = max(estimate_memory(image.size, image.mode, t, searching) for t in targets)
+        needed = max(estimate_memory(image.size, image.mode, t, searching, fmt=fmt) for t in targets)
         if needed > memory_budget_bytes:
             raise CodecError(
                 "too_much_memory",
-                f"decoding the {width}x{height} {image.mode} image needs about {needed} bytes, more "
-                f"than this worker's budget of {memory_budget_bytes} bytes",
+                f"decoding the {width}x{height} {image.mode} image and encoding it as {fmt.value} needs "
+                f"about {needed} bytes, more than this worker's budget of {memory_budget_bytes} bytes",
             )
 
     image.load()  # the full decode: truncated data fails here
@@ -648,6 +658,26 @@ def _prepare(
         source_has_metadata=source_has_metadata,
         source_subsampling=sampling if sampling >= 0 else None,
     )
+
+
+def _count_frames(image: ImageFile.ImageFile, source_format: InputFormat) -> int:
+    """Frames in the input, a TIFF's pages counted up to TIFF_PAGES_COUNTED; the first selected.
+    A PSD's "frames" are its layers: the flattened composite it opens at is its one frame."""
+    if source_format is InputFormat.psd:
+        return 1
+    if source_format is InputFormat.tiff:
+        frames = 1
+        while frames < TIFF_PAGES_COUNTED:
+            try:
+                image.seek(frames)
+            except EOFError:
+                break
+            frames += 1
+    else:
+        frames = max(1, int(getattr(image, "n_frames", 1) or 1))
+    if frames > 1:
+        image.seek(0)
+    return frames
 
 
 def _png_exif_seen(image: Image.Image) -> bool:

@@ -180,7 +180,11 @@ class Source(_Model):
     """Where the input images are: exactly one of s3 or urls."""
 
     s3: S3Source | None = Field(default=None, description="Images under an S3 prefix.")
-    urls: UrlSource | None = Field(default=None, description="Images fetched from http(s) URLs.")
+    urls: UrlSource | None = Field(
+        default=None,
+        description="Images fetched from http(s) URLs. Outputs' metadata, results and the manifest name "
+        "each by its URL without user info, query or fragment, which may hold credentials.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:

@@ -90,6 +90,26 @@ class JobRef(BaseModel):
         return self.uid.replace("-", "")[:8]
 
 
+def public_source(source: str) -> str:
+    """A source as kompressor stores and shows it: in an output's metadata, a result, the manifest.
+
+    A URL keeps its scheme, host, port and path and loses its user info, query and fragment, which
+    may carry credentials (a presigned URL's X-Amz-Signature, an access token, `user:password@`):
+    outputs are often served by public buckets with their metadata as headers. An `s3://bucket/key`
+    source is kept whole (a key may hold '?', '#' or '@', and never a credential); so is text that
+    is not a URL. Total: any string gives a string, and the result is its own public form.
+    """
+    scheme, separator, rest = source.partition("://")
+    if not separator or scheme.lower() == "s3":
+        return source
+    # The authority ends at the first '/', '?' or '#', as urllib.parse.urlsplit (and so fetch) reads it.
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    host = rest[:end].rpartition("@")[2]
+    path = rest[end:]
+    path_end = min((i for i in (path.find(c) for c in "?#") if i >= 0), default=len(path))
+    return f"{scheme}://{host}{path[:path_end]}"
+
+
 class SourceObject(BaseModel):
     """One input: an S3 object (bucket and key) or an http(s) URL."""
 
@@ -110,7 +130,8 @@ class SourceObject(BaseModel):
         return self.url.split("://", 1)[1].split("?", 1)[0]
 
     def describe(self) -> str:
-        return f"s3://{self.bucket}/{self.key}" if self.key is not None else str(self.url)
+        """The input as stored in outputs' metadata and results: see `public_source`."""
+        return f"s3://{self.bucket}/{self.key}" if self.key is not None else public_source(str(self.url))
 
 
 class Task(_Wire):
@@ -140,7 +161,7 @@ class Result(_Wire):
     job: JobRef
     id: int = Field(ge=0, le=MAX_ID)
     outcome: Outcome
-    source: str = Field(description="s3://bucket/key or the URL of the input.")
+    source: str = Field(description="s3://bucket/key or the URL of the input, as `public_source` shows it.")
     dest: str = Field(default="", description="s3://bucket/key of the output, when there is one.")
     bytes_in: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
     bytes_out: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
@@ -153,6 +174,12 @@ class Result(_Wire):
     stored_original: bool = Field(
         default=False, description="neverLarger kept the input's bytes as the output."
     )
+
+    @field_validator("source")
+    @classmethod
+    def _public(cls, source: str) -> str:
+        # Whoever built it (an older worker, a forged message), a result stores no URL credential.
+        return public_source(source)
 
     @field_validator("message", mode="before")
     @classmethod
@@ -214,8 +241,17 @@ def dead_queue(job: JobRef) -> str:
     return f"{queue_base(job)}.dead"
 
 
+def retry_queue(job: JobRef) -> str:
+    return f"{queue_base(job)}.retry"
+
+
 def job_queues(job: JobRef) -> list[str]:
-    return [task_queue(job), result_queue(job), dead_queue(job)]
+    return [task_queue(job), result_queue(job), dead_queue(job), retry_queue(job)]
+
+
+# Attempts a task made before this copy was published to the retry queue (the broker's
+# x-delivery-count restarts at 0 for each copy). Written and read by workers only.
+ATTEMPTS_HEADER = "kompressor-attempts"
 
 
 # A delivery unacked longer than the consumer timeout closes the worker's channel. Keep it well above
@@ -231,6 +267,23 @@ def task_queue_arguments(job: JobRef, limits: Limits) -> dict[str, Any]:
         "x-delivery-limit": limits.max_attempts - 1,
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_queue(job),
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
+def retry_queue_arguments(job: JobRef) -> dict[str, Any]:
+    """Where a task waits before its next attempt: nothing consumes it; each message carries its
+    delay as a per-message TTL (`expiration`) and, expired, is dead-lettered back to the task queue.
+
+    RabbitMQ has no per-message delay on quorum queues, and expires messages only at the head of a
+    queue: a short delay behind a longer one waits for it. Every delay is at most the workers' cap
+    (kompressor_worker.retry), so no message waits longer than that cap. At-least-once
+    dead-lettering (with `reject-publish`) keeps a task here until the task queue has taken it."""
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": task_queue(job),
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }

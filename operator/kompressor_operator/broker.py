@@ -20,8 +20,11 @@ from kompressor.messages import (
     Result,
     Task,
     dead_queue,
+    job_queues,
     plain_queue_arguments,
     result_queue,
+    retry_queue,
+    retry_queue_arguments,
     task_queue,
     task_queue_arguments,
 )
@@ -37,14 +40,16 @@ def connect(url: str, heartbeat: int = 30) -> pika.BlockingConnection:
 
 
 def declare_job_queues(channel, job: JobRef, limits: Limits) -> None:
-    """The dead-letter queue first, so the task queue's dead letters always have somewhere to go."""
+    """Each queue after the one its dead letters go to: dead, results, tasks, then retry (whose
+    expired messages go back to the task queue)."""
     channel.queue_declare(dead_queue(job), durable=True, arguments=plain_queue_arguments())
     channel.queue_declare(result_queue(job), durable=True, arguments=plain_queue_arguments())
     channel.queue_declare(task_queue(job), durable=True, arguments=task_queue_arguments(job, limits))
+    channel.queue_declare(retry_queue(job), durable=True, arguments=retry_queue_arguments(job))
 
 
 def delete_job_queues(channel, job: JobRef) -> None:
-    for name in (task_queue(job), result_queue(job), dead_queue(job)):
+    for name in job_queues(job):
         channel.queue_delete(name)
 
 

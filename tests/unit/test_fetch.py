@@ -432,6 +432,48 @@ def test_which_errors_are_transient(reason, status, transient):
     assert FetchError(reason, "m", status=status).transient is transient
 
 
+# --- Retry-After --------------------------------------------------------------------------------
+
+NOW = 1_764_633_600.0  # Tue, 02 Dec 2025 00:00:00 GMT
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("120", 120.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        ("9" * 1000, float("inf")),  # bounded by the retry policy, and quick to read
+        ("Tue, 02 Dec 2025 00:00:30 GMT", 30.0),
+        ("Tue, 02 Dec 2025 00:00:30 -0000", 30.0),
+        ("Mon, 01 Dec 2025 23:00:00 GMT", 0.0),  # in the past: at once
+        ("Tuesday, 02-Dec-25 00:01:00 GMT", 60.0),  # RFC 850, still to be accepted
+        (None, None),
+        ("", None),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("Tue, 99 Foo 2025 00:00:30 GMT", None),
+        ("\x00\xff", None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(value, seconds):
+    assert fetch.retry_after_seconds(value, NOW) == seconds
+
+
+@given(st.text(max_size=60))
+def test_retry_after_reads_any_text_without_raising(value: str):
+    seconds = fetch.retry_after_seconds(value, NOW)
+    assert seconds is None or seconds >= 0
+
+
+def test_messages_show_a_url_without_its_secrets():
+    with pytest.raises(FetchError) as caught:
+        fetch_url("ftp://user:pw@host/a.jpg?X-Amz-Signature=s3cr3t#t", 10, 1.0, NOTHING)
+    assert caught.value.message.startswith("ftp://host/a.jpg:")
+    assert "pw" not in str(caught.value) and "s3cr3t" not in str(caught.value)
+
+
 # --- RateLimiter --------------------------------------------------------------------------------
 
 

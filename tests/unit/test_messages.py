@@ -22,6 +22,8 @@ from kompressor.messages import (
     Task,
     job_queues,
     output_key,
+    public_source,
+    retry_queue_arguments,
     task_queue_arguments,
 )
 
@@ -79,10 +81,14 @@ def test_queue_names_are_per_job_and_distinct():
         "kompressor.shop.catalog.0f3c2a9e.tasks",
         "kompressor.shop.catalog.0f3c2a9e.results",
         "kompressor.shop.catalog.0f3c2a9e.dead",
+        "kompressor.shop.catalog.0f3c2a9e.retry",
     ]
     arguments = task_queue_arguments(JOB, SPEC.limits)
     assert arguments["x-queue-type"] == "quorum"
     assert arguments["x-dead-letter-routing-key"] == names[2]
+    retry = retry_queue_arguments(JOB)
+    assert retry["x-dead-letter-routing-key"] == names[0]  # an expired retry goes back to the tasks
+    assert retry["x-dead-letter-strategy"] == "at-least-once" and retry["x-overflow"] == "reject-publish"
 
 
 def test_output_key_replaces_prefix_and_extension():
@@ -137,3 +143,49 @@ def test_a_result_message_over_the_size_bound_is_refused_before_parsing():
         Result.decode(json.dumps(body).encode())
     with pytest.raises(MessageError):  # a reason is a word: a key of status.failuresByReason
         Result.decode(json.dumps(json.loads(result.encode()) | {"reason": "r" * 65}).encode())
+
+
+# --- what is stored of a source ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "stored"),
+    [
+        (
+            "https://bucket.s3.amazonaws.com/a/b.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=abc",
+            "https://bucket.s3.amazonaws.com/a/b.jpg",
+        ),
+        ("https://user:secret@cdn.example.com:8443/a.png?token=t#frag", "https://cdn.example.com:8443/a.png"),
+        ("http://a:b@c@host/x@y.jpg", "http://host/x@y.jpg"),  # the last '@' of the authority ends it
+        ("HTTP://u:p@host?q=1", "HTTP://host"),
+        ("https://host/p.jpg#access_token=t", "https://host/p.jpg"),
+        ("http://[::1]:8080/a.jpg?x", "http://[::1]:8080/a.jpg"),
+        ("s3://raw/odd?key#with@signs.jpg", "s3://raw/odd?key#with@signs.jpg"),  # a key, kept whole
+        ("not a url?x=1", "not a url?x=1"),
+        ("", ""),
+    ],
+)
+def test_public_source_drops_user_info_query_and_fragment_of_urls(source: str, stored: str):
+    assert public_source(source) == stored
+
+
+@given(st.text(max_size=200))
+def test_public_source_is_total_idempotent_and_never_keeps_a_query_or_user_info(text: str):
+    url = "https://" + text
+    stored = public_source(url)
+    assert public_source(stored) == stored
+    assert "?" not in stored and "#" not in stored
+    authority = stored.removeprefix("https://").split("/", 1)[0]
+    assert "@" not in authority
+    if not set("@?#") & set(text):
+        assert stored == url  # nothing to drop: nothing dropped
+
+
+def test_a_url_source_is_described_and_reported_without_its_secrets():
+    source = SourceObject(url="https://u:pw@cdn.example.com/a.jpg?X-Amz-Signature=s3cr3t")
+    assert source.describe() == "https://cdn.example.com/a.jpg"
+    # A result keeps no credential whoever built it: a worker of an older version, a forged message.
+    forged = json.dumps(
+        {"v": 1, "job": JOB.model_dump(), "id": 1, "outcome": "failed", "source": source.url}
+    ).encode()
+    assert Result.decode(forged).source == "https://cdn.example.com/a.jpg"

@@ -9,10 +9,13 @@ the prefetch, so every task held has a thread to fetch its input while earlier o
 A task is settled only after its result is confirmed by the broker:
 - done / skipped: publish the result, then ack.
 - permanent failure: publish the result, then reject without requeue (the dead-letter queue keeps it).
-- transient failure (storage or origin down, timeout, a crashed child): requeue, unless this was
-  the last allowed attempt, which ends as a failure like a permanent one.
+- transient failure (storage or origin down, timeout, a crashed child): publish a copy to the job's
+  retry queue with the delay as its TTL (it returns to the task queue when the TTL ends; see
+  kompressor.messages.retry_queue_arguments), then ack; unless this was the last allowed attempt,
+  which ends as a failure like a permanent one. The delay and the attempt count: retry.py.
 If the connection drops first, nothing is settled: the broker redelivers and the task's output,
-already stored, is recognised by the next attempt.
+already stored, is recognised by the next attempt. (Likewise a copy confirmed in the retry queue
+whose original was not acked: both run, and the second finds the first's output.)
 """
 
 from __future__ import annotations
@@ -31,9 +34,19 @@ import pika
 import pika.exceptions
 
 from kompressor.logs import reason
-from kompressor.messages import CONTENT_TYPE, MessageError, Outcome, Result, Task, result_queue
+from kompressor.messages import (
+    ATTEMPTS_HEADER,
+    CONTENT_TYPE,
+    MessageError,
+    Outcome,
+    Result,
+    Task,
+    result_queue,
+    retry_queue,
+)
 from kompressor_worker.health import Health
 from kompressor_worker.metrics import Metrics
+from kompressor_worker.retry import attempt_number, retry_delay
 from kompressor_worker.settings import WorkerSettings
 from kompressor_worker.task import TaskRunner, TransientError
 
@@ -51,9 +64,16 @@ _CONNECTION_ERRORS = (
 @dataclass
 class _InFlight:
     task: Task
+    body: bytes  # as delivered: a retry publishes the same bytes again
     attempts: int
     started: float
     encoding: Future | None = None  # the encode in the pool, once scheduled (set from the I/O thread)
+
+
+@dataclass(frozen=True)
+class _Retry:
+    reason: str
+    delay: float
 
 
 # Tasks handed to the pool and none of them started for this long: the pool is stuck. pebble waits
@@ -61,12 +81,6 @@ class _InFlight:
 # process was killed holding it, and a frozen process takes tasks it never runs; a healthy pool
 # starts a task within a second or two (a new process and its initializer included).
 POOL_STALL_SECONDS = 20.0
-
-
-def delivery_attempt(properties: pika.BasicProperties) -> int:
-    """1 for a first delivery; quorum queues count earlier ones in `x-delivery-count`."""
-    headers = properties.headers or {}
-    return int(headers.get("x-delivery-count", 0)) + 1
 
 
 def backoff_delays(first: float = 0.5, cap: float = 30.0):
@@ -222,7 +236,7 @@ class Consumer:
             self.metrics.tasks.labels("failed", reason).inc()
             channel.basic_reject(method.delivery_tag, requeue=False)
             return
-        inflight = _InFlight(task, delivery_attempt(properties), time.monotonic())
+        inflight = _InFlight(task, body, attempt_number(properties.headers), time.monotonic())
         self._inflight[method.delivery_tag] = inflight
         future = self.threads.submit(
             self.runner.run, task, inflight.attempts, partial(setattr, inflight, "encoding")
@@ -243,9 +257,9 @@ class Consumer:
             return
         task, attempts = inflight.task, inflight.attempts
         result = self._outcome(task, attempts, future)
-        if isinstance(result, str):
-            self.metrics.retries.labels(result).inc()
-            channel.basic_nack(delivery_tag, requeue=True)
+        if isinstance(result, _Retry):
+            self.metrics.retries.labels(result.reason).inc()
+            self._retry_later(channel, delivery_tag, inflight, result.delay)
             return
         try:
             channel.basic_publish(
@@ -265,12 +279,32 @@ class Consumer:
         else:
             channel.basic_ack(delivery_tag)
 
-    def _outcome(self, task: Task, attempts: int, future) -> Result | str:
-        """The task's Result, or the reason to requeue it for another attempt."""
+    def _retry_later(self, channel, delivery_tag: int, inflight: _InFlight, delay: float) -> None:
+        """The task's next attempt in `delay` seconds: a copy to the retry queue, confirmed, then the ack."""
+        properties = pika.BasicProperties(
+            content_type=CONTENT_TYPE,
+            delivery_mode=2,
+            expiration=str(round(delay * 1000)),
+            headers={ATTEMPTS_HEADER: inflight.attempts},
+        )
+        try:
+            channel.basic_publish(
+                "", retry_queue(inflight.task.job), inflight.body, properties, mandatory=True
+            )
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            # No retry queue (declared by an older operator) or a broker refusal: retry at once.
+            log.warning("task %d not accepted by the retry queue (%s); requeueing", inflight.task.id, exc)
+            channel.basic_nack(delivery_tag, requeue=True)
+            return
+        channel.basic_ack(delivery_tag)
+
+    def _outcome(self, task: Task, attempts: int, future) -> Result | _Retry:
+        """The task's Result, or when and why to try it again."""
+        retry_after = None
         try:
             return future.result()
         except TransientError as exc:
-            reason, message = exc.reason, str(exc)
+            reason, message, retry_after = exc.reason, str(exc), exc.retry_after
         except FutureTimeout:
             reason, message = "timeout", f"killed after {task.limits.task_timeout_seconds}s"
         except pebble.ProcessExpired as exc:
@@ -280,9 +314,17 @@ class Consumer:
         except Exception as exc:  # a bug: retry like a transient failure, bounded by maxAttempts
             log.exception("task %d raised", task.id)
             reason, message = "internal_error", f"{type(exc).__name__}: {exc}"
-        if attempts < task.limits.max_attempts:
-            log.info("task %d attempt %d failed (%s: %s); requeueing", task.id, attempts, reason, message)
-            return reason
+        delay = retry_delay(attempts, task.limits.max_attempts, retry_after)
+        if delay is not None:
+            log.info(
+                "task %d attempt %d failed (%s: %s); retrying in %.1fs",
+                task.id,
+                attempts,
+                reason,
+                message,
+                delay,
+            )
+            return _Retry(reason, delay)
         return Result(
             job=task.job,
             id=task.id,

@@ -56,14 +56,17 @@ Choices, documented once here:
   each given only the time left. A server that drips a byte at a time is cut off at the deadline.
 - Transient: timeouts, connection errors (refused, reset, malformed responses, a name server that
   fails temporarily), HTTP 429 and 5xx. Not transient: any other HTTP status, a name that does not
-  exist, a certificate that does not verify, and every refusal by policy or size.
-- Messages name the URL without its query string, which may carry a signature or a token.
+  exist, a certificate that does not verify, and every refusal by policy or size. A 429 or 503 with
+  a `Retry-After` (seconds or an HTTP date) carries it as `retry_after`, for the consumer's delay.
+- Messages name the URL as `kompressor.messages.public_source` shows it (no user info, query or
+  fragment, which may carry a signature or a token).
 - `RateLimiter` bounds one worker (its fetches run on the worker's threads, shared by all of its
   pool processes): a job's rate towards one host is the per-worker rate times its pods.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.client
 import io
 import ipaddress
@@ -74,6 +77,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from urllib.parse import SplitResult, quote, urljoin, urlsplit
 
@@ -85,6 +89,7 @@ from kompressor.addresses import (
 from kompressor.deadline import DeadlineSocket as _DeadlineSocket
 from kompressor.deadline import getaddrinfo_within as _getaddrinfo_within
 from kompressor.deadline import remaining as _remaining
+from kompressor.messages import public_source
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "kompressor-worker"
@@ -101,13 +106,22 @@ class FetchError(Exception):
     """A URL whose bytes could not be fetched; `reason` is one machine-readable word:
     forbidden_scheme, forbidden_address, invalid_url, too_large, timeout, http_error (with `status`),
     too_many_redirects, connection_error, tls_error. `transient` is True when a later attempt may
-    succeed (timeouts, connection errors, HTTP 429 and 5xx)."""
+    succeed (timeouts, connection errors, HTTP 429 and 5xx). `retry_after`: the seconds a 429 or
+    503 asked to wait, when it said."""
 
-    def __init__(self, reason: str, message: str, transient: bool | None = None, status: int | None = None):
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        transient: bool | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
         self.reason = reason
         self.message = message
         self.status = status
         self.transient = _transient(reason, status) if transient is None else transient
+        self.retry_after = retry_after
         super().__init__(message)
 
 
@@ -115,6 +129,28 @@ def _transient(reason: str, status: int | None) -> bool:
     if reason == "http_error":
         return status is not None and (status == 429 or 500 <= status <= 599)
     return reason in ("timeout", "connection_error")
+
+
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+_DELTA_SECONDS = re.compile(r"[0-9]+")
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """The wait a `Retry-After` header asks for (RFC 9110 §10.2.3), in seconds from `now` (Unix
+    time): delta-seconds, or an HTTP date (a past one is 0). None when absent or unreadable. Not
+    bounded here: the retry policy (kompressor_worker.retry) bounds every delay."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)  # float, not int: a thousand digits make inf, not a slow conversion
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": a date in UTC without a known zone
+        when = when.replace(tzinfo=datetime.UTC)
+    return max(0.0, when.timestamp() - now)
 
 
 class RateLimiter:
@@ -223,17 +259,23 @@ def fetch_url(
                     current = _redirect_target(current, response.getheader("Location", ""))
                     continue
                 if not 200 <= response.status <= 299:
-                    raise FetchError(
-                        "http_error",
-                        f"{target.shown} answered HTTP {response.status} {_clipped(response.reason, 80)}",
-                        status=response.status,
-                    )
+                    raise _status_error(response, target)
                 return _read_body(response, target, max_bytes)
             finally:
                 sock.close()
         except (OSError, http.client.HTTPException) as error:
             raise _as_fetch_error(error, target, timeout) from error
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _status_error(response: http.client.HTTPResponse, target: _Target) -> FetchError:
+    asked = response.getheader("Retry-After") if response.status in RETRY_AFTER_STATUSES else None
+    return FetchError(
+        "http_error",
+        f"{target.shown} answered HTTP {response.status} {_clipped(response.reason, 80)}",
+        status=response.status,
+        retry_after=retry_after_seconds(asked, time.time()),
+    )
 
 
 def _redirect_target(current: str, location: str) -> str:
@@ -430,11 +472,6 @@ def _clipped(text: str, limit: int) -> str:
 
 
 def _shown(url: str) -> str:
-    """The URL for a message: no user info, no query, no fragment, at most 200 characters."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc.rpartition("@")[2]
-        shown = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else parts.path
-    except ValueError:
-        shown = url.split("?", 1)[0]
+    """The URL for a message: its public form (no user info, query or fragment), at most 200 characters."""
+    shown = public_source(url)
     return shown if len(shown) <= 200 else shown[:197] + "..."

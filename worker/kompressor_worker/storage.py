@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kompressor.messages import Task
 
 META_JOB = "kompressor-job"
+META_TASK = "kompressor-task"
 META_SOURCE = "kompressor-source"
 META_SOURCE_ETAG = "kompressor-source-etag"
 META_SETTINGS = "kompressor-settings"
@@ -88,6 +89,7 @@ def read_source(client, bucket: str, key: str, max_bytes: int) -> tuple[bytes, s
 class ExistingOutput:
     etag: str
     job: str
+    task: str  # the writing task's id; empty when written before it was recorded
     source: str
     source_etag: str
     settings: str
@@ -110,6 +112,7 @@ def existing_output(client, bucket: str, key: str) -> ExistingOutput | None:
     return ExistingOutput(
         etag=head.get("ETag", ""),
         job=meta.get(META_JOB, ""),
+        task=meta.get(META_TASK, ""),
         source=unquote(meta.get(META_SOURCE, "")),
         source_etag=meta.get(META_SOURCE_ETAG, ""),
         settings=meta.get(META_SETTINGS, ""),
@@ -132,7 +135,9 @@ def write_output(
     """Store the output, only if the key still holds `replaces` (None: nothing); else OutputChanged."""
     metadata = {
         META_JOB: task.job.uid,
-        # Object metadata must be ASCII: URL-quote the source's key or URL.
+        META_TASK: str(task.id),
+        # Object metadata must be ASCII: URL-quote the source's key or URL (its public form: the
+        # metadata of an output in a public bucket is served to anyone as x-amz-meta-* headers).
         META_SOURCE: quote(task.source.describe(), safe=":/"),
         META_SOURCE_ETAG: source_etag,
         META_SETTINGS: settings_fingerprint(task),

@@ -55,11 +55,13 @@ CONTENT_TYPES = {
 
 
 class TransientError(Exception):
-    """Worth another attempt: the storage or origin was unavailable, or the task ran out of time."""
+    """Worth another attempt: the storage or origin was unavailable, or the task ran out of time.
+    `retry_after`: the seconds the origin asked to wait (HTTP 429/503 Retry-After), if it did."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, retry_after: float | None = None):
         super().__init__(message)
         self.reason = reason
+        self.retry_after = retry_after
 
 
 # --- in the pool's children ------------------------------------------------------------------------
@@ -170,7 +172,8 @@ class TaskRunner:
             )
         except (StorageError, FetchError) as exc:
             if exc.transient:
-                raise TransientError(exc.reason, str(exc)) from None
+                retry_after = exc.retry_after if isinstance(exc, FetchError) else None
+                raise TransientError(exc.reason, str(exc), retry_after) from None
             return _result(task, Outcome.failed, reason=exc.reason, message=str(exc))
 
     def _raced(self, task: Task) -> Result:
@@ -212,7 +215,7 @@ def _earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
     if found is None:
         return None
     settings = settings_fingerprint(task)
-    if found.job == task.job.uid and found.source != task.source.describe():
+    if found.job == task.job.uid and not _same_input(task, found):
         return _result(
             task,
             Outcome.failed,
@@ -240,6 +243,15 @@ def _earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
             message="output exists for this source version and settings",
         )
     return None
+
+
+def _same_input(task: Task, found: ExistingOutput) -> bool:
+    """Whether an output of this task's job was made from this task's input. A URL is stored
+    without its query (public_source), so URLs that differ only there (`?size=s`, `?size=l`) are
+    told apart by task id: a job's URL list gives each URL the same id on every fan-out."""
+    if found.source != task.source.describe():
+        return False
+    return task.source.url is None or found.task in ("", str(task.id))
 
 
 def _result(task: Task, outcome: Outcome, **fields) -> Result:

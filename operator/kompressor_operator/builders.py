@@ -125,6 +125,8 @@ def worker_env(job: JobRef, spec: CompressionJobSpec, defaults: WorkerDefaults) 
     storage_secret = storage.credentials_secret or defaults.storage_secret
     env = [
         _value("KOMPRESSOR_QUEUE", task_queue(job)),
+        _value("KOMPRESSOR_JOB_NAMESPACE", job.namespace),
+        _value("KOMPRESSOR_JOB_NAME", job.name),
         _value("KOMPRESSOR_PROCESSES", spec.workers.processes_per_pod),
         _value("KOMPRESSOR_HEALTH_PORT", defaults.health_port),
         _value("KOMPRESSOR_GRACE_SECONDS", spec.limits.task_timeout_seconds + DRAIN_MARGIN_SECONDS),

@@ -38,6 +38,8 @@ from kompressor_operator.status import (
     check_spec,
     immutable_changes,
     next_status,
+    required_secrets,
+    secrets_condition,
     set_condition,
     throughput,
 )
@@ -53,6 +55,14 @@ class InvalidSpec(Exception):
     def __init__(self, problems: list[str]):
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+class SecretsMissing(Exception):
+    """Secrets the spec names do not exist (yet): the job waits for them, it is not refused."""
+
+    def __init__(self, missing: list[str]):
+        super().__init__("; ".join(missing))
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -118,13 +128,21 @@ class Controller:
         problems = check_spec(spec)
         if problems:
             raise InvalidSpec(problems)
+        missing = self._missing_secrets(job, spec)
+        if missing:
+            raise SecretsMissing(missing)
         client = self._storage(job, spec).client()
         engine = JobEngine(job, spec, self.settings.broker.url.get_secret_value(), client).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
         deployment = worker_deployment(job, spec, self.settings.worker, owner=body, replicas=0)
         self.kube.apply_deployment(deployment)
-        outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
+        outcome = Outcome(
+            status=secrets_condition(
+                CompressionJobStatus.model_validate(body.get("status") or {}), [], datetime.now(UTC)
+            ),
+            annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)},
+        )
         outcome.events.append(
             Event(
                 "Normal",
@@ -134,6 +152,16 @@ class Controller:
         )
         outcome.events.extend(refusals(refused))
         return outcome
+
+    def _missing_secrets(self, job: JobRef, spec: CompressionJobSpec) -> list[str]:
+        missing = []
+        for need in required_secrets(spec):
+            try:
+                for key in need.keys:
+                    self.kube.secret_value(job.namespace, need.name, key)
+            except SecretMissing as exc:
+                missing.append(f"{need.field}: {exc}")
+        return missing
 
     def _storage(self, job: JobRef, spec: CompressionJobSpec):
         storage = self.settings.storage.for_job(spec.storage)
@@ -151,7 +179,7 @@ class Controller:
                     }
                 )
             except SecretMissing as exc:
-                raise InvalidSpec([f"spec.storage.credentialsSecret: {exc}"]) from None
+                raise SecretsMissing([f"spec.storage.credentialsSecret: {exc}"]) from None
         return storage
 
     # --- the periodic step ----------------------------------------------------------------------
@@ -186,7 +214,7 @@ class Controller:
         if decision.changed:
             self.kube.scale(state.job.namespace, name, decision.replicas)
             direction = "up" if decision.replicas > state.scale.current else "down"
-            self.metrics.scale_events.labels(state.job.name, direction).inc()
+            self.metrics.scaled(state.job, direction)
             outcome.events.append(
                 Event(
                     "Normal",
@@ -195,8 +223,7 @@ class Controller:
                 )
             )
         state.scale = decision.state
-        self.metrics.outstanding.labels(state.job.name).set(sample.outstanding)
-        self.metrics.desired.labels(state.job.name).set(decision.replicas)
+        self.metrics.observe(state.job, sample.outstanding, decision.replicas)
         workers = WorkerCounts(
             desired=decision.replicas, ready=self.kube.ready_replicas(state.job.namespace, name)
         )
@@ -239,6 +266,7 @@ class Controller:
         manifest = state.engine.finish()
         self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0)
         self.claims.pop(state.job.uid, None)
+        self.metrics.forget(state.job)
         state.engine.close()
         del self.jobs[state.job.uid]
         kind = "Normal" if status.phase is Phase.succeeded else "Warning"
@@ -302,6 +330,7 @@ class Controller:
         """Finalizer: the job's queues go; the Deployment goes by owner reference."""
         uid = body["metadata"]["uid"]
         self.claims.pop(uid, None)
+        self.metrics.forget(job_ref(body["metadata"]))
         state = self.jobs.pop(uid, None)
         if state is not None:
             state.engine.delete_queues()

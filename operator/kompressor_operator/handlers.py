@@ -16,14 +16,24 @@ import kopf
 from prometheus_client import start_http_server
 
 from kompressor.crd import FINISHED_PHASES, GROUP, PLURAL, VERSION, CompressionJobStatus, Phase
-from kompressor_operator.controller import Controller, InvalidSpec, Outcome, accepted_spec, refusals
+from kompressor_operator.controller import (
+    Controller,
+    InvalidSpec,
+    Outcome,
+    SecretsMissing,
+    accepted_spec,
+    refusals,
+)
 from kompressor_operator.kube import Kube, load_config
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.settings import OperatorSettings
-from kompressor_operator.status import set_condition
+from kompressor_operator.status import SECRET_MISSING, secrets_condition, set_condition
 
 PREFIX = "kompressor.dev"
 TIMER_SECONDS = 1.0  # the per-job poll interval (a setting) is enforced inside Controller.step
+SECRET_RETRY_SECONDS = 5.0
+"""How often a job waiting for a missing Secret looks again (a read of each Secret it names): polling
+needs only `get` on Secrets, where a watch would need `list` and `watch` on every Secret."""
 
 
 @kopf.on.startup()
@@ -94,6 +104,11 @@ async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
         patch.status.update(_status_patch(status))
         kopf.warn(body, reason="SpecInvalid", message=str(exc))
         raise kopf.PermanentError(str(exc)) from None
+    except SecretsMissing as exc:
+        previous = CompressionJobStatus.model_validate(body.get("status") or {})
+        patch.status.update(_status_patch(secrets_condition(previous, exc.missing, datetime.now(UTC))))
+        kopf.warn(body, reason=SECRET_MISSING, message=f"waiting: {exc}")
+        raise kopf.TemporaryError(str(exc), delay=SECRET_RETRY_SECONDS) from None
     _write(outcome, body, patch)
 
 

@@ -377,3 +377,46 @@ def _resource_problems(requests: dict[str, Any], limits: dict[str, Any]) -> list
                 "the limit"
             )
     return problems
+
+
+# --- Secrets a job needs before it starts ---------------------------------------------------------
+
+SECRETS_READY = "SecretsReady"
+SECRET_MISSING = "SecretMissing"
+
+
+@dataclass(frozen=True)
+class SecretNeed:
+    """A Secret in the job's namespace that the operator reads: the field naming it, and its keys."""
+
+    field: str
+    name: str
+    keys: tuple[str, ...]
+
+
+def required_secrets(spec: CompressionJobSpec) -> list[SecretNeed]:
+    """The Secrets the spec names that must exist (with their keys) before the job starts."""
+    needs = []
+    if spec.storage.credentials_secret:
+        needs.append(
+            SecretNeed(
+                "spec.storage.credentialsSecret",
+                spec.storage.credentials_secret,
+                ("accessKeyId", "secretAccessKey"),
+            )
+        )
+    if spec.notify is not None and spec.notify.secret_ref:
+        needs.append(SecretNeed("spec.notify.secretRef", spec.notify.secret_ref, ("hmacKey",)))
+    return needs
+
+
+def secrets_condition(
+    previous: CompressionJobStatus, missing: Sequence[str], now: datetime
+) -> CompressionJobStatus:
+    """`previous` with SecretsReady set: False (reason SecretMissing, naming each) while any is
+    `missing`, else True. The phase is left alone: a job waiting for a Secret stays Pending (a Pod
+    waits for a missing Secret the same way), and a phase never goes back."""
+    condition = (False, SECRET_MISSING, "; ".join(missing)) if missing else (True, "Found", "")
+    return previous.model_copy(
+        update={"conditions": set_condition(previous.conditions, SECRETS_READY, *condition, now)}
+    )

@@ -112,6 +112,7 @@ def test_the_container_runs_the_worker_image_with_its_settings():
     assert "args" not in c and "command" not in c  # the image's ENTRYPOINT is kompressor-worker
     values = {name: item.get("value") for name, item in env(build()).items()}
     assert values["KOMPRESSOR_QUEUE"] == task_queue(JOB)
+    assert (values["KOMPRESSOR_JOB_NAMESPACE"], values["KOMPRESSOR_JOB_NAME"]) == (JOB.namespace, JOB.name)
     assert values["KOMPRESSOR_PROCESSES"] == "3"
     assert values["KOMPRESSOR_HEALTH_PORT"] == "8080"
     assert values["KOMPRESSOR_STORAGE__ENDPOINT_URL"] == "http://seaweedfs:8333"

@@ -11,10 +11,14 @@ from hypothesis import strategies as st
 from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
 from kompressor_operator.status import (
     CONDITION_TYPES,
+    SECRET_MISSING,
+    SECRETS_READY,
     Counts,
     check_spec,
     immutable_changes,
     next_status,
+    required_secrets,
+    secrets_condition,
     set_condition,
     throughput,
 )
@@ -377,3 +381,31 @@ def test_no_estimate_from_a_vanishing_rate():
     assert slow.estimated_seconds_remaining is None
     fast = next_status(CompressionJobStatus(), counts, SPEC, WORKERS, T0, 1, 2.0)
     assert fast.estimated_seconds_remaining == 5
+
+
+def test_the_secrets_a_job_needs_are_named_with_their_field_and_keys():
+    assert required_secrets(SPEC) == []
+    spec = CompressionJobSpec.model_validate(
+        {
+            **SPEC.model_dump(by_alias=True, mode="json", exclude_none=True),
+            "storage": {"credentialsSecret": "s3-keys"},
+            "notify": {"webhookURL": "http://hooks.invalid/x", "secretRef": "hook"},
+        }
+    )
+    assert [(n.field, n.name, n.keys) for n in required_secrets(spec)] == [
+        ("spec.storage.credentialsSecret", "s3-keys", ("accessKeyId", "secretAccessKey")),
+        ("spec.notify.secretRef", "hook", ("hmacKey",)),
+    ]
+
+
+@pytest.mark.parametrize("phase", [Phase.pending, Phase.running])
+def test_a_missing_secret_is_a_false_condition_naming_it_and_never_moves_the_phase(phase):
+    previous = CompressionJobStatus(phase=phase)
+    waiting = secrets_condition(previous, ["spec.notify.secretRef: Secret shop/hook does not exist"], T0)
+    (condition,) = [c for c in waiting.conditions if c.type == SECRETS_READY]
+    assert (condition.status, condition.reason) == ("False", SECRET_MISSING)
+    assert "shop/hook" in condition.message
+    assert waiting.phase is phase
+    found = secrets_condition(waiting, [], T0 + timedelta(seconds=9))
+    (condition,) = [c for c in found.conditions if c.type == SECRETS_READY]
+    assert (condition.status, condition.last_transition_time) == ("True", T0 + timedelta(seconds=9))

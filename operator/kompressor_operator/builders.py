@@ -216,9 +216,18 @@ def worker_deployment(
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": selector_labels(job)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": scrape_annotations(defaults.health_port)},
+                "spec": pod_spec,
+            },
         },
     }
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """The annotations a plain Prometheus' `kubernetes_sd` pod job keeps by convention: scrape this
+    pod's /metrics on the health port. (The chart's PodMonitor selects the pods by label instead.)"""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
 def scale_patch(replicas: int) -> dict[str, Any]:

@@ -180,6 +180,15 @@ def test_workers_drain_before_they_are_killed():
     }
 
 
+def test_pods_carry_the_prometheus_scrape_annotations_for_the_health_port():
+    template = build()["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    (port,) = template["spec"]["containers"][0]["ports"]
+    assert int(annotations["prometheus.io/port"]) == port["containerPort"] == DEFAULTS.health_port
+
+
 def test_probes_use_the_named_health_port():
     c = container(build())
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]

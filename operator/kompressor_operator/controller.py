@@ -42,6 +42,7 @@ from kompressor_operator.status import (
     secrets_condition,
     set_condition,
     throughput,
+    waited_for_secrets,
 )
 
 log = logging.getLogger("kompressor.operator")
@@ -137,12 +138,10 @@ class Controller:
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
         deployment = worker_deployment(job, spec, self.settings.worker, owner=body, replicas=0)
         self.kube.apply_deployment(deployment)
-        outcome = Outcome(
-            status=secrets_condition(
-                CompressionJobStatus.model_validate(body.get("status") or {}), [], datetime.now(UTC)
-            ),
-            annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)},
-        )
+        outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
+        previous = CompressionJobStatus.model_validate(body.get("status") or {})
+        if waited_for_secrets(previous):
+            outcome.status = secrets_condition(previous, [], datetime.now(UTC))
         outcome.events.append(
             Event(
                 "Normal",

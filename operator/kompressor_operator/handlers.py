@@ -106,8 +106,10 @@ async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
         raise kopf.PermanentError(str(exc)) from None
     except SecretsMissing as exc:
         previous = CompressionJobStatus.model_validate(body.get("status") or {})
-        patch.status.update(_status_patch(secrets_condition(previous, exc.missing, datetime.now(UTC))))
-        kopf.warn(body, reason=SECRET_MISSING, message=f"waiting: {exc}")
+        waiting = secrets_condition(previous, exc.missing, datetime.now(UTC))
+        if waiting.conditions != previous.conditions:  # one Warning per change, not one per retry
+            patch.status.update(_status_patch(waiting))
+            kopf.warn(body, reason=SECRET_MISSING, message=f"waiting: {exc}")
         raise kopf.TemporaryError(str(exc), delay=SECRET_RETRY_SECONDS) from None
     _write(outcome, body, patch)
 

@@ -27,6 +27,9 @@ Choices, documented once here:
 - Conditions (always present, so `kubectl wait --for=condition=...` works in either direction):
   `Listed` (the listing is done), `Progressing` (listing or running), `Suspended`, `Complete`
   (Succeeded) and `Failed`. Conditions of other types (a handler's `SpecInvalid`, say) are kept.
+- A Secret the spec names that does not exist yet is not a spec error: the job waits, Pending, with
+  `SecretsReady=False` (reason `SecretMissing`, naming the field and the Secret) until it appears,
+  as a Pod waits for its Secrets (`required_secrets`, `secrets_condition`).
 - Numbers: `total` shown is never below what was published or accounted, so progress never exceeds
   100% while the listing count lags; `outstanding` = published - accounted; `progress` is
   "(succeeded+skipped)/total"; `saved` is the share of input bytes not written ("61%"; "" before
@@ -410,12 +413,18 @@ def required_secrets(spec: CompressionJobSpec) -> list[SecretNeed]:
     return needs
 
 
+def waited_for_secrets(status: CompressionJobStatus) -> bool:
+    """The job has been waiting for a Secret: its SecretsReady condition is there and not True."""
+    return any(c.type == SECRETS_READY and c.status != "True" for c in status.conditions)
+
+
 def secrets_condition(
     previous: CompressionJobStatus, missing: Sequence[str], now: datetime
 ) -> CompressionJobStatus:
     """`previous` with SecretsReady set: False (reason SecretMissing, naming each) while any is
     `missing`, else True. The phase is left alone: a job waiting for a Secret stays Pending (a Pod
-    waits for a missing Secret the same way), and a phase never goes back."""
+    waits for a missing Secret the same way), and a phase never goes back. Set only on jobs that
+    named a Secret that was missing, so a job that never waited writes nothing at start."""
     condition = (False, SECRET_MISSING, "; ".join(missing)) if missing else (True, "Found", "")
     return previous.model_copy(
         update={"conditions": set_condition(previous.conditions, SECRETS_READY, *condition, now)}

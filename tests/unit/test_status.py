@@ -21,6 +21,7 @@ from kompressor_operator.status import (
     secrets_condition,
     set_condition,
     throughput,
+    waited_for_secrets,
 )
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -406,6 +407,10 @@ def test_a_missing_secret_is_a_false_condition_naming_it_and_never_moves_the_pha
     assert (condition.status, condition.reason) == ("False", SECRET_MISSING)
     assert "shop/hook" in condition.message
     assert waiting.phase is phase
+    assert waited_for_secrets(waiting) and not waited_for_secrets(previous)
+    # Retried with the same Secret still missing: nothing changes, so nothing is written again.
+    assert secrets_condition(waiting, [condition.message], T0 + timedelta(seconds=5)) == waiting
     found = secrets_condition(waiting, [], T0 + timedelta(seconds=9))
+    assert not waited_for_secrets(found)
     (condition,) = [c for c in found.conditions if c.type == SECRETS_READY]
     assert (condition.status, condition.last_transition_time) == ("True", T0 + timedelta(seconds=9))

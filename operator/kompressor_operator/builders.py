@@ -149,6 +149,8 @@ def worker_env(
     storage_secret = storage.credentials_secret or defaults.storage_secret
     env = [
         _value("KOMPRESSOR_QUEUE", task_queue(job)),
+        _value("KOMPRESSOR_JOB_NAMESPACE", job.namespace),
+        _value("KOMPRESSOR_JOB_NAME", job.name),
         _value("KOMPRESSOR_PROCESSES", spec.workers.processes_per_pod),
         _value("KOMPRESSOR_HEALTH_PORT", defaults.health_port),
         _value("KOMPRESSOR_GRACE_SECONDS", spec.limits.task_timeout_seconds + DRAIN_MARGIN_SECONDS),
@@ -270,9 +272,11 @@ def worker_deployment(
             *copy.deepcopy(defaults.extra_volumes),
         ],
     }
-    template_metadata: dict[str, Any] = {"labels": {**defaults.pod_labels, **labels}}
-    if defaults.pod_annotations:
-        template_metadata["annotations"] = dict(defaults.pod_annotations)
+    # The chart's podAnnotations win over the scrape annotations (a team may scrape otherwise).
+    template_metadata: dict[str, Any] = {
+        "labels": {**defaults.pod_labels, **labels},
+        "annotations": {**scrape_annotations(defaults.health_port), **defaults.pod_annotations},
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -285,6 +289,12 @@ def worker_deployment(
             "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """The annotations a plain Prometheus' `kubernetes_sd` pod job keeps by convention: scrape this
+    pod's /metrics on the health port. (The chart's PodMonitor selects the pods by label instead.)"""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
 def scale_patch(replicas: int) -> dict[str, Any]:

@@ -44,9 +44,12 @@ from kompressor_operator.status import (
     immutable_changes,
     next_status,
     reachability,
+    required_secrets,
     retry_delay,
+    secrets_condition,
     set_condition,
     throughput,
+    waited_for_secrets,
 )
 
 log = logging.getLogger("kompressor.operator")
@@ -62,6 +65,14 @@ class InvalidSpec(Exception):
         super().__init__("; ".join(problems))
         self.problems = problems
         self.reason = reason
+
+
+class SecretsMissing(Exception):
+    """Secrets the spec names do not exist (yet): the job waits for them, it is not refused."""
+
+    def __init__(self, missing: list[str]):
+        super().__init__("; ".join(missing))
+        self.missing = missing
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,9 @@ class Controller:
         problems = check_spec(spec, self.settings.allowed_input_formats)
         if problems:
             raise InvalidSpec(problems)
+        missing = self._missing_secrets(job, spec)
+        if missing:
+            raise SecretsMissing(missing)
         client = self._storage(job, spec).client()
         deployment = self._deployment(job, spec, body, replicas=0)
         try:
@@ -154,6 +168,9 @@ class Controller:
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
+        previous = CompressionJobStatus.model_validate(body.get("status") or {})
+        if waited_for_secrets(previous):
+            outcome.status = secrets_condition(previous, [], datetime.now(UTC))
         outcome.events.append(
             Event(
                 "Normal",
@@ -177,6 +194,16 @@ class Controller:
             default_endpoint=self.settings.storage.endpoint_url,
         )
 
+    def _missing_secrets(self, job: JobRef, spec: CompressionJobSpec) -> list[str]:
+        missing = []
+        for need in required_secrets(spec):
+            try:
+                for key in need.keys:
+                    self.kube.secret_value(job.namespace, need.name, key)
+            except SecretMissing as exc:
+                missing.append(f"{need.field}: {exc}")
+        return missing
+
     def _storage(self, job: JobRef, spec: CompressionJobSpec):
         """The job's storage settings, after the endpoint guard (endpoints.py) let them pass."""
         try:
@@ -199,7 +226,7 @@ class Controller:
                     }
                 )
             except SecretMissing as exc:
-                raise InvalidSpec([f"spec.storage.credentialsSecret: {exc}"]) from None
+                raise SecretsMissing([f"spec.storage.credentialsSecret: {exc}"]) from None
         return storage
 
     # --- the periodic step ----------------------------------------------------------------------
@@ -230,7 +257,7 @@ class Controller:
             return outcome
         state.failures = 0
         for reason, count in progress.refused_now.items():
-            self.metrics.refused_results.labels(state.job.name, reason).inc(count)
+            self.metrics.refused(state.job, reason, count)
         state.rate = (
             throughput(state.rate, progress.accounted_now, now - state.last_step)
             if state.last_step
@@ -245,7 +272,7 @@ class Controller:
         if decision.changed:
             self.kube.scale(state.job.namespace, name, decision.replicas, state.job.uid)
             direction = "up" if decision.replicas > state.scale.current else "down"
-            self.metrics.scale_events.labels(state.job.name, direction).inc()
+            self.metrics.scaled(state.job, direction)
             outcome.events.append(
                 Event(
                     "Normal",
@@ -254,8 +281,7 @@ class Controller:
                 )
             )
         state.scale = decision.state
-        self.metrics.outstanding.labels(state.job.name).set(sample.outstanding)
-        self.metrics.desired.labels(state.job.name).set(decision.replicas)
+        self.metrics.observe(state.job, sample.outstanding, decision.replicas)
         workers = WorkerCounts(
             desired=decision.replicas, ready=self.kube.ready_replicas(state.job.namespace, name)
         )
@@ -320,6 +346,7 @@ class Controller:
         except DeploymentNotOwned as exc:  # not ours to scale down: the job still finishes
             outcome.events.append(Event("Warning", DEPLOYMENT_NOT_OWNED, str(exc)))
         self.claims.pop(state.job.uid, None)
+        self.metrics.forget(state.job)
         state.engine.close()
         del self.jobs[state.job.uid]
         kind = "Normal" if status.phase is Phase.succeeded else "Warning"
@@ -429,6 +456,7 @@ class Controller:
         uid = body["metadata"]["uid"]
         self.claims.pop(uid, None)
         self.deliveries.pop(uid, None)
+        self.metrics.forget(job_ref(body["metadata"]))
         state = self.jobs.pop(uid, None)
         if state is not None:
             state.engine.delete_queues()

@@ -23,13 +23,14 @@ from kompressor_operator.controller import (
     Controller,
     InvalidSpec,
     Outcome,
+    SecretsMissing,
     accepted_spec,
     refusals,
 )
 from kompressor_operator.kube import DeploymentNotOwned, Kube, load_config
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.settings import OperatorSettings
-from kompressor_operator.status import set_condition
+from kompressor_operator.status import SECRET_MISSING, secrets_condition, set_condition
 
 PREFIX = "kompressor.dev"
 TIMER_SECONDS = 1.0  # the per-job poll interval (a setting) is enforced inside Controller.step
@@ -37,6 +38,9 @@ TIMER_SECONDS = 1.0  # the per-job poll interval (a setting) is enforced inside 
 # about to be collected: the job waits (WorkerDeployment=False) and tries again this often.
 NOT_OWNED_RETRY_SECONDS = 15.0
 WORKER_DEPLOYMENT = "WorkerDeployment"
+SECRET_RETRY_SECONDS = 5.0
+"""How often a job waiting for a missing Secret looks again (a read of each Secret it names): polling
+needs only `get` on Secrets, where a watch would need `list` and `watch` on every Secret."""
 
 
 @kopf.on.startup()
@@ -109,6 +113,13 @@ async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
         raise kopf.PermanentError(str(exc)) from None
     except DeploymentNotOwned as exc:
         _not_owned(body, patch, exc)
+    except SecretsMissing as exc:
+        previous = CompressionJobStatus.model_validate(body.get("status") or {})
+        waiting = secrets_condition(previous, exc.missing, datetime.now(UTC))
+        if waiting.conditions != previous.conditions:  # one Warning per change, not one per retry
+            patch.status.update(_status_patch(waiting))
+            kopf.warn(body, reason=SECRET_MISSING, message=f"waiting: {exc}")
+        raise kopf.TemporaryError(str(exc), delay=SECRET_RETRY_SECONDS) from None
     _deployment_condition(body, patch, "True", "DeploymentOwned", "")
     _write(outcome, body, patch)
 

@@ -154,6 +154,8 @@ def worker_environment(
         "KOMPRESSOR_STORAGE__ACCESS_KEY_ID": reveal(storage.access_key_id),
         "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": reveal(storage.secret_access_key),
         "KOMPRESSOR_QUEUE": task_queue(job),
+        "KOMPRESSOR_JOB_NAMESPACE": job.namespace,
+        "KOMPRESSOR_JOB_NAME": job.name,
         "KOMPRESSOR_PROCESSES": str(spec.workers.processes_per_pod),
         "KOMPRESSOR_HEALTH_PORT": "0",
         "KOMPRESSOR_GRACE_SECONDS": str(spec.limits.task_timeout_seconds + 10),

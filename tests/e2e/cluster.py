@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,6 +96,7 @@ class Cluster:
     webhook: Webhook
     operator: subprocess.Popen | None = None
     operator_starts: int = 0
+    metrics_port: int = field(default_factory=free_port)
 
     def operator_env(self) -> dict[str, str]:
         return {
@@ -103,7 +105,7 @@ class Cluster:
             "KOMPRESSOR_BROKER__URL": self.rabbitmq.url,
             **self.s3.env(),
             "KOMPRESSOR_POLL_INTERVAL_SECONDS": "1",
-            "KOMPRESSOR_METRICS_PORT": "0",
+            "KOMPRESSOR_METRICS_PORT": str(self.metrics_port),
             "KOMPRESSOR_WEBHOOK_ALLOW_NETWORKS": '["127.0.0.1/32"]',
             # Jobs may name their own endpoint (with their own Secret) on 127.0.0.1 only: the
             # refusal tests listen on another loopback address.
@@ -159,6 +161,10 @@ class Cluster:
     def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return self.kube.kubectl("-n", self.namespace, *args, **kwargs)
 
+    def operator_metrics(self) -> str:
+        """The operator's real /metrics (prometheus_client's server, as in the chart's Service)."""
+        return scrape(self.metrics_port)
+
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
@@ -213,6 +219,11 @@ def install(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, log_dir: Path, name
         kube.kubectl("create", "secret", "generic", name, "-n", namespace, *args)
     agent = NodeAgent(kube, log_dir=log_dir / "pods", namespaces=[namespace])
     return Cluster(kube, rabbitmq, s3, namespace, kubeconfig, log_dir, agent, Webhook().start())
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
 
 
 def job_manifest(name: str, bucket: str, s3: S3Server, webhook: Webhook | None = None, **spec: Any) -> str:

@@ -19,8 +19,16 @@ pytestmark = pytest.mark.kube
         {},
         {"watchNamespaces": ["team-a", "team-b"]},
         {"dev": {"enabled": True}, "grafana": {"dashboard": {"enabled": True}}},
+        {
+            "watchNamespaces": ["team-a", "team-b"],
+            "networkPolicy": {
+                "enabled": True,
+                "apiServer": {"to": [{"ipBlock": {"cidr": "192.0.2.1/32"}}], "ports": [{"port": 6443}]},
+                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+            },
+        },
     ],
-    ids=["defaults", "watch-namespaces", "dev-and-dashboard"],
+    ids=["defaults", "watch-namespaces", "dev-and-dashboard", "network-policies"],
 )
 def test_rendered_objects_apply_server_side(kube: KubeAPI, values: dict):
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))

@@ -15,6 +15,7 @@ from kompressor.messages import JobRef, task_queue
 from kompressor_operator.builders import (
     job_ref,
     scale_patch,
+    scrape_annotations,
     worker_deployment,
     worker_deployment_name,
     worker_pod_settings,
@@ -122,6 +123,7 @@ def test_the_container_runs_the_worker_image_with_its_settings():
     assert "args" not in c and "command" not in c  # the image's ENTRYPOINT is kompressor-worker
     values = {name: item.get("value") for name, item in env(build()).items()}
     assert values["KOMPRESSOR_QUEUE"] == task_queue(JOB)
+    assert (values["KOMPRESSOR_JOB_NAMESPACE"], values["KOMPRESSOR_JOB_NAME"]) == (JOB.namespace, JOB.name)
     assert values["KOMPRESSOR_PROCESSES"] == "3"
     assert values["KOMPRESSOR_HEALTH_PORT"] == "8080"
     assert values["KOMPRESSOR_STORAGE__ENDPOINT_URL"] == "http://seaweedfs:8333"
@@ -192,6 +194,15 @@ def test_workers_drain_before_they_are_killed():
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
+
+
+def test_pods_carry_the_prometheus_scrape_annotations_for_the_health_port():
+    template = build()["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    (port,) = template["spec"]["containers"][0]["ports"]
+    assert int(annotations["prometheus.io/port"]) == port["containerPort"] == DEFAULTS.health_port
 
 
 def test_probes_use_the_named_health_port():
@@ -377,7 +388,10 @@ def test_the_deployment_carries_the_platform_settings():
     pod = template["spec"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["priorityClassName"] == "batch-low"
-    assert template["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+    assert template["metadata"]["annotations"] == {
+        **scrape_annotations(PLATFORM.health_port),
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "true",
+    }
     labels = template["metadata"]["labels"]
     assert labels["team"] == "media"
     # podLabels never change the labels the selector matches.

@@ -160,10 +160,13 @@ def worker_deployment(
     spec: CompressionJobSpec,
     defaults: WorkerDefaults,
     owner: Mapping[str, Any] | None,
-    replicas: int,
+    replicas: int | None,
 ) -> dict[str, Any]:
-    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring)."""
-    if replicas < 0:
+    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring).
+
+    None leaves `spec.replicas` out, for an external scaler to own (the API server defaults it to 1).
+    """
+    if replicas is not None and replicas < 0:
         raise ValueError(f"replicas {replicas} must not be negative")
     labels = worker_labels(job)
     metadata: dict[str, Any] = {
@@ -205,12 +208,13 @@ def worker_deployment(
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}],
     }
+    deployment_spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": replicas,
+            **deployment_spec,
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": selector_labels(job)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},

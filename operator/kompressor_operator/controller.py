@@ -22,17 +22,25 @@ from kompressor.crd import (
     CompressionJobSpec,
     CompressionJobStatus,
     Phase,
+    Scaler,
     SpecError,
     WorkerCounts,
     parse_spec,
 )
-from kompressor.messages import JobRef
+from kompressor.messages import JobRef, task_queue
 from kompressor_operator import broker, notify
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.engine import JobEngine
 from kompressor_operator.kube import Kube, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
-from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget, decide_replicas
+from kompressor_operator.policy import (
+    Claim,
+    Sample,
+    ScaleState,
+    allocate_budget,
+    decide_replicas,
+    deployment_replicas,
+)
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import (
     check_spec,
@@ -122,7 +130,9 @@ class Controller:
         engine = JobEngine(job, spec, self.settings.broker.url.get_secret_value(), client).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
-        deployment = worker_deployment(job, spec, self.settings.worker, owner=body, replicas=0)
+        deployment = worker_deployment(
+            job, spec, self.settings.worker, owner=body, replicas=deployment_replicas(spec.workers, 0)
+        )
         self.kube.apply_deployment(deployment)
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         outcome.events.append(
@@ -196,10 +206,11 @@ class Controller:
             )
         state.scale = decision.state
         self.metrics.outstanding.labels(state.job.name).set(sample.outstanding)
-        self.metrics.desired.labels(state.job.name).set(decision.replicas)
-        workers = WorkerCounts(
-            desired=decision.replicas, ready=self.kube.ready_replicas(state.job.namespace, name)
-        )
+        desired = decision.replicas
+        if desired is None:  # an external scaler's: report what it asked for
+            desired = self.kube.desired_replicas(state.job.namespace, name)
+        self.metrics.desired.labels(state.job.name).set(desired)
+        workers = WorkerCounts(desired=desired, ready=self.kube.ready_replicas(state.job.namespace, name))
         status = next_status(
             previous,
             counts,
@@ -211,6 +222,8 @@ class Controller:
         )
         status = status.model_copy(
             update={
+                "queue": task_queue(state.job),
+                "backlog": sample.outstanding,
                 "conditions": set_condition(
                     status.conditions,
                     "SpecAccepted",
@@ -218,7 +231,7 @@ class Controller:
                     "ImmutableFieldChanged" if refused else "Accepted",
                     f"{', '.join(refused)} cannot change after start" if refused else "",
                     datetime.now(UTC),
-                )
+                ),
             }
         )
         if counts.listing_done and not state.listed_announced:
@@ -237,7 +250,8 @@ class Controller:
 
     def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
         manifest = state.engine.finish()
-        self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0)
+        if state.spec.workers.scaler is Scaler.builtin:
+            self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0)
         self.claims.pop(state.job.uid, None)
         state.engine.close()
         del self.jobs[state.job.uid]
@@ -293,7 +307,13 @@ class Controller:
         spec, _ = accepted_spec(body)
         state.spec = spec
         self.kube.apply_deployment(
-            worker_deployment(state.job, spec, self.settings.worker, owner=body, replicas=state.scale.current)
+            worker_deployment(
+                state.job,
+                spec,
+                self.settings.worker,
+                owner=body,
+                replicas=deployment_replicas(spec.workers, state.scale.current),
+            )
         )
 
     # --- delete ---------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
-def build(spec: CompressionJobSpec = SPEC, job: JobRef = JOB, owner=OWNER, replicas: int = 3) -> dict:
+def build(spec: CompressionJobSpec = SPEC, job: JobRef = JOB, owner=OWNER, replicas: int | None = 3) -> dict:
     return worker_deployment(job, spec, DEFAULTS, owner, replicas)
 
 
@@ -207,6 +207,13 @@ def test_any_job_name_gives_a_valid_deployment(name):
     labels = d["spec"]["template"]["metadata"]["labels"]
     assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels.values())
     assert d["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_an_external_scaler_gets_a_deployment_without_replicas():
+    """Without spec.replicas the operator's create and template patches never set them."""
+    d = build(replicas=None)
+    assert "replicas" not in d["spec"]
+    assert d["spec"]["template"] == build()["spec"]["template"]
 
 
 def test_scale_patch_and_negative_replicas():

@@ -394,7 +394,11 @@ class CompressionJobSpec(_Model):
         le=1000,
         description="Higher wins when the cluster-wide worker budget is short.",
     )
-    suspend: bool = Field(default=False, description="true: scale to 0 and keep the queue; false: resume.")
+    suspend: bool = Field(
+        default=False,
+        description="true: keep the queue and scale the workers to 0 (with workers.scaler external, "
+        "pause your scaler instead); false: resume.",
+    )
     notify: Notify | None = Field(default=None, description="Webhook called when the job finishes.")
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the job this long after it finishes; empty keeps it."

@@ -130,9 +130,7 @@ class Controller:
         engine = JobEngine(job, spec, self.settings.broker.url.get_secret_value(), client).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
-        deployment = worker_deployment(
-            job, spec, self.settings.worker, owner=body, replicas=deployment_replicas(spec.workers, 0)
-        )
+        deployment = self._worker_deployment(job, spec, body, 0)
         self.kube.apply_deployment(deployment)
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         outcome.events.append(
@@ -306,14 +304,23 @@ class Controller:
             return
         spec, _ = accepted_spec(body)
         state.spec = spec
-        self.kube.apply_deployment(
-            worker_deployment(
-                state.job,
-                spec,
-                self.settings.worker,
-                owner=body,
-                replicas=deployment_replicas(spec.workers, state.scale.current),
-            )
+        self.kube.apply_deployment(self._worker_deployment(state.job, spec, body, state.scale.current))
+
+    def _worker_deployment(
+        self, job: JobRef, spec: CompressionJobSpec, owner: dict[str, Any], current: int
+    ) -> dict[str, Any]:
+        """Workers reach the S3 the operator reaches: a job naming no endpoint or region gets the
+        operator's defaults in its pods too, as it did for the listing (StorageSettings.for_job)."""
+        storage = self.settings.storage.for_job(spec.storage)
+        resolved = spec.storage.model_copy(
+            update={"endpoint_url": storage.endpoint_url, "region": storage.region}
+        )
+        return worker_deployment(
+            job,
+            spec.model_copy(update={"storage": resolved}),
+            self.settings.worker,
+            owner=owner,
+            replicas=deployment_replicas(spec.workers, current),
         )
 
     # --- delete ---------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kompressor.crd import CompressionJobSpec
+from kompressor.crd import CompressionJobSpec, Storage
 from kompressor.messages import JobRef, task_queue
 from kompressor_operator.builders import (
     job_ref,
@@ -230,3 +230,31 @@ def test_job_ref_reads_metadata_and_names_what_is_missing():
     )
     with pytest.raises(ValueError, match="uid"):
         job_ref({"namespace": "shop", "name": "x"})
+
+
+def test_workers_reach_the_storage_the_operator_lists_from():
+    """A job naming no endpoint or region: its pods get the operator's defaults (they went to AWS S3)."""
+    from kompressor.settings import StorageSettings
+    from kompressor_operator.controller import Controller
+    from kompressor_operator.settings import OperatorSettings
+
+    storage = StorageSettings(endpoint_url="http://127.0.0.1:8333", region="eu-west-3")
+    controller = Controller(OperatorSettings(storage=storage, worker=DEFAULTS), kube=None, metrics=None)
+    plain = SPEC.model_copy(update={"storage": Storage()})
+    env = _env(controller._worker_deployment(JOB, plain, OWNER, 0))
+    assert (env["KOMPRESSOR_STORAGE__ENDPOINT_URL"], env["KOMPRESSOR_STORAGE__REGION"]) == (
+        "http://127.0.0.1:8333",
+        "eu-west-3",
+    )
+    own = plain.model_copy(
+        update={"storage": Storage(endpoint_url="http://127.0.0.1:9000", region="us-west-2")}
+    )
+    env = _env(controller._worker_deployment(JOB, own, OWNER, 0))
+    assert (env["KOMPRESSOR_STORAGE__ENDPOINT_URL"], env["KOMPRESSOR_STORAGE__REGION"]) == (
+        "http://127.0.0.1:9000",
+        "us-west-2",
+    )
+
+
+def _env(deployment: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -53,3 +53,37 @@ def test_the_readme_links_every_page_in_docs():
     readme = (ROOT / "README.md").read_text()
     pages = sorted(path.name for path in DOCS.glob("*.md"))
     assert pages and all(f"(docs/{page})" in readme for page in pages), pages
+
+
+def _yaml_blocks(page: str) -> list[dict]:
+    import yaml
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (DOCS / page).read_text(), re.S)
+    return [doc for block in blocks for doc in yaml.safe_load_all(block) if doc]
+
+
+def test_the_scaling_examples_target_what_the_operator_makes_and_exports():
+    """The ScaledObject and the HPA name the job's worker Deployment, the job as owner, the worker
+    broker's queue and the operator's backlog gauge as the code spells them."""
+    from kompressor.crd import API_VERSION, KIND
+    from kompressor_operator.builders import worker_deployment_name
+    from kompressor_operator.metrics import OperatorMetrics
+
+    docs = {doc.get("kind") or next(iter(doc)): doc for doc in _yaml_blocks("scaling.md")}
+    scaled, hpa = docs["ScaledObject"], docs["HorizontalPodAutoscaler"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker_deployment_name("catalog")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == worker_deployment_name("catalog")
+    owner = scaled["metadata"]["ownerReferences"][0]
+    assert (owner["apiVersion"], owner["kind"], owner["name"]) == (API_VERSION, KIND, "catalog")
+    trigger = scaled["spec"]["triggers"][0]
+    assert (trigger["type"], trigger["metadata"]["protocol"], trigger["metadata"]["queueName"]) == (
+        "rabbitmq",
+        "http",
+        "QUEUE",
+    )
+    metric = hpa["spec"]["metrics"][0]["external"]["metric"]
+    metrics = OperatorMetrics()
+    metrics.outstanding.labels("catalog").set(1)
+    series = {s.name: s.labels for family in metrics.registry.collect() for s in family.samples}
+    assert metric["name"] in series, sorted(series)
+    assert set(metric["selector"]["matchLabels"]) <= set(series[metric["name"]])

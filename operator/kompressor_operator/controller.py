@@ -205,8 +205,9 @@ class Controller:
         state.scale = decision.state
         self.metrics.outstanding.labels(state.job.name).set(sample.outstanding)
         desired = decision.replicas
-        if desired is None:  # an external scaler's: report what it asked for
+        if desired is None:  # an external scaler's: report it, and start from it if builtin returns
             desired = self.kube.desired_replicas(state.job.namespace, name)
+            state.scale = ScaleState(current=desired)
         self.metrics.desired.labels(state.job.name).set(desired)
         workers = WorkerCounts(desired=desired, ready=self.kube.ready_replicas(state.job.namespace, name))
         status = next_status(

@@ -272,3 +272,6 @@ def test_switching_back_to_builtin_scales_from_a_fresh_window():
     assert handed.reason == "workers.scaler is external: its replicas are the external scaler's"
     back = decide_replicas(backlog(80), W, handed.state, 1)
     assert (back.replicas, back.changed) == (2, True)
+    # The controller records the replicas the external scaler left: an idle job goes down from them.
+    left = decide_replicas(backlog(0), W, ScaleState(current=5), 2)
+    assert (left.replicas, left.changed) == (0, True)

@@ -22,11 +22,12 @@ from kompressor.crd import (
     CompressionJobSpec,
     CompressionJobStatus,
     Phase,
+    Scaler,
     SpecError,
     WorkerCounts,
     parse_spec,
 )
-from kompressor.messages import JobRef
+from kompressor.messages import JobRef, task_queue
 from kompressor_operator import broker, notify
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
@@ -35,7 +36,14 @@ from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.kube import DeploymentNotOwned, Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.planning import ManifestError
-from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget, decide_replicas
+from kompressor_operator.policy import (
+    Claim,
+    Sample,
+    ScaleState,
+    allocate_budget,
+    decide_replicas,
+    deployment_replicas,
+)
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import (
     Outage,
@@ -157,7 +165,7 @@ class Controller:
         if missing:
             raise SecretsMissing(missing)
         client = self._storage(job, spec).client()
-        deployment = self._deployment(job, spec, body, replicas=0)
+        deployment = self._deployment(job, spec, body, 0)
         try:
             self.kube.apply_deployment(deployment)
         except Refused as exc:
@@ -182,16 +190,21 @@ class Controller:
         return outcome
 
     def _deployment(
-        self, job: JobRef, spec: CompressionJobSpec, body: dict[str, Any], replicas: int
+        self, job: JobRef, spec: CompressionJobSpec, owner: dict[str, Any], current: int
     ) -> dict[str, Any]:
+        """Workers reach the S3 the operator reaches: a job naming no endpoint or region gets the
+        operator's defaults in its pods too, as it did for the listing (StorageSettings.for_job)."""
+        storage = self.settings.storage.for_job(spec.storage)
+        resolved = spec.storage.model_copy(
+            update={"endpoint_url": storage.endpoint_url, "region": storage.region}
+        )
         return worker_deployment(
             job,
-            spec,
+            spec.model_copy(update={"storage": resolved}),
             self.settings.worker,
-            owner=body,
-            replicas=replicas,
+            owner=owner,
+            replicas=deployment_replicas(spec.workers, current),
             allowed_input_formats=self.settings.allowed_input_formats,
-            default_endpoint=self.settings.storage.endpoint_url,
         )
 
     def _missing_secrets(self, job: JobRef, spec: CompressionJobSpec) -> list[str]:
@@ -281,10 +294,12 @@ class Controller:
                 )
             )
         state.scale = decision.state
-        self.metrics.observe(state.job, sample.outstanding, decision.replicas)
-        workers = WorkerCounts(
-            desired=decision.replicas, ready=self.kube.ready_replicas(state.job.namespace, name)
-        )
+        desired = decision.replicas
+        if desired is None:  # an external scaler's: report it, and start from it if builtin returns
+            desired = self.kube.desired_replicas(state.job.namespace, name)
+            state.scale = ScaleState(current=desired)
+        self.metrics.observe(state.job, sample.outstanding, desired)
+        workers = WorkerCounts(desired=desired, ready=self.kube.ready_replicas(state.job.namespace, name))
         status = next_status(
             previous,
             counts,
@@ -296,6 +311,8 @@ class Controller:
         )
         status = status.model_copy(
             update={
+                "queue": task_queue(state.job),
+                "backlog": sample.outstanding,
                 "conditions": set_condition(
                     status.conditions,
                     "SpecAccepted",
@@ -303,7 +320,7 @@ class Controller:
                     "ImmutableFieldChanged" if refused else "Accepted",
                     f"{', '.join(refused)} cannot change after start" if refused else "",
                     datetime.now(UTC),
-                )
+                ),
             }
         )
         conditions, notices = reachability(status.conditions, None, datetime.now(UTC))
@@ -341,10 +358,11 @@ class Controller:
 
     def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
         manifest = state.engine.finish()
-        try:
-            self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0, state.job.uid)
-        except DeploymentNotOwned as exc:  # not ours to scale down: the job still finishes
-            outcome.events.append(Event("Warning", DEPLOYMENT_NOT_OWNED, str(exc)))
+        if state.spec.workers.scaler is Scaler.builtin:
+            try:
+                self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0, state.job.uid)
+            except DeploymentNotOwned as exc:  # not ours to scale down: the job still finishes
+                outcome.events.append(Event("Warning", DEPLOYMENT_NOT_OWNED, str(exc)))
         self.claims.pop(state.job.uid, None)
         self.metrics.forget(state.job)
         state.engine.close()
@@ -442,7 +460,7 @@ class Controller:
         spec, _ = accepted_spec(body)
         state.spec = spec
         try:
-            self.kube.apply_deployment(self._deployment(state.job, spec, body, replicas=state.scale.current))
+            self.kube.apply_deployment(self._deployment(state.job, spec, body, state.scale.current))
         except Refused as exc:
             return [
                 Event("Warning", "WorkersRefused", f"spec.workers: the worker Deployment was refused: {exc}")

@@ -120,6 +120,15 @@ class Kube:
             )
         return existing
 
+    def desired_replicas(self, namespace: str, name: str) -> int:
+        """The Deployment's spec.replicas: what an external scaler last asked for (0 if it is gone)."""
+        try:
+            return self.apps.read_namespaced_deployment(name, namespace).spec.replicas or 0
+        except ApiException as exc:
+            if exc.status == 404:
+                return 0
+            raise
+
     def ready_replicas(self, namespace: str, name: str) -> int:
         try:
             deployment = self.apps.read_namespaced_deployment(name, namespace)

@@ -37,6 +37,7 @@ from kompressor.crd import (
     CompressionJobStatus,
     InputFormat,
     Phase,
+    Scaler,
     SpecError,
     WorkerCounts,
     parse_spec,
@@ -193,6 +194,8 @@ def run_job(
         grace_seconds=spec.limits.task_timeout_seconds + 10,
     )
     status = CompressionJobStatus()
+    # Local mode's workers are its own processes: no Deployment to hand to an external scaler.
+    own_workers = spec.workers.model_copy(update={"scaler": Scaler.builtin})
     state, rate, decisions = ScaleState(), None, []
     failed_exits = 0
     started = last = time.monotonic()
@@ -211,7 +214,7 @@ def run_job(
             last = now
             counts = progress.counts
             sample = progress.sample(suspended=spec.suspend)
-            decision = decide_replicas(sample, spec.workers, state, now)
+            decision = decide_replicas(sample, own_workers, state, now)
             state = decision.state
             if decision.changed or not decisions:
                 decisions.append((round(now - started, 2), decision.replicas, decision.reason))

@@ -269,7 +269,13 @@ def _conditions(phase: Phase, counts: Counts, total: int) -> list[tuple[str, boo
         Phase.suspended: (False, "Suspended", "spec.suspend is true"),
     }.get(phase, (False, "Finished", tally))
     suspended = (
-        (SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: workers scaled to 0, queue kept")
+        (
+            SUSPENDED,
+            True,
+            "SuspendedBySpec",
+            # An external scaler's workers are not the operator's to stop (docs/scaling.md).
+            "spec.suspend is true: queue kept; workers scaled to 0 unless workers.scaler is external",
+        )
         if phase is Phase.suspended
         else (SUSPENDED, False, "NotSuspended", "")
     )

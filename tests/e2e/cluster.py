@@ -176,6 +176,26 @@ class Cluster:
         return self.job_status(name)
 
 
+def service_account_kubeconfig(
+    kube: KubeAPI, namespace: str, account: str, path: Path, default_namespace: str
+) -> Path:
+    """A kubeconfig acting as ServiceAccount `namespace/account`, once its token Secret exists."""
+
+    def token() -> str:
+        secrets = json.loads(kube.kubectl("get", "secrets", "-n", namespace, "-o", "json").stdout)
+        for secret in secrets["items"]:
+            annotations = secret["metadata"].get("annotations", {})
+            if (
+                secret["type"] == "kubernetes.io/service-account-token"
+                and annotations.get("kubernetes.io/service-account.name") == account
+            ):
+                return base64.b64decode(secret["data"]["token"]).decode()
+        return ""
+
+    wait_until(lambda: bool(token()), 30, f"ServiceAccount {namespace}/{account}'s token")
+    return kube.write_kubeconfig(path, token(), account, default_namespace)
+
+
 def install(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, log_dir: Path, namespace: str) -> Cluster:
     """Apply the chart's CRD and its RBAC for one watched namespace, make the Secrets the workers
     read, and build the operator's kubeconfig from the chart ServiceAccount's token."""
@@ -193,21 +213,8 @@ def install(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, log_dir: Path, name
     ]
     kube.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in rbac))
     account = next(o for o in rbac if o["kind"] == "ServiceAccount")["metadata"]["name"]
-
-    def token() -> str:
-        secrets = json.loads(kube.kubectl("get", "secrets", "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
-        for secret in secrets["items"]:
-            annotations = secret["metadata"].get("annotations", {})
-            if (
-                secret["type"] == "kubernetes.io/service-account-token"
-                and annotations.get("kubernetes.io/service-account.name") == account
-            ):
-                return base64.b64decode(secret["data"]["token"]).decode()
-        return ""
-
-    wait_until(lambda: bool(token()), 30, "the operator ServiceAccount's token")
-    kubeconfig = kube.write_kubeconfig(
-        log_dir / "operator.kubeconfig", token(), "kompressor-operator", namespace
+    kubeconfig = service_account_kubeconfig(
+        kube, RELEASE_NAMESPACE, account, log_dir / "operator.kubeconfig", namespace
     )
     secrets = {
         "kompressor-broker": {"url": rabbitmq.url},

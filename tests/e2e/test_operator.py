@@ -209,6 +209,36 @@ def test_suspend_keeps_the_queue_and_resume_finishes(cluster: Cluster, s3: S3Ser
     assert (status["phase"], status["succeeded"]) == ("Succeeded", 12)
 
 
+def test_an_external_scaler_owns_the_replicas_and_the_job_still_finishes(
+    cluster: Cluster, rabbitmq: RabbitMQ, s3: S3Server
+):
+    """The test plays KEDA: it sets the replicas; the operator accounts and finishes, never scales."""
+    total = 24
+    bucket = _photos_bucket(s3, total)
+    workers = {"scaler": "external", "maxReplicas": 3, "tasksPerReplica": 8, "processesPerPod": 1}
+    cluster.kubectl("apply", "-f", "-", input=job_manifest("handed", bucket, s3, workers=workers))
+    wait_until(lambda: cluster.job_status("handed").get("queue"), 60, "status.queue")
+    status = cluster.job_status("handed")
+    uid = cluster.get("compjob", "handed")["metadata"]["uid"]
+    assert status["queue"].endswith(".tasks") and uid.replace("-", "")[:8] in status["queue"]
+    assert status["queue"] in rabbitmq.ctl("list_queues", "name").split()
+    # Made without replicas: the API server's default of 1 stands until the scaler acts.
+    assert cluster.get("deployment", "handed-workers")["spec"]["replicas"] == 1
+    cluster.kubectl("scale", "deployment", "handed-workers", "--replicas=2")
+    generation = cluster.get("deployment", "handed-workers")["metadata"]["generation"]
+
+    status = cluster.wait_phase("handed", {"Succeeded", "Failed"}, 240)
+
+    assert (status["phase"], status["succeeded"], status["backlog"]) == ("Succeeded", total, 0)
+    assert _manifest_ids(s3, status["manifest"]) == list(range(total))
+    deployment = cluster.get("deployment", "handed-workers")
+    # Not one spec change after the scaler's: not on a step, not on finish.
+    assert (deployment["spec"]["replicas"], deployment["metadata"]["generation"]) == (2, generation)
+    assert "Scaled" not in {e["reason"] for e in _events(cluster, "handed")}
+    cluster.kubectl("delete", "compjob", "handed", "--wait=true", "--timeout=90s")
+    wait_until(lambda: not [p for p in cluster.agent.running_pods() if "/handed-" in p], 90, "pods gone")
+
+
 def test_deleting_a_job_mid_run_leaves_nothing_behind(cluster: Cluster, rabbitmq: RabbitMQ, s3: S3Server):
     bucket = _photos_bucket(s3, 60)
     cluster.kubectl(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat, Workers
+from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat, Storage, Workers
 from kompressor.messages import JobRef, task_queue
 from kompressor_operator.builders import (
     job_ref,
@@ -58,7 +58,7 @@ def build(
     spec: CompressionJobSpec = SPEC,
     job: JobRef = JOB,
     owner=OWNER,
-    replicas: int = 3,
+    replicas: int | None = 3,
     defaults: WorkerDefaults = DEFAULTS,
 ) -> dict:
     return worker_deployment(job, spec, defaults, owner, replicas)
@@ -156,16 +156,6 @@ def test_credentials_come_only_from_secret_key_refs():
         assert not any(word in value for word in ("secret", "password", "passwd", "token", "amqp://", "@"))
 
 
-def test_workers_get_the_endpoint_the_operator_uses_for_the_job():
-    """The spec's endpoint; else the operator's own (its credentials' one); else none (AWS S3)."""
-    none = SPEC.model_copy(update={"storage": SPEC.storage.model_copy(update={"endpoint_url": None})})
-    assert "KOMPRESSOR_STORAGE__ENDPOINT_URL" not in env(build(none))
-    ours = worker_deployment(JOB, none, DEFAULTS, OWNER, 3, default_endpoint="http://s3.kompressor.svc:8333")
-    assert env(ours)["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == "http://s3.kompressor.svc:8333"
-    named = worker_deployment(JOB, SPEC, DEFAULTS, OWNER, 3, default_endpoint="http://s3.kompressor.svc:8333")
-    assert env(named)["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == "http://seaweedfs:8333"
-
-
 def test_pods_are_hardened():
     pod = build()["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -233,6 +223,13 @@ def test_any_job_name_gives_a_valid_deployment(name):
     labels = d["spec"]["template"]["metadata"]["labels"]
     assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels.values())
     assert d["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_an_external_scaler_gets_a_deployment_without_replicas():
+    """Without spec.replicas the operator's create and template patches never set them."""
+    d = build(replicas=None)
+    assert "replicas" not in d["spec"]
+    assert d["spec"]["template"] == build()["spec"]["template"]
 
 
 def test_scale_patch_and_negative_replicas():
@@ -455,3 +452,31 @@ def test_every_variable_the_operator_sets_is_reserved_from_extra_env():
 def test_defaults_refuse_what_would_clash_with_the_operators_own(field, value, words):
     with pytest.raises(ValidationError, match=words):
         WorkerDefaults(**{field: value})
+
+
+def test_workers_reach_the_storage_the_operator_lists_from():
+    """A job naming no endpoint or region: its pods get the operator's defaults (they went to AWS S3)."""
+    from kompressor.settings import StorageSettings
+    from kompressor_operator.controller import Controller
+    from kompressor_operator.settings import OperatorSettings
+
+    storage = StorageSettings(endpoint_url="http://127.0.0.1:8333", region="eu-west-3")
+    controller = Controller(OperatorSettings(storage=storage, worker=DEFAULTS), kube=None, metrics=None)
+    plain = SPEC.model_copy(update={"storage": Storage()})
+    env = _env(controller._deployment(JOB, plain, OWNER, 0))
+    assert (env["KOMPRESSOR_STORAGE__ENDPOINT_URL"], env["KOMPRESSOR_STORAGE__REGION"]) == (
+        "http://127.0.0.1:8333",
+        "eu-west-3",
+    )
+    own = plain.model_copy(
+        update={"storage": Storage(endpoint_url="http://127.0.0.1:9000", region="us-west-2")}
+    )
+    env = _env(controller._deployment(JOB, own, OWNER, 0))
+    assert (env["KOMPRESSOR_STORAGE__ENDPOINT_URL"], env["KOMPRESSOR_STORAGE__REGION"]) == (
+        "http://127.0.0.1:9000",
+        "us-west-2",
+    )
+
+
+def _env(deployment: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -63,10 +63,11 @@ Choices, documented once here:
   more than its own; WebP: 4:2:0 only) whose output keeps chroma SSIM ≥ `quality.CHROMA_FLOOR`
   instead of the fixed-quality rule above; the stored output's SSIM was measured at full size.
   When even the highest quality misses the floor, the best attempt is stored and
-  `Compressed.reason` says `quality_floor_unreachable` (the task still succeeds). JPEG is measured with baseline encodes (no optimize, no progressive):
-  libjpeg-turbo decodes them to exactly the pixels of the optimized progressive encode, in about a
-  fifth of the time; the chosen quality is then encoded once with our settings. A one-time check per
-  process (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
+  `Compressed.reason` says `quality_floor_unreachable` (the task still succeeds). JPEG is
+  measured with baseline encodes (no optimize, no progressive): libjpeg-turbo decodes them to
+  exactly the pixels of the optimized progressive encode, in about a fifth of the time; the chosen
+  quality is then encoded once with our settings. A one-time check per process
+  (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
   libjpeg ever breaks that identity. The search holds about 40 more bytes per output pixel (luma
   and chroma planes, a decoded candidate), counted in the memory estimate.
 - Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes

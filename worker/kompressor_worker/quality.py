@@ -568,9 +568,11 @@ def _bracket_search(
         attempts.append(attempt)
         points[q] = attempt.ssim
         met[q] = meets(attempt)
-        sampling.widen_after(attempt)
         if len(attempts) >= budget:
             break
+        if sampling.widen_after(attempt) and not met[q]:
+            del met[q]  # it lost only chroma: the same quality again with more
+            continue
         fail, meet = _bracket(met)
         curve = _Curve(points, settings)
         if meet is not None and fail is not None:

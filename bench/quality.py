@@ -12,7 +12,8 @@ corpus (`tests.corpus.real_photos()`, resized to fit `--max-side`, default 1200 
   (c) the same codec (`codec.encode`, our fixed-quality settings: JPEG 4:4:4 from q90) at the
       smallest single quality that meets the luma floor on every image;
   (d) the per-image oracle (optional, `--oracle`): the lowest quality within the search's bounds
-      at which the same codec meets the floor, by scanning every quality.
+      at which the same codec, at the subsampling the search chose, keeps both floors, by scanning
+      every quality.
 
 (b) and (c) are found by scanning 1..100 in the same run, SSIM measured on the stored bytes. Every
 stored output's SSIM (luma) and chroma SSIM (the lower of Cb's and Cr's, at the output's size) is
@@ -85,6 +86,8 @@ class Photo:
     reference: np.ndarray
     stored: dict[int, tuple[int, float]] = field(default_factory=dict)  # quality -> (bytes, ssim)
     plain: dict[int, tuple[int, float]] = field(default_factory=dict)  # the same, plain Pillow
+    # (quality, subsampling) -> (bytes, ssim, chroma ssim): the codec at a given subsampling
+    chosen: dict[tuple[int, str], tuple[int, float, float]] = field(default_factory=dict)
 
     @property
     def pixels(self) -> int:
@@ -151,10 +154,28 @@ def smallest_single_quality(photos: list[Photo], floor: float, order: list[int],
     return None
 
 
-def oracle_quality(photo: Photo, fmt: str, max_side: int, floor: float, settings: quality.Settings) -> int:
-    """The lowest quality within the bounds whose stored output meets the floor (else the highest)."""
+def oracle_quality(photo: Photo, floor: float, settings: quality.Settings, subsampling: str) -> int:
+    """The lowest quality within the bounds at which the same codec, at the subsampling the search
+    chose, keeps both floors (else the highest): what a perfect search would store."""
+    p = photo.prepared
     for q in range(settings.lowest, settings.highest + 1):
-        if fixed(photo, fmt, max_side, q)[1] >= floor:
+        key = (q, subsampling)
+        if key not in photo.chosen:
+            data = encode(
+                p.image,
+                p.format,
+                q,
+                p.icc_profile,
+                exif=p.exif,
+                xmp=p.xmp,
+                source_subsampling=p.source_subsampling,
+                subsampling=subsampling,
+            )
+            luma = measured_ssim(photo, data)
+            chroma = measured_chroma(photo, data) if luma >= floor else 0.0  # only where it decides
+            photo.chosen[key] = (len(data), luma, chroma)
+        _, luma, chroma = photo.chosen[key]
+        if luma >= floor and chroma >= quality.CHROMA_FLOOR:
             return q
     return settings.highest
 
@@ -218,9 +239,9 @@ def run_setting(photos: list[Photo], fmt: str, floor: float, args: argparse.Name
         if fixed_q is not None:
             row["fixed_bytes"], row["fixed_ssim"] = fixed(photo, fmt, args.max_side, fixed_q)
         if args.oracle:
-            q = oracle_quality(photo, fmt, args.max_side, floor, settings)
+            q = oracle_quality(photo, floor, settings, row["subsampling"])
             row["oracle_quality"] = q
-            row["oracle_bytes"] = fixed(photo, fmt, args.max_side, q)[0]
+            row["oracle_bytes"] = photo.chosen[q, row["subsampling"]][0]
 
     # Timing: fixed and automatic interleaved per image, fastest of `repeat` each.
     fixed_output = output_for(fmt, args.max_side, quality=fixed_q or settings.highest)

@@ -647,7 +647,7 @@ def choose_quality(
             False,
             lambda a: a.ssim >= floor,  # the probe brackets luma; chroma only picks the subsampling
         )
-        attempts += _confirm(measure_full, sampling, {a.quality: a.ssim for a in attempts}, settings)
+        attempts += _confirm(measure_full, sampling, attempts, settings)
 
     full = [a for a in attempts if a.full]
     met = [a for a in full if sampling.meets(a)]
@@ -667,39 +667,53 @@ def choose_quality(
 
 
 def _confirm(
-    measure: Measure, sampling: _Sampling, probe_points: dict[int, float], settings: Settings
+    measure: Measure, sampling: _Sampling, probe: list[Attempt], settings: Settings
 ) -> list[Attempt]:
     """Phase 2: encode at full size where the probe's curve meets the floor (with `first_margin`);
-    after an output that lost only chroma, the same quality at the next subsampling; after a luma
-    miss, step up where the probe's curve shifted by the measured offset meets the floor with
-    `margin` more per miss; the last encode of the budget at the highest quality and the fullest
-    subsampling."""
-    target = _t(sampling.floor)
-    probe_curve = _Curve(probe_points, settings)
-    full: dict[int, float] = {}  # quality -> log(1 - SSIM) at full size
+    after an output that lost only chroma, the same quality at the next subsampling; after a miss,
+    step up where the probe's curve shifted by the measured offset meets the floor with `margin`
+    more per miss; the last encode of the budget at the highest quality and the fullest
+    subsampling. At the fullest subsampling the chroma floor is aimed at the same way, on the
+    probe's chroma curve at that subsampling (chroma quantisation: a busy colour picture needs a
+    higher quality for its chroma than for its luma)."""
+    luma_target, chroma_target = _t(sampling.floor), _t(sampling.chroma_floor)
+    luma_curve = _Curve({a.quality: a.ssim for a in probe}, settings)
+    full: list[Attempt] = []
 
-    def model(q: int) -> float:
-        nearest = min(full, key=lambda f: (abs(f - q), f))
-        return probe_curve(q) + full[nearest] - probe_curve(nearest)
+    def shifted(curve: _Curve, value: Callable[[Attempt], float], at: list[Attempt], q: int) -> float:
+        """The probe's curve through the nearest full-size measurement (if any) at quality q."""
+        if not at:
+            return curve(q)
+        nearest = min(at, key=lambda a: (abs(a.quality - q), a.quality))
+        return curve(q) + _t(value(nearest)) - curve(nearest.quality)
 
-    first = _aim(probe_curve, target - settings.first_margin, settings.lowest, settings.highest)
+    def excess(q: int, margin: float) -> float:
+        """How far q is predicted to miss the floors by, in log(1 - SSIM) (≤ 0: meets both)."""
+        over = shifted(luma_curve, lambda a: a.ssim, full, q) - (luma_target - margin)
+        chroma_points = {a.quality: a.chroma for a in probe if a.subsampling == sampling.current}
+        if sampling.fullest and chroma_points:
+            chroma_curve = _Curve(chroma_points, settings)
+            at = [a for a in full if a.subsampling == sampling.current]
+            chroma = shifted(chroma_curve, lambda a: a.chroma, at, q)
+            over = max(over, chroma - (chroma_target - margin))
+        return over
+
+    first = _aim(lambda x: excess(x, settings.first_margin), 0.0, settings.lowest, settings.highest)
     q = settings.highest if first is None else first
-    attempts: list[Attempt] = []
     misses = 0
     while True:
-        if len(attempts) == settings.max_full - 1:
+        if len(full) == settings.max_full - 1:
             q = settings.highest  # the last encode of the budget must be able to meet the floor
             sampling.widest()
         attempt = measure(q, sampling.current)
-        attempts.append(attempt)
-        full[q] = _t(attempt.ssim)
-        if sampling.meets(attempt) or len(attempts) >= settings.max_full:
-            return attempts
+        full.append(attempt)
+        if sampling.meets(attempt) or len(full) >= settings.max_full:
+            return full
         if sampling.widen_after(attempt):
             continue  # the same quality with more chroma
         if q == settings.highest:
-            return attempts
+            return full
         misses += 1
         high = min(settings.highest, q + settings.max_step)
-        up = _aim(model, target - settings.margin * misses, q + 1, high)
+        up = _aim(lambda x, m=settings.margin * misses: excess(x, m), 0.0, q + 1, high)
         q = high if up is None else up

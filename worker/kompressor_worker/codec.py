@@ -68,7 +68,7 @@ Choices, documented once here:
   exactly the pixels of the optimized progressive encode, in about a fifth of the time; the chosen
   quality is then encoded once with our settings. A one-time check per process
   (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
-  libjpeg ever breaks that identity. The search holds about 40 more bytes per output pixel (luma
+  libjpeg ever breaks that identity. The search holds about 32 more bytes per output pixel (luma
   and chroma planes, a decoded candidate), counted in the memory estimate.
 - Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes
   (2×w×h from q95); noisy pictures at q90+ need more and failed with "Suspension not allowed
@@ -153,10 +153,10 @@ AVIF_THREADS = 1
 RESIZE_REDUCING_GAP = 3.0
 WHITE = 255
 # Extra bytes per output pixel that automatic quality needs: two float32 luma planes, a decoded
-# candidate (4 bytes per pixel in Pillow), its float conversion, and the encoded candidates. Measured
-# peak over a fixed quality on a 12 MP picture: +17 (JPEG) and +23 (WebP); the chroma check holds
-# two more float32 planes (Cb, Cr) and converts a candidate's two: +16.
-AUTO_QUALITY_BYTES_PER_PIXEL = 40
+# candidate (4 bytes per pixel in Pillow), its float conversion, the encoded candidates, and for the
+# chroma check two float32 planes (Cb, Cr) and a candidate's YCbCr. Measured peak over a fixed
+# quality on a 12 MP picture: +26 (JPEG) and +31 (WebP); +17 and +23 before the chroma check.
+AUTO_QUALITY_BYTES_PER_PIXEL = 32
 
 # Pillow's decoder settings are module globals: set per call, restored after, one call at a time.
 _PILLOW_GLOBALS = threading.Lock()

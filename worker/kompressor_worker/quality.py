@@ -189,7 +189,7 @@ class Attempt:
     ssim: float  # luma
     size: int  # bytes of that encode
     full: bool  # False: an encode of the probe mosaic
-    chroma: float = 1.0  # chroma SSIM (the lower of Cb's and Cr's)
+    chroma: float = 1.0  # chroma SSIM (the lower of Cb's and Cr's); NaN: not measured (see Target)
     subsampling: str = SUBSAMPLING_420
 
 
@@ -387,13 +387,17 @@ class Target:
         if planes is not None:
             self.chroma = tuple(Reference(p, keep_rows, keep_cols, cache) for p in planes)
 
-    def measure(self, data: bytes) -> tuple[float, float]:
-        """(luma SSIM, chroma SSIM) of an encoded candidate (first frame)."""
+    def measure(self, data: bytes, floor: float | None = None) -> tuple[float, float]:
+        """(luma SSIM, chroma SSIM) of an encoded candidate (first frame). With `floor`, chroma
+        is measured only when luma SSIM keeps it (else NaN): chroma then decides nothing, and
+        it costs twice luma's time."""
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             luma_ssim = self.luma.ssim(luma(image))
             if self.chroma is None:
                 return luma_ssim, 1.0
+            if floor is not None and luma_ssim < floor:
+                return luma_ssim, math.nan
             ycbcr = _ycbcr(image)
             if ycbcr is None:  # a colour image cannot come back grey; if it does, it lost its chroma
                 return luma_ssim, 0.0
@@ -622,7 +626,7 @@ def choose_quality(
     def measure_full(q: int, subsampling: str) -> Attempt:
         data = encode(image, q, subsampling)
         outputs[q, subsampling] = data
-        luma_ssim, chroma_ssim = target.measure(data)
+        luma_ssim, chroma_ssim = target.measure(data, floor)
         return Attempt(q, luma_ssim, len(data), True, chroma_ssim, subsampling)
 
     probe = build_probe(image) if settings.max_probe > 0 else None
@@ -635,7 +639,7 @@ def choose_quality(
 
         def measure_probe(q: int, subsampling: str) -> Attempt:
             data = encode(probe.image, q, subsampling)
-            luma_ssim, chroma_ssim = probe.target.measure(data)
+            luma_ssim, chroma_ssim = probe.target.measure(data, floor)
             return Attempt(q, luma_ssim, len(data), False, chroma_ssim, subsampling)
 
         attempts = _bracket_search(
@@ -653,17 +657,18 @@ def choose_quality(
     met = [a for a in full if sampling.meets(a)]
     if met:
         best = min(met, key=lambda a: (a.size, a.quality))
-    else:  # the attempt nearest to keeping both floors
-        best = max(full, key=lambda a: (min(a.ssim - floor, a.chroma - chroma_floor), -a.quality))
-    return Choice(
-        best.quality,
-        best.ssim,
-        outputs[best.quality, best.subsampling],
-        bool(met),
-        tuple(attempts),
-        best.chroma,
-        best.subsampling,
-    )
+    else:  # the attempt nearest to keeping both floors: luma first
+        best = max(full, key=lambda a: (_shortfall(a, floor, chroma_floor), -a.quality))
+    data = outputs[best.quality, best.subsampling]
+    best_chroma = target.measure(data)[1] if math.isnan(best.chroma) else best.chroma
+    return Choice(best.quality, best.ssim, data, bool(met), tuple(attempts), best_chroma, best.subsampling)
+
+
+def _shortfall(attempt: Attempt, floor: float, chroma_floor: float) -> tuple[bool, float]:
+    """How close an attempt comes to keeping both floors (larger is closer)."""
+    if attempt.ssim < floor:
+        return False, attempt.ssim - floor
+    return True, min(attempt.ssim - floor, attempt.chroma - chroma_floor)
 
 
 def _confirm(
@@ -690,10 +695,10 @@ def _confirm(
     def excess(q: int, margin: float) -> float:
         """How far q is predicted to miss the floors by, in log(1 - SSIM) (≤ 0: meets both)."""
         over = shifted(luma_curve, lambda a: a.ssim, full, q) - (luma_target - margin)
-        chroma_points = {a.quality: a.chroma for a in probe if a.subsampling == sampling.current}
-        if sampling.fullest and chroma_points:
-            chroma_curve = _Curve(chroma_points, settings)
-            at = [a for a in full if a.subsampling == sampling.current]
+        measured = [a for a in probe if a.subsampling == sampling.current and not math.isnan(a.chroma)]
+        if sampling.fullest and measured:
+            chroma_curve = _Curve({a.quality: a.chroma for a in measured}, settings)
+            at = [a for a in full if a.subsampling == sampling.current and not math.isnan(a.chroma)]
             chroma = shifted(chroma_curve, lambda a: a.chroma, at, q)
             over = max(over, chroma - (chroma_target - margin))
         return over

@@ -530,3 +530,8 @@ def test_the_chosen_quality_histogram_counts_automatic_quality_only() -> None:
     count = metrics.registry.get_sample_value("kompressor_chosen_quality_count")
     total = metrics.registry.get_sample_value("kompressor_chosen_quality_sum")
     assert (count, total) == (1.0, 72.0)
+
+
+def test_the_crd_names_the_chroma_floor_the_search_keeps() -> None:
+    description = Output.model_fields["target_ssim"].description or ""
+    assert f"chroma SSIM {CHROMA_FLOOR}" in description

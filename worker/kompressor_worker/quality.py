@@ -639,7 +639,8 @@ def choose_quality(
 
         def measure_probe(q: int, subsampling: str) -> Attempt:
             data = encode(probe.image, q, subsampling)
-            luma_ssim, chroma_ssim = probe.target.measure(data, floor)
+            # At the fullest subsampling every chroma point feeds the curve `_confirm` aims on.
+            luma_ssim, chroma_ssim = probe.target.measure(data, None if sampling.fullest else floor)
             return Attempt(q, luma_ssim, len(data), False, chroma_ssim, subsampling)
 
         attempts = _bracket_search(

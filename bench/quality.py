@@ -1,6 +1,6 @@
 """Automatic quality (targetSSIM) against two baselines, and JPEG encoders at equal SSIM.
 
-For each output format (default: jpeg) and SSIM floor (default: 0.9834, luma), on the real-photo
+For each output format (default: jpeg) and SSIM floor (default: 0.983, luma), on the real-photo
 corpus (`tests.corpus.real_photos()`, resized to fit `--max-side`, default 1200 px):
 
   (a) automatic quality: `kompressor_worker.codec.compress` with `targetSSIM = floor` (it also
@@ -35,8 +35,8 @@ SSIM does not see chroma, and pyjpegli always subsamples) and with jpegli (`pyjp
 defaults: baseline, 4:2:0), by scanning qualities; bytes at that quality and the CPU seconds of one
 encode there.
 
-    python bench/quality.py                               # jpeg, floor 0.9834, ~3 minutes
-    python bench/quality.py --formats jpeg webp --floors 0.95 0.9834 0.99
+    python bench/quality.py                               # jpeg, floor 0.983, ~5 minutes
+    python bench/quality.py --formats jpeg webp --floors 0.95 0.983 0.99
     python bench/quality.py --formats avif --no-oracle --repeat 1      # AVIF is slow
     python bench/quality.py --jpegli-only --out bench/results/jpegli.json
 
@@ -529,7 +529,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--formats", nargs="+", default=["jpeg"], choices=["jpeg", "webp", "avif"])
-    parser.add_argument("--floors", nargs="+", type=float, default=[0.9834])
+    parser.add_argument("--floors", nargs="+", type=float, default=[0.983])
     parser.add_argument("--max-side", type=int, default=1200)
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
     parser.add_argument("--repeat", type=int, default=3, help="timing repetitions per image (fastest kept)")

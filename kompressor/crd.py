@@ -306,7 +306,8 @@ class Output(_Model):
         ge=0.90,
         le=0.999,
         description="Automatic quality: the lowest quality whose output keeps at least this SSIM "
-        "(luma) against the resized source; not with quality. For jpeg, webp and avif.",
+        "(luma) against the resized source, and chroma SSIM 0.95 (jpeg and avif: 4:2:0 chroma, "
+        "else 4:4:4); not with quality. For jpeg, webp and avif.",
     )
     resize: Resize = Field(default_factory=Resize, description="Fit inside a box; never upscale.")
     strip_metadata: bool = Field(

@@ -1,5 +1,6 @@
-"""Unit tests of automatic quality: the SSIM against scikit-image, the probe mosaic, and the search
-on images whose behaviour is known (flat, noisy, text-like) and on any image and floor (hypothesis)."""
+"""Unit tests of automatic quality: the SSIM against scikit-image, the chroma planes, the probe
+mosaic, and the search (quality and chroma subsampling) on images whose behaviour is known (flat,
+noisy, text-like, a photograph, red text on blue) and on any image and floor (hypothesis)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,33 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, JpegImagePlugin
 
-from kompressor.crd import Format
+from kompressor.crd import Format, Limits, Output
 from kompressor_worker import quality
-from kompressor_worker.codec import encode
+from kompressor_worker.codec import compress, encode
 from kompressor_worker.metrics import Metrics
-from kompressor_worker.quality import UNREACHABLE, Choice, Settings, choose_quality
+from kompressor_worker.quality import CHROMA_FLOOR, UNREACHABLE, Choice, Settings, choose_quality
+from tests import corpus
 
 JPEG = quality.SEARCH[Format.jpeg]
 WEBP = quality.SEARCH[Format.webp]
 
 
-def jpeg(image: Image.Image, q: int) -> bytes:
-    return encode(image, Format.jpeg, q, None)
+def jpeg(image: Image.Image, q: int, subsampling: str = quality.SUBSAMPLING_420) -> bytes:
+    return encode(image, Format.jpeg, q, None, subsampling=subsampling)
 
 
-def webp(image: Image.Image, q: int) -> bytes:
+def webp(image: Image.Image, q: int, subsampling: str = quality.SUBSAMPLING_420) -> bytes:
+    assert subsampling == quality.SUBSAMPLING_420  # the only one libwebp's lossy format has
     return encode(image, Format.webp, q, None)
 
 
-ENCODERS = {Format.jpeg: jpeg, Format.webp: webp}
+def avif(image: Image.Image, q: int, subsampling: str = quality.SUBSAMPLING_420) -> bytes:
+    return encode(image, Format.avif, q, None, subsampling=subsampling)
+
+
+ENCODERS = {Format.jpeg: jpeg, Format.webp: webp, Format.avif: avif}
 
 
 # --- images with known behaviour ------------------------------------------------------------------
@@ -67,25 +74,56 @@ def text(size: tuple[int, int] = (400, 400)) -> Image.Image:
     return image
 
 
-def check(choice: Choice, image: Image.Image, floor: float, search: Settings) -> None:
+def red_text_on_blue(size: tuple[int, int] = (400, 300)) -> Image.Image:
+    """Fine saturated colour detail: red and blue of nearly the same luma, so 4:2:0 smears what
+    luma SSIM cannot see."""
+    image = Image.new("RGB", size, (30, 40, 210))
+    draw = ImageDraw.Draw(image)
+    for y in range(4, size[1] - 10, 12):
+        draw.text((4, y), "The quick red fox jumps over the lazy dog 0123456789 " * 2, fill=(225, 25, 20))
+    for x in range(0, size[0], 9):
+        draw.line((x, 0, x, size[1]), fill=(225, 25, 20))
+    return image
+
+
+def photo() -> Image.Image:
+    """A colourful photograph (493x356, a 4:2:0 JPEG in opencv-doc), decoded to RGB."""
+    photos = corpus.real_photos()
+    if "butterfly.jpg" not in photos:
+        pytest.skip(f"no photos: install Debian's opencv-doc ({corpus.OPENCV_DATA})")
+    with Image.open(io.BytesIO(photos["butterfly.jpg"])) as image:
+        return image.convert("RGB")
+
+
+def check(
+    choice: Choice, image: Image.Image, floor: float, search: Settings, chroma_floor: float = CHROMA_FLOOR
+) -> None:
     """What every search promises, whatever the image and floor."""
     assert all(search.lowest <= a.quality <= search.highest for a in choice.attempts)
+    assert all(a.subsampling in search.subsamplings for a in choice.attempts)
     assert choice.full_encodes <= search.max_full
     assert choice.probe_encodes <= search.max_probe
-    full = {a.quality: a.ssim for a in choice.attempts if a.full}
-    assert choice.quality in full
-    # The stored bytes, measured again from scratch at full size.
-    measured = quality.ssim(quality.luma(image), quality.decode_luma(choice.data))
+    full = {(a.quality, a.subsampling): a for a in choice.attempts if a.full}
+    assert (choice.quality, choice.subsampling) in full
+    # The stored bytes, measured again from scratch at full size: luma and chroma.
+    measured, chroma = quality.Target(image).measure(choice.data)
     assert measured == pytest.approx(choice.ssim, abs=1e-9)
+    assert chroma == pytest.approx(choice.chroma, abs=1e-9)
+    met = [a for a in full.values() if a.ssim >= floor and a.chroma >= chroma_floor]
     if choice.reached:
         assert choice.reason == ""
-        assert measured >= floor
-        assert choice.quality == min(q for q, s in full.items() if s >= floor)
+        assert measured >= floor and chroma >= chroma_floor  # both floors
+        assert len(choice.data) == min(a.size for a in met)  # the fewest bytes measured that keep both
     else:
         assert choice.reason == UNREACHABLE
-        assert all(s < floor for s in full.values())
-        assert search.highest in full  # the highest quality was tried before giving up
-        assert choice.ssim == max(full.values())
+        assert not met
+        # The highest quality was tried before giving up; at the fullest subsampling when only
+        # chroma was missing.
+        fullest = search.subsamplings[-1] if quality.chroma(image) is not None else search.subsamplings[0]
+        if any(a.ssim >= floor for a in full.values()):
+            assert (search.highest, fullest) in full
+        else:
+            assert any(q == search.highest for q, _ in full)
 
 
 # --- SSIM -----------------------------------------------------------------------------------------
@@ -173,6 +211,31 @@ def test_luma_is_bt601_and_alpha_sits_on_white() -> None:
     assert quality.luma(palette).shape == (1, 2)
 
 
+def test_chroma_is_jpegs_cb_cr_with_alpha_on_white_and_none_for_grey() -> None:
+    cb, cr = quality.chroma(Image.new("RGB", (2, 1), (200, 100, 50)))
+    assert cb[0, 0] == pytest.approx(128 - 0.168736 * 200 - 0.331264 * 100 + 0.5 * 50, abs=0.5)
+    assert cr[0, 0] == pytest.approx(128 + 0.5 * 200 - 0.418688 * 100 - 0.081312 * 50, abs=0.5)
+    for image in (Image.new("RGB", (1, 1), "white"), Image.new("RGBA", (1, 1), (255, 0, 0, 0))):
+        assert [float(p[0, 0]) for p in quality.chroma(image)] == [128, 128]
+    half_red = quality.chroma(Image.new("RGBA", (1, 1), (255, 0, 0, 128)))
+    assert 128 < half_red[1][0, 0] < quality.chroma(Image.new("RGB", (1, 1), (255, 0, 0)))[1][0, 0]
+    assert quality.chroma(Image.new("L", (3, 3))) is None
+    assert quality.chroma(Image.new("LA", (3, 3))) is None
+
+
+def test_4_2_0_keeps_a_photographs_chroma_and_loses_red_text_on_blue() -> None:
+    """The chroma check sees what luma SSIM cannot: 4:2:0 and 4:4:4 have the same luma SSIM on
+    both images, but only red text on blue loses its chroma to 4:2:0."""
+    for image, loses in ((photo(), False), (red_text_on_blue(), True)):
+        target = quality.Target(image)
+        (luma_420, chroma_420), (luma_444, chroma_444) = (
+            target.measure(jpeg(image, 90, s)) for s in (quality.SUBSAMPLING_420, quality.SUBSAMPLING_444)
+        )
+        assert luma_420 == pytest.approx(luma_444, abs=0.002)
+        assert chroma_444 >= CHROMA_FLOOR
+        assert (chroma_420 < CHROMA_FLOOR) is loses
+
+
 # --- the probe mosaic -----------------------------------------------------------------------------
 
 
@@ -212,7 +275,7 @@ def test_the_jpeg_probe_measures_exactly_what_the_full_image_shows_in_its_tiles(
             windows = (tile - quality.WINDOW + 1) ** 2
             total += quality.ssim(reference[top : top + tile, left : left + tile], piece) * windows
             count += windows
-    assert probe.reference.ssim(mosaic.astype(np.float32)) == pytest.approx(total / count, abs=1e-6)
+    assert probe.target.luma.ssim(mosaic.astype(np.float32)) == pytest.approx(total / count, abs=1e-6)
 
 
 # --- the search on known images -------------------------------------------------------------------
@@ -276,6 +339,84 @@ def test_the_budget_forces_the_last_encode_to_the_highest_quality() -> None:
     assert [a.quality for a in choice.attempts] == [95]
 
 
+def test_a_photograph_gets_4_2_0() -> None:
+    image = photo()
+    choice = choose_quality(image, 0.983, jpeg, JPEG)
+    check(choice, image, 0.983, JPEG)
+    assert choice.reached and choice.subsampling == quality.SUBSAMPLING_420
+    assert all(a.subsampling == quality.SUBSAMPLING_420 for a in choice.attempts)  # never tried more
+
+
+@pytest.mark.parametrize("size", [(400, 300), (700, 500)])  # searched at full size; probed first
+def test_red_text_on_blue_gets_4_4_4_and_keeps_both_floors(size: tuple[int, int]) -> None:
+    image = red_text_on_blue(size)
+    for fmt in (Format.jpeg, Format.avif):
+        search = quality.SEARCH[fmt]
+        choice = choose_quality(image, 0.983, ENCODERS[fmt], search)
+        check(choice, image, 0.983, search)
+        assert choice.reached and choice.subsampling == quality.SUBSAMPLING_444
+        assert choice.chroma >= CHROMA_FLOOR
+    if size == (700, 500):
+        # The probe already saw the chroma loss: at full size only 4:4:4 is encoded.
+        assert {a.subsampling for a in choice.attempts if a.full} == {quality.SUBSAMPLING_444}
+
+
+def test_webp_has_only_4_2_0_so_red_text_on_blue_misses_the_chroma_floor_and_says_so() -> None:
+    image = red_text_on_blue()
+    choice = choose_quality(image, 0.983, webp, WEBP)
+    check(choice, image, 0.983, WEBP)
+    assert not choice.reached and choice.chroma < CHROMA_FLOOR <= 1.0 and choice.ssim >= 0.983
+
+
+def test_a_grey_image_is_measured_at_the_first_subsampling_only() -> None:
+    image = text().convert("L")
+    choice = choose_quality(image, 0.99, jpeg, JPEG)
+    check(choice, image, 0.99, JPEG)
+    assert {a.subsampling for a in choice.attempts} == {quality.SUBSAMPLING_420}
+    assert choice.chroma == 1.0
+
+
+def test_a_lower_chroma_floor_lets_4_2_0_through() -> None:
+    image = red_text_on_blue()
+    choice = choose_quality(image, 0.983, jpeg, JPEG, chroma_floor=0.3)
+    check(choice, image, 0.983, JPEG, chroma_floor=0.3)
+    assert choice.subsampling == quality.SUBSAMPLING_420
+    with pytest.raises(ValueError):
+        choose_quality(image, 0.983, jpeg, JPEG, chroma_floor=0.0)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [("photo as PNG", "4:2:0"), ("red text as PNG", "4:4:4"), ("fruits.jpg, 4:2:2", "4:2:2")],
+)
+def test_compress_stores_the_chosen_subsampling(source: str, expected: str) -> None:
+    """The stored JPEG has the subsampling the search chose; a JPEG source kept at its size is
+    offered no more chroma than it has (fruits.jpg is 4:2:2: 4:2:0 loses chroma, 4:4:4 is not
+    offered)."""
+    if source == "red text as PNG":
+        data = png_bytes(red_text_on_blue())
+    elif source == "photo as PNG":
+        data = png_bytes(photo())
+    else:
+        photos = corpus.real_photos()
+        if "fruits.jpg" not in photos:
+            pytest.skip(f"no photos: install Debian's opencv-doc ({corpus.OPENCV_DATA})")
+        data = photos["fruits.jpg"]
+    output = Output.model_validate({"format": "jpeg", "targetSSIM": 0.983, "neverLarger": False})
+    result = compress(data, output, Limits())
+    assert result.subsampling == expected
+    with Image.open(io.BytesIO(result.data)) as stored:
+        assert JpegImagePlugin.get_sampling(stored) == {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}[expected]
+    assert result.ssim >= 0.983 and result.chroma_ssim >= CHROMA_FLOOR
+    assert result.reason == ""
+
+
 def test_the_first_quality_comes_from_the_priors() -> None:
     assert JPEG.start(0.95) == 52
     assert JPEG.start(0.5) == JPEG.lowest  # clamped to the bounds
@@ -293,6 +434,7 @@ def test_the_first_quality_comes_from_the_priors() -> None:
         {"axis": "log"},
         {"max_full": 0},
         {"starts": ()},
+        {"subsamplings": ()},
     ],
 )
 def test_settings_refuse_absurd_bounds(fields: dict) -> None:
@@ -315,7 +457,8 @@ def images(draw) -> Image.Image:
     width, height = draw(
         st.sampled_from([(1, 1), (5, 7), (40, 60), (130, 90), (420, 330), (480, 410), (600, 240)])
     )
-    kind = draw(st.sampled_from(["flat", "noise", "grain", "smooth", "text", "blocks", "mixed"]))
+    kinds = ["flat", "noise", "grain", "smooth", "text", "blocks", "mixed", "colour text"]
+    kind = draw(st.sampled_from(kinds))
     seed = draw(st.integers(0, 1000))
     size = (width, height)
     if kind == "flat":
@@ -328,6 +471,8 @@ def images(draw) -> Image.Image:
         image = smooth(size)
     elif kind == "text":
         image = text(size)
+    elif kind == "colour text":
+        image = red_text_on_blue(size)
     elif kind == "blocks":
         coarse = noise((max(1, width // 16), max(1, height // 16)), seed)
         image = coarse.resize(size, Image.Resampling.NEAREST)
@@ -386,3 +531,8 @@ def test_the_chosen_quality_histogram_counts_automatic_quality_only() -> None:
     count = metrics.registry.get_sample_value("kompressor_chosen_quality_count", job)
     total = metrics.registry.get_sample_value("kompressor_chosen_quality_sum", job)
     assert (count, total) == (1.0, 72.0)
+
+
+def test_the_crd_names_the_chroma_floor_the_search_keeps() -> None:
+    description = Output.model_fields["target_ssim"].description or ""
+    assert f"chroma SSIM {CHROMA_FLOOR}" in description

@@ -66,16 +66,19 @@ Choices, documented once here:
 - Automatic quality (`targetSSIM`, JPEG/WebP/AVIF): `quality.choose_quality` searches for the
   lowest quality whose output keeps luma SSIM ≥ the floor against the prepared image (the source
   after orientation, resize and mode conversion: what a viewer would see without compression loss),
-  within per-format bounds (`quality.SEARCH`: 30..95 for all three) and an encode budget; the
-  stored output's SSIM was measured at full size. When even the highest quality misses the floor,
-  the best attempt is stored and `Compressed.reason` says `quality_floor_unreachable` (the task
-  still succeeds). JPEG is measured with baseline encodes (no optimize, no progressive):
-  libjpeg-turbo decodes them to exactly the pixels of the optimized progressive encode, in about a
-  fifth of the time; the chosen quality is then encoded once with our settings. A one-time check per
-  process (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
-  libjpeg ever breaks that identity. The search holds about 24 more bytes per output pixel (luma
-  planes, a decoded candidate) and every full-size output it measured (up to `max_full`), counted
-  in the memory estimate.
+  within per-format bounds (`quality.SEARCH`: 30..95 for all three) and an encode budget, and the
+  chroma subsampling (JPEG and AVIF: 4:2:0, else 4:4:4 — for a JPEG source kept at its size, no
+  more than its own; WebP: 4:2:0 only) whose output keeps chroma SSIM ≥ `quality.CHROMA_FLOOR`
+  instead of the fixed-quality rule above; the stored output's SSIM was measured at full size.
+  When even the highest quality misses the floor, the best attempt is stored and
+  `Compressed.reason` says `quality_floor_unreachable` (the task still succeeds). JPEG is
+  measured with baseline encodes (no optimize, no progressive): libjpeg-turbo decodes them to
+  exactly the pixels of the optimized progressive encode, in about a fifth of the time; the chosen
+  quality is then encoded once with our settings. A one-time check per process
+  (`jpeg_measures_exactly`) falls back to measuring with the stored settings if a build of
+  libjpeg ever breaks that identity. The search holds about 32 more bytes per output pixel (luma
+  and chroma planes, a decoded candidate) and every full-size output it measured (up to
+  `max_full`), counted in the memory estimate.
 - Pillow holds a whole optimized or progressive JPEG in one buffer of max(64 KiB, w×h) bytes
   (2×w×h from q95); noisy pictures at q90+ need more and failed with "Suspension not allowed
   here": such a save is retried once with a buffer of 2 bytes per pixel and band.
@@ -89,6 +92,7 @@ Choices, documented once here:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import re
@@ -153,15 +157,19 @@ _XMP_ORIENTATION = (
 _XMP_UPRIGHT = (b'tiff:Orientation="1"', b"<tiff:Orientation>1</tiff:Orientation>")
 
 JPEG_FULL_CHROMA_FROM_QUALITY = 90
+# Chroma subsampling by name, as Pillow's JPEG encoder numbers it.
+_JPEG_SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+_JPEG_SUBSAMPLING_NAME = {number: name for name, number in _JPEG_SUBSAMPLING.items()}
 WEBP_METHOD = 4
 AVIF_SPEED = 6
 AVIF_THREADS = 1
 RESIZE_REDUCING_GAP = 3.0
 WHITE = 255
 # Extra bytes per output pixel that automatic quality needs: two float32 luma planes, a decoded
-# candidate (4 bytes per pixel in Pillow), its float conversion, and the encoded candidates. Measured
-# peak over a fixed quality on a 12 MP picture: +17 (JPEG) and +23 (WebP).
-AUTO_QUALITY_BYTES_PER_PIXEL = 24
+# candidate (4 bytes per pixel in Pillow), its float conversion, the encoded candidates, and for the
+# chroma check two float32 planes (Cb, Cr) and a candidate's YCbCr. Measured peak over a fixed
+# quality on a 12 MP picture: +26 (JPEG) and +31 (WebP); +17 and +23 before the chroma check.
+AUTO_QUALITY_BYTES_PER_PIXEL = 32
 
 # Pages of a TIFF examined at most. Pillow's `n_frames` walks every page and compares each with all
 # those seen before (quadratic: 40,000 pages took 12.6 s, before any limit applied); only the first
@@ -211,6 +219,8 @@ class Compressed:
     ssim: float | None = None  # automatic quality: luma SSIM of what is stored against the source
     reason: str = ""  # automatic quality: quality_floor_unreachable when no quality met the floor
     attempts: tuple[auto.Attempt, ...] = ()  # automatic quality: every encode the search measured
+    chroma_ssim: float | None = None  # automatic quality: chroma SSIM (lower of Cb, Cr) of what is stored
+    subsampling: str | None = None  # automatic quality: the chroma subsampling it chose (4:2:0, ...)
 
 
 @dataclass(frozen=True)
@@ -254,13 +264,14 @@ def compress(
     ssim: float | None = None
     reason = ""
     attempts: tuple[auto.Attempt, ...] = ()
+    chosen: auto.Choice | None = None
     if output.target_ssim is not None and prepared.format in _LOSSY:
-        choice = choose_quality(prepared, output.target_ssim)
-        quality, ssim, reason, attempts = choice.quality, choice.ssim, choice.reason, choice.attempts
-        encoded = choice.data
+        chosen = choose_quality(prepared, output.target_ssim)
+        quality, ssim, reason, attempts = chosen.quality, chosen.ssim, chosen.reason, chosen.attempts
+        encoded = chosen.data
         if prepared.format is Format.jpeg and jpeg_measures_exactly():
             # Measured with a baseline encode: the same pixels; now the bytes we store.
-            encoded = _encode_prepared(prepared, quality)
+            encoded = _encode_prepared(prepared, quality, chosen.subsampling)
     else:
         quality = output.effective_quality
         encoded = _encode_prepared(prepared, quality)
@@ -291,6 +302,8 @@ def compress(
         ssim=ssim,
         reason=reason,
         attempts=attempts,
+        chroma_ssim=None if chosen is None else chosen.chroma,
+        subsampling=None if chosen is None else chosen.subsampling,
     )
 
 
@@ -302,9 +315,9 @@ def choose_quality(prepared: Prepared, floor: float) -> auto.Choice:
         raise ValueError(f"automatic quality needs a lossy format, not {prepared.format.value}")
     measure_only = prepared.format is Format.jpeg and jpeg_measures_exactly()
 
-    def encoder(image: Image.Image, quality: int) -> bytes:
+    def encoder(image: Image.Image, quality: int, subsampling: str) -> bytes:
         if image is prepared.image and not measure_only:
-            return _encode_prepared(prepared, quality)
+            return _encode_prepared(prepared, quality, subsampling)
         return encode(
             image,
             prepared.format,
@@ -312,9 +325,16 @@ def choose_quality(prepared: Prepared, floor: float) -> auto.Choice:
             None,
             measure_only=measure_only,
             source_subsampling=prepared.source_subsampling,
+            subsampling=subsampling,
         )
 
-    return auto.choose_quality(prepared.image, floor, encoder, auto.SEARCH[prepared.format])
+    settings = auto.SEARCH[prepared.format]
+    if prepared.format is Format.jpeg and prepared.source_subsampling is not None:
+        # No more chroma than the source has (see `encode`): offer only what the encoder will do.
+        source = prepared.source_subsampling
+        kept = (_JPEG_SUBSAMPLING_NAME[max(_JPEG_SUBSAMPLING[s], source)] for s in settings.subsamplings)
+        settings = dataclasses.replace(settings, subsamplings=tuple(dict.fromkeys(kept)))
+    return auto.choose_quality(prepared.image, floor, encoder, settings)
 
 
 @functools.cache
@@ -335,7 +355,7 @@ def jpeg_measures_exactly() -> bool:
     return True
 
 
-def _encode_prepared(prepared: Prepared, quality: int) -> bytes:
+def _encode_prepared(prepared: Prepared, quality: int, subsampling: str | None = None) -> bytes:
     return encode(
         prepared.image,
         prepared.format,
@@ -344,6 +364,7 @@ def _encode_prepared(prepared: Prepared, quality: int) -> bytes:
         exif=prepared.exif,
         xmp=prepared.xmp,
         source_subsampling=prepared.source_subsampling,
+        subsampling=subsampling,
     )
 
 
@@ -423,6 +444,7 @@ def encode(
     xmp: bytes | None = None,
     measure_only: bool = False,
     source_subsampling: int | None = None,
+    subsampling: str | None = None,
 ) -> bytes:
     """Encode `image` once as `fmt` (not keep) at `quality` with our encoder settings.
 
@@ -431,6 +453,8 @@ def encode(
     `measure_only`: for JPEG a baseline encode without optimize or progressive (same pixels, more
     bytes, ~5x faster), to measure a quality rather than to store it; other formats are unchanged.
     `source_subsampling`: a JPEG output keeps no more chroma than this (see `Prepared`).
+    `subsampling` ("4:2:0", "4:2:2", "4:4:4"; JPEG and AVIF): the chroma subsampling automatic
+    quality chose, instead of the fixed-quality rule (JPEG) or the encoder's default (AVIF).
     """
     if fmt is Format.keep:
         raise ValueError("encode needs a concrete format; resolve keep with resolve_format first")
@@ -438,7 +462,7 @@ def encode(
         raise ValueError(f"quality must be 1..100, got {quality}")
     try:
         image = _fit_mode(image, fmt)
-        params = _encoder_params(image, fmt, quality, source_subsampling)
+        params = _encoder_params(image, fmt, quality, source_subsampling, subsampling)
         if measure_only and fmt is Format.jpeg:
             params.update(optimize=False, progressive=False)
         if icc_profile and _icc_matches(icc_profile, image.mode):
@@ -875,21 +899,31 @@ def _icc_matches(icc: bytes, mode: str) -> bool:
 
 
 def _encoder_params(
-    image: Image.Image, fmt: Format, quality: int, source_subsampling: int | None = None
+    image: Image.Image,
+    fmt: Format,
+    quality: int,
+    source_subsampling: int | None = None,
+    subsampling: str | None = None,
 ) -> dict[str, object]:
     if fmt is Format.jpeg:
-        subsampling = 0 if quality >= JPEG_FULL_CHROMA_FROM_QUALITY else 2
+        if subsampling is None:
+            sampling = 0 if quality >= JPEG_FULL_CHROMA_FROM_QUALITY else 2
+        else:
+            sampling = _JPEG_SUBSAMPLING[subsampling]
         return {
             "quality": quality,
             "optimize": True,
             "progressive": True,
-            "subsampling": max(subsampling, source_subsampling or 0),
+            "subsampling": max(sampling, source_subsampling or 0),
         }
     if fmt is Format.webp:
         return {"quality": quality, "method": WEBP_METHOD}
     if fmt is Format.avif:
-        return {"quality": quality, "speed": AVIF_SPEED, "max_threads": AVIF_THREADS}
-    params: dict[str, object] = {"optimize": True}
+        params: dict[str, object] = {"quality": quality, "speed": AVIF_SPEED, "max_threads": AVIF_THREADS}
+        if subsampling is not None:
+            params["subsampling"] = subsampling
+        return params
+    params = {"optimize": True}
     if image.mode == "P" and "transparency" in image.info:
         params["transparency"] = image.info["transparency"]
     return params

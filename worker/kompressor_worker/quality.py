@@ -1,8 +1,11 @@
-"""Automatic quality: the lowest encoder quality whose output keeps a luma SSIM floor.
+"""Automatic quality: the lowest encoder quality whose output keeps a luma SSIM floor, with the
+chroma subsampling that keeps a chroma SSIM floor.
 
 What it is for: `output.targetSSIM`. Given a prepared image (upright, resized, in the output's
-mode) and an encoder `encode(image, quality) -> bytes`, find cheaply a quality whose output, decoded,
-keeps SSIM ≥ the floor against the image, as low as the search can tell, within per-format bounds.
+mode) and an encoder `encode(image, quality, subsampling) -> bytes`, find cheaply a quality whose
+output, decoded, keeps SSIM ≥ the floor against the image, as low as the search can tell, within
+per-format bounds, and the least chroma (the first of `Settings.subsamplings`) that keeps chroma
+SSIM ≥ `CHROMA_FLOOR`.
 
 What it must never do: I/O, logging, reading settings; it is pure like the codec (same image, floor
 and encoder give the same choice). It never returns an output it has not measured at full size.
@@ -13,6 +16,15 @@ image) with data range 255, on luma: BT.601 (0.299 R + 0.587 G + 0.114 B) as unr
 composited on white first (the picture a viewer sees on a white page). float32, in strips of rows
 (memory: the two luma planes plus a few strips); within 2e-6 of scikit-image 0.26 (checked in
 tests/unit/test_quality.py). Planes smaller than the window are edge-padded to 7 px.
+
+Chroma (`chroma`, `Target`): luma SSIM cannot see chroma subsampling (4:2:0 halves the colour
+resolution and leaves luma alone), so each measurement also takes the same SSIM on the JPEG Cb
+and Cr planes (BT.601 full range as Pillow converts them, rounded; alpha on white) at the
+output's size, and keeps the lower of the two. `CHROMA_FLOOR` (0.95) is its own floor, not the
+luma one: JPEG 4:2:0 at q90 keeps 0.97-0.9999 on 21 of the 24 photographs of the corpus, while
+fine saturated colour keeps much less (the mandrill's fur 0.80, Van Gogh's strokes 0.85, fruits
+0.93; red text on blue ~0.5) and 4:4:4 keeps ≥ 0.96 on all of them. A grey image has no chroma:
+its chroma SSIM is 1.
 
 The search (`choose_quality`), on log(1 − SSIM), which is close to linear on an axis per format
 (the log of libjpeg's quantiser scaling for JPEG, quality itself for WebP and AVIF):
@@ -39,6 +51,13 @@ The search (`choose_quality`), on log(1 − SSIM), which is close to linear on a
    It does not step below a met quality: the probe already bracketed it, and one more full-size
    encode per image would buy ~2 % bytes on the photo corpus.
 
+Subsampling. Every measurement starts at the first (least chroma, fewest bytes) of the format's
+`subsamplings`; when one meets the luma floor but misses the chroma floor, the search moves to the
+next for every later measurement (chroma lost to subsampling hardly depends on quality, so one
+measurement tells), at full size re-encoding the same quality first. An output counts as meeting
+the floor only when it keeps both floors; the last encode of the budget, if nothing met yet, is
+at the highest quality and the fullest subsampling.
+
 Images under `PROBE_MIN_PIXELS` skip the probe: the bracketing of phase 1 runs at full size
 (`full_tolerance`, ≤ `max_full` encodes, the last at the highest quality if nothing met).
 
@@ -61,6 +80,11 @@ from kompressor.crd import Format
 
 UNREACHABLE = "quality_floor_unreachable"
 
+# Chroma SSIM (the lower of Cb's and Cr's) every output keeps: see the module docstring.
+CHROMA_FLOOR = 0.95
+SUBSAMPLING_420 = "4:2:0"
+SUBSAMPLING_444 = "4:4:4"
+
 # SSIM: scikit-image's structural_similarity defaults.
 WINDOW = 7
 K1 = 0.01
@@ -78,7 +102,7 @@ PROBE_MIN_PIXELS = 128 * 1024  # smaller images are searched at full size direct
 # log(1 - SSIM) is clamped here: SSIM 1.0 (lossless) would be -inf.
 _T_FLOOR = math.log(1e-7)
 
-Encoder = Callable[[Image.Image, int], bytes]
+Encoder = Callable[[Image.Image, int, str], bytes]  # (image, quality, subsampling) -> bytes
 
 
 @dataclass(frozen=True)
@@ -87,7 +111,8 @@ class Settings:
 
     `starts` maps floors to a typical answer (interpolated in log(1 − floor)): the first quality
     tried. `slope`: a typical d log(1 − SSIM) per unit of `axis` (positive), to step from a single
-    point. `overshoot`, `first_margin` and `margin` are in log(1 − SSIM) (0.1 ≈ 10 % of 1 − SSIM)."""
+    point. `overshoot`, `first_margin` and `margin` are in log(1 − SSIM) (0.1 ≈ 10 % of 1 − SSIM).
+    `subsamplings`: the chroma subsamplings the encoder offers, least chroma first."""
 
     lowest: int
     highest: int
@@ -102,6 +127,7 @@ class Settings:
     first_margin: float = 0.05  # the first full-size encode aims this far past the floor
     margin: float = 0.1  # ... and each one after a miss this much further
     max_step: int = 15  # qualities, from the nearest measured point
+    subsamplings: tuple[str, ...] = (SUBSAMPLING_420, SUBSAMPLING_444)
 
     def __post_init__(self) -> None:
         if not 1 <= self.lowest <= self.highest <= 100:
@@ -114,6 +140,8 @@ class Settings:
             raise ValueError(f"axis must be jpeg or linear, got {self.axis!r}")
         if self.max_full < 1 or self.max_probe < 0:
             raise ValueError("the budget needs at least one full-size encode")
+        if not self.subsamplings:
+            raise ValueError("subsamplings needs at least one")
 
     def start(self, floor: float) -> int:
         """The first quality to try for `floor`: the priors interpolated, within the bounds."""
@@ -128,8 +156,9 @@ class Settings:
 # Per output format. Bounds: below 30, JPEG and WebP lose colour detail that luma SSIM does not see
 # (AVIF's scale differs, but 30 is already poor there too); above 95 bytes grow much faster than
 # fidelity (on the photo corpus, JPEG q100 is 2.1x the bytes of q94 for +0.0016 SSIM, WebP 1.4x for
-# +0.0028). `starts`: the median per-image answer on tests.corpus.real_photos() fit in 1200 px
-# (AVIF: 4 of them); `slope`: the median d log(1 - SSIM) per unit of the axis there, SSIM 0.95-0.997.
+# +0.0028). libwebp's lossy format is 4:2:0 only. `starts`: the median per-image answer on
+# tests.corpus.real_photos() fit in 1200 px (AVIF: 4 of them); `slope`: the median d log(1 - SSIM)
+# per unit of the axis there, SSIM 0.95-0.997.
 SEARCH: dict[Format, Settings] = {
     Format.jpeg: Settings(
         lowest=30,
@@ -142,6 +171,7 @@ SEARCH: dict[Format, Settings] = {
         lowest=30,
         highest=95,
         slope=0.47,
+        subsamplings=(SUBSAMPLING_420,),
         starts=((0.90, 30), (0.95, 48), (0.97, 78), (0.98, 85), (0.99, 91), (0.995, 95)),
     ),
     Format.avif: Settings(
@@ -156,9 +186,11 @@ SEARCH: dict[Format, Settings] = {
 @dataclass(frozen=True)
 class Attempt:
     quality: int
-    ssim: float
+    ssim: float  # luma
     size: int  # bytes of that encode
     full: bool  # False: an encode of the probe mosaic
+    chroma: float = 1.0  # chroma SSIM (the lower of Cb's and Cr's); NaN: not measured (see Target)
+    subsampling: str = SUBSAMPLING_420
 
 
 @dataclass(frozen=True)
@@ -168,8 +200,10 @@ class Choice:
     quality: int
     ssim: float
     data: bytes
-    reached: bool  # False: no quality within the bounds met the floor; this is the best attempt
+    reached: bool  # False: no quality within the bounds met both floors; this is the best attempt
     attempts: tuple[Attempt, ...]
+    chroma: float = 1.0
+    subsampling: str = SUBSAMPLING_420
 
     @property
     def reason(self) -> str:
@@ -206,6 +240,27 @@ def luma(image: Image.Image) -> np.ndarray:
         alpha = pixels[..., 3]
     alpha *= np.float32(1 / 255)
     return y * alpha + np.float32(255.0) * (np.float32(1.0) - alpha)
+
+
+def _ycbcr(image: Image.Image) -> Image.Image | None:
+    """JPEG's YCbCr (BT.601 full range, Pillow's conversion, rounded), alpha composited on white;
+    None for a grey image."""
+    if image.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return None
+    if "A" in image.mode or "transparency" in image.info:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA"))
+    return image.convert("YCbCr")
+
+
+def _plane(ycbcr: Image.Image, band: int) -> np.ndarray:
+    return np.asarray(ycbcr.getchannel(band), dtype=np.float32)
+
+
+def chroma(image: Image.Image) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cb and Cr (see `_ycbcr`) as float32 planes; None for a grey image."""
+    ycbcr = _ycbcr(image)
+    return None if ycbcr is None else (_plane(ycbcr, 1), _plane(ycbcr, 2))
 
 
 def decode_luma(data: bytes) -> np.ndarray:
@@ -315,13 +370,48 @@ class Reference:
         return total / count
 
 
+class Target:
+    """What a candidate encode is measured against: luma and, for a colour image, Cb and Cr (the
+    same window masks and caching as `Reference`)."""
+
+    def __init__(
+        self,
+        image: Image.Image,
+        keep_rows: np.ndarray | None = None,
+        keep_cols: np.ndarray | None = None,
+        cache: bool = False,
+    ):
+        self.luma = Reference(luma(image), keep_rows, keep_cols, cache)
+        planes = chroma(image)
+        self.chroma = None
+        if planes is not None:
+            self.chroma = tuple(Reference(p, keep_rows, keep_cols, cache) for p in planes)
+
+    def measure(self, data: bytes, floor: float | None = None) -> tuple[float, float]:
+        """(luma SSIM, chroma SSIM) of an encoded candidate (first frame). With `floor`, chroma
+        is measured only when luma SSIM keeps it (else NaN): chroma then decides nothing, and
+        it costs twice luma's time."""
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            luma_ssim = self.luma.ssim(luma(image))
+            if self.chroma is None:
+                return luma_ssim, 1.0
+            if floor is not None and luma_ssim < floor:
+                return luma_ssim, math.nan
+            ycbcr = _ycbcr(image)
+            if ycbcr is None:  # a colour image cannot come back grey; if it does, it lost its chroma
+                return luma_ssim, 0.0
+            # One candidate plane at a time (memory).
+            return luma_ssim, min(r.ssim(_plane(ycbcr, band)) for band, r in enumerate(self.chroma, 1))
+
+
 # --- the probe mosaic -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Probe:
     image: Image.Image
-    reference: Reference  # its luma; only windows inside one tile count
+    target: Target  # only windows inside one tile count
 
 
 def _tile_starts(length: int, count: int) -> list[int]:
@@ -349,7 +439,7 @@ def build_probe(image: Image.Image) -> _Probe | None:
         mosaic.putpalette(image.getpalette() or [])
     keep_rows = (np.arange(down * TILE - WINDOW + 1) % TILE) <= TILE - WINDOW
     keep_cols = (np.arange(across * TILE - WINDOW + 1) % TILE) <= TILE - WINDOW
-    return _Probe(mosaic, Reference(luma(mosaic), keep_rows, keep_cols, cache=True))
+    return _Probe(mosaic, Target(mosaic, keep_rows, keep_cols, cache=True))
 
 
 # --- the search -----------------------------------------------------------------------------------
@@ -404,12 +494,12 @@ class _Curve:
         return float(np.interp(x, xs, ts))
 
 
-def _bracket(points: dict[int, float], floor: float) -> tuple[int | None, int | None]:
-    """(highest quality below the lowest meeting one that misses the floor, lowest quality that
-    meets it), from measured points quality -> SSIM."""
-    meets = [q for q, value in points.items() if value >= floor]
+def _bracket(met: dict[int, bool]) -> tuple[int | None, int | None]:
+    """(highest quality below the lowest meeting one that misses, lowest quality that meets), from
+    measured points quality -> whether it met."""
+    meets = [q for q, ok in met.items() if ok]
     best = min(meets) if meets else None
-    misses = [q for q, value in points.items() if value < floor and (best is None or q < best)]
+    misses = [q for q, ok in met.items() if not ok and (best is None or q < best)]
     return (max(misses) if misses else None), best
 
 
@@ -421,32 +511,76 @@ def _aim(model: Callable[[int], float], target: float, low: int, high: int) -> i
     return None
 
 
+class _Sampling:
+    """The subsampling measured now: the least chroma first, the next one for every later
+    measurement once an output meets the luma floor but misses the chroma floor."""
+
+    def __init__(self, options: tuple[str, ...], floor: float, chroma_floor: float):
+        self.options = options
+        self.index = 0
+        self.floor = floor
+        self.chroma_floor = chroma_floor
+
+    @property
+    def current(self) -> str:
+        return self.options[self.index]
+
+    @property
+    def fullest(self) -> bool:
+        return self.index == len(self.options) - 1
+
+    def meets(self, attempt: Attempt) -> bool:
+        """Whether an attempt keeps both floors."""
+        return attempt.ssim >= self.floor and attempt.chroma >= self.chroma_floor
+
+    def widen_after(self, attempt: Attempt) -> bool:
+        """Move to the next subsampling if `attempt` lost only chroma; whether it moved."""
+        if attempt.ssim >= self.floor and attempt.chroma < self.chroma_floor and not self.fullest:
+            self.index += 1
+            return True
+        return False
+
+    def widest(self) -> None:
+        self.index = len(self.options) - 1
+
+
+Measure = Callable[[int, str], Attempt]
+
+
 def _bracket_search(
-    measure: Callable[[int], Attempt],
-    floor: float,
+    measure: Measure,
+    sampling: _Sampling,
     settings: Settings,
     budget: int,
     tolerance: int,
     last_at_highest: bool,
+    meets: Callable[[Attempt], bool],
 ) -> list[Attempt]:
     """Bracket the floor: each step aims where the curve through the points so far predicts the
     floor (a little past it while only one side is known, at most `max_step` away). Stops when the
     bracket is `tolerance` wide, at a bound, or when `budget` measurements are spent. With
-    `last_at_highest`, the last measurement of the budget is at the highest quality when nothing
-    has met the floor yet (so that the search can always end with an output that meets it)."""
-    target = _t(floor)
-    points: dict[int, float] = {}
+    `last_at_highest`, the last measurement of the budget is at the highest quality and the
+    fullest subsampling when nothing has met the floor yet (so that the search can always end with
+    an output that meets it). `meets` says which attempts count as meeting it; the curve is luma."""
+    target = _t(sampling.floor)
+    points: dict[int, float] = {}  # quality -> luma SSIM
+    met: dict[int, bool] = {}
     attempts: list[Attempt] = []
-    q = settings.start(floor)
+    q = settings.start(sampling.floor)
     while True:
-        if last_at_highest and len(attempts) == budget - 1 and not any(v >= floor for v in points.values()):
+        if last_at_highest and len(attempts) == budget - 1 and not any(met.values()):
             q = settings.highest  # the last measurement of the budget must be able to meet the floor
-        attempt = measure(q)
+            sampling.widest()
+        attempt = measure(q, sampling.current)
         attempts.append(attempt)
         points[q] = attempt.ssim
+        met[q] = meets(attempt)
         if len(attempts) >= budget:
             break
-        fail, meet = _bracket(points, floor)
+        if sampling.widen_after(attempt) and not met[q]:
+            del met[q]  # it lost only chroma: the same quality again with more
+            continue
+        fail, meet = _bracket(met)
         curve = _Curve(points, settings)
         if meet is not None and fail is not None:
             if meet - fail <= tolerance:
@@ -469,76 +603,123 @@ def _bracket_search(
     return attempts
 
 
-def choose_quality(image: Image.Image, floor: float, encode: Encoder, settings: Settings) -> Choice:
+def choose_quality(
+    image: Image.Image,
+    floor: float,
+    encode: Encoder,
+    settings: Settings,
+    chroma_floor: float = CHROMA_FLOOR,
+) -> Choice:
     """The lowest quality (within the settings' bounds and budget) whose full-size output keeps
-    SSIM ≥ `floor` against `image`; see the module docstring."""
+    SSIM ≥ `floor` against `image`, at the least chroma subsampling that keeps chroma SSIM ≥
+    `chroma_floor`; see the module docstring."""
     if not 0.0 < floor <= 1.0:
         raise ValueError(f"the SSIM floor must be in (0, 1], got {floor}")
-    reference = Reference(luma(image))
-    outputs: dict[int, bytes] = {}
+    if not 0.0 < chroma_floor <= 1.0:
+        raise ValueError(f"the chroma SSIM floor must be in (0, 1], got {chroma_floor}")
+    target = Target(image)
+    # A grey image has no chroma to subsample: the first option is as good as any.
+    options = settings.subsamplings if target.chroma is not None else settings.subsamplings[:1]
+    sampling = _Sampling(options, floor, chroma_floor)
+    outputs: dict[tuple[int, str], bytes] = {}
 
-    def measure_full(q: int) -> Attempt:
-        data = encode(image, q)
-        outputs[q] = data
-        return Attempt(q, reference.ssim(decode_luma(data)), len(data), full=True)
+    def measure_full(q: int, subsampling: str) -> Attempt:
+        data = encode(image, q, subsampling)
+        outputs[q, subsampling] = data
+        luma_ssim, chroma_ssim = target.measure(data, floor)
+        return Attempt(q, luma_ssim, len(data), True, chroma_ssim, subsampling)
 
     probe = build_probe(image) if settings.max_probe > 0 else None
     if probe is None:
         # Small image: search at full size directly.
         attempts = _bracket_search(
-            measure_full, floor, settings, settings.max_full, settings.full_tolerance, True
+            measure_full, sampling, settings, settings.max_full, settings.full_tolerance, True, sampling.meets
         )
     else:
+
+        def measure_probe(q: int, subsampling: str) -> Attempt:
+            data = encode(probe.image, q, subsampling)
+            # At the fullest subsampling every chroma point feeds the curve `_confirm` aims on.
+            luma_ssim, chroma_ssim = probe.target.measure(data, None if sampling.fullest else floor)
+            return Attempt(q, luma_ssim, len(data), False, chroma_ssim, subsampling)
+
         attempts = _bracket_search(
-            lambda q: _measure_probe(probe, encode, q),
-            floor,
+            measure_probe,
+            sampling,
             settings,
             settings.max_probe,
             settings.probe_tolerance,
             False,
+            lambda a: a.ssim >= floor,  # the probe brackets luma; chroma only picks the subsampling
         )
-        attempts += _confirm(measure_full, {a.quality: a.ssim for a in attempts}, floor, settings)
+        attempts += _confirm(measure_full, sampling, attempts, settings)
 
     full = [a for a in attempts if a.full]
-    met = [a for a in full if a.ssim >= floor]
+    met = [a for a in full if sampling.meets(a)]
     if met:
-        best = min(met, key=lambda a: a.quality)
-        return Choice(best.quality, best.ssim, outputs[best.quality], True, tuple(attempts))
-    best = max(full, key=lambda a: (a.ssim, -a.quality))
-    return Choice(best.quality, best.ssim, outputs[best.quality], False, tuple(attempts))
+        best = min(met, key=lambda a: (a.size, a.quality))
+    else:  # the attempt nearest to keeping both floors: luma first
+        best = max(full, key=lambda a: (_shortfall(a, floor, chroma_floor), -a.quality))
+    data = outputs[best.quality, best.subsampling]
+    best_chroma = target.measure(data)[1] if math.isnan(best.chroma) else best.chroma
+    return Choice(best.quality, best.ssim, data, bool(met), tuple(attempts), best_chroma, best.subsampling)
 
 
-def _measure_probe(probe: _Probe, encode: Encoder, quality: int) -> Attempt:
-    data = encode(probe.image, quality)
-    return Attempt(quality, probe.reference.ssim(decode_luma(data)), len(data), full=False)
+def _shortfall(attempt: Attempt, floor: float, chroma_floor: float) -> tuple[bool, float]:
+    """How close an attempt comes to keeping both floors (larger is closer)."""
+    if attempt.ssim < floor:
+        return False, attempt.ssim - floor
+    return True, min(attempt.ssim - floor, attempt.chroma - chroma_floor)
 
 
 def _confirm(
-    measure: Callable[[int], Attempt], probe_points: dict[int, float], floor: float, settings: Settings
+    measure: Measure, sampling: _Sampling, probe: list[Attempt], settings: Settings
 ) -> list[Attempt]:
     """Phase 2: encode at full size where the probe's curve meets the floor (with `first_margin`);
-    after a miss, step up where the probe's curve shifted by the measured offset meets the floor
-    with `margin` more per miss; the last encode of the budget at the highest quality."""
-    target = _t(floor)
-    probe_curve = _Curve(probe_points, settings)
-    full: dict[int, float] = {}  # quality -> log(1 - SSIM) at full size
+    after an output that lost only chroma, the same quality at the next subsampling; after a miss,
+    step up where the probe's curve shifted by the measured offset meets the floor with `margin`
+    more per miss; the last encode of the budget at the highest quality and the fullest
+    subsampling. At the fullest subsampling the chroma floor is aimed at the same way, on the
+    probe's chroma curve at that subsampling (chroma quantisation: a busy colour picture needs a
+    higher quality for its chroma than for its luma)."""
+    luma_target, chroma_target = _t(sampling.floor), _t(sampling.chroma_floor)
+    luma_curve = _Curve({a.quality: a.ssim for a in probe}, settings)
+    full: list[Attempt] = []
 
-    def model(q: int) -> float:
-        nearest = min(full, key=lambda f: (abs(f - q), f))
-        return probe_curve(q) + full[nearest] - probe_curve(nearest)
+    def shifted(curve: _Curve, value: Callable[[Attempt], float], at: list[Attempt], q: int) -> float:
+        """The probe's curve through the nearest full-size measurement (if any) at quality q."""
+        if not at:
+            return curve(q)
+        nearest = min(at, key=lambda a: (abs(a.quality - q), a.quality))
+        return curve(q) + _t(value(nearest)) - curve(nearest.quality)
 
-    first = _aim(probe_curve, target - settings.first_margin, settings.lowest, settings.highest)
+    def excess(q: int, margin: float) -> float:
+        """How far q is predicted to miss the floors by, in log(1 - SSIM) (≤ 0: meets both)."""
+        over = shifted(luma_curve, lambda a: a.ssim, full, q) - (luma_target - margin)
+        measured = [a for a in probe if a.subsampling == sampling.current and not math.isnan(a.chroma)]
+        if sampling.fullest and measured:
+            chroma_curve = _Curve({a.quality: a.chroma for a in measured}, settings)
+            at = [a for a in full if a.subsampling == sampling.current and not math.isnan(a.chroma)]
+            chroma = shifted(chroma_curve, lambda a: a.chroma, at, q)
+            over = max(over, chroma - (chroma_target - margin))
+        return over
+
+    first = _aim(lambda x: excess(x, settings.first_margin), 0.0, settings.lowest, settings.highest)
     q = settings.highest if first is None else first
-    attempts: list[Attempt] = []
+    misses = 0
     while True:
-        if len(attempts) == settings.max_full - 1:
+        if len(full) == settings.max_full - 1:
             q = settings.highest  # the last encode of the budget must be able to meet the floor
-        attempt = measure(q)
-        attempts.append(attempt)
-        full[q] = _t(attempt.ssim)
-        if attempt.ssim >= floor or q == settings.highest or len(attempts) >= settings.max_full:
-            return attempts
-        misses = len(attempts)
+            sampling.widest()
+        attempt = measure(q, sampling.current)
+        full.append(attempt)
+        if sampling.meets(attempt) or len(full) >= settings.max_full:
+            return full
+        if sampling.widen_after(attempt):
+            continue  # the same quality with more chroma
+        if q == settings.highest:
+            return full
+        misses += 1
         high = min(settings.highest, q + settings.max_step)
-        up = _aim(model, target - settings.margin * misses, q + 1, high)
+        up = _aim(lambda x, m=settings.margin * misses: excess(x, m), 0.0, q + 1, high)
         q = high if up is None else up

@@ -33,6 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 from urllib.parse import unquote, urlsplit
 
 import pika
@@ -73,17 +74,14 @@ class Exchange:
     status: int
 
 
-class S3Recorder:
-    """A byte-for-byte TCP proxy to the S3 server that records each request and its status.
+class _S3Proxy:
+    """A TCP proxy on a free loopback port to the S3 server at `backend_port`: one thread accepts,
+    one serves each connection (`_serve`, given the client's socket and the upstream's)."""
 
-    HTTP/1.1 without pipelining (botocore/urllib3): on one connection, answers come in request
-    order, so each non-1xx status line settles the oldest pending request. A request whose
-    connection closes unanswered is recorded with status 0."""
+    thread_name = "s3-proxy"
 
     def __init__(self, backend_port: int):
         self.backend_port = backend_port
-        self.exchanges: list[Exchange] = []
-        self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._stopping = False
@@ -92,8 +90,8 @@ class S3Recorder:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> S3Recorder:
-        threading.Thread(target=self._accept, name="s3-recorder", daemon=True).start()
+    def start(self) -> Self:
+        threading.Thread(target=self._accept, name=self.thread_name, daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -116,6 +114,27 @@ class S3Recorder:
             client.close()
             return
         upstream.settimeout(None)
+        self._serve(client, upstream)
+
+    def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class S3Recorder(_S3Proxy):
+    """A byte-for-byte TCP proxy to the S3 server that records each request and its status.
+
+    HTTP/1.1 without pipelining (botocore/urllib3): on one connection, answers come in request
+    order, so each non-1xx status line settles the oldest pending request. A request whose
+    connection closes unanswered is recorded with status 0."""
+
+    thread_name = "s3-recorder"
+
+    def __init__(self, backend_port: int):
+        super().__init__(backend_port)
+        self.exchanges: list[Exchange] = []
+        self._lock = threading.Lock()
+
+    def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
         pending: collections.deque[tuple[str, str]] = collections.deque()
         guard = threading.Lock()
 
@@ -192,7 +211,7 @@ _INTERNAL_ERROR = (
 ) + _INTERNAL_ERROR_BODY
 
 
-class S3Faults:
+class S3Faults(_S3Proxy):
     """A proxy to the S3 server that answers 500 InternalError to each request `refuse(method, path)`
     names while `failing` is set; everything else passes byte for byte (SigV4 still matches).
 
@@ -201,41 +220,15 @@ class S3Faults:
     refused request gets the error before its body when it waits for `100-continue` (botocore's
     PutObject does), after it otherwise; then the connection closes, as `Connection: close` says."""
 
+    thread_name = "s3-faults"
+
     def __init__(self, backend_port: int, refuse: Callable[[str, str], bool]):
-        self.backend_port = backend_port
+        super().__init__(backend_port)
         self.refuse = refuse
         self.failing = threading.Event()
         self.refused: list[str] = []
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> S3Faults:
-        threading.Thread(target=self._accept, name="s3-faults", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        with contextlib.suppress(OSError):
-            self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connection, args=(client,), daemon=True).start()
-
-    def _connection(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.backend_port), timeout=5)
-        except OSError:
-            client.close()
-            return
-        upstream.settimeout(None)
+    def _serve(self, client: socket.socket, upstream: socket.socket) -> None:
         threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
         buffer = b""
         try:

@@ -25,7 +25,7 @@ from kompressor_operator import broker
 from kompressor_operator.engine import JobEngine
 from kompressor_operator.listing import list_s3_sources
 from kompressor_operator.planning import plan_tasks
-from kompressor_operator.status import next_status
+from kompressor_operator.status import Counts, next_status
 from kompressor_worker.retry import backoff_seconds
 from kompressor_worker.storage import META_SOURCE
 from testbed import RabbitMQ, S3Server
@@ -105,12 +105,14 @@ def _run_engine(
     job: JobRef,
     spec: CompressionJobSpec,
     tmp_path: Path,
-) -> list[dict]:
-    """Fan the job out with the operator's engine, run one worker until every input is accounted,
-    and return the manifest's lines."""
+    **worker_env: str,
+) -> tuple[list[dict], Counts]:
+    """Fan the job out with the operator's engine, run one worker (LOOPBACK_WORKERS, or
+    `worker_env`) until every input is accounted; the manifest's lines and the job's counts."""
     engine = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
-    procs = workers(rabbitmq, s3, job, tmp_path, **LOOPBACK_WORKERS)
+    procs = workers(rabbitmq, s3, job, tmp_path, **(worker_env or LOOPBACK_WORKERS))
     try:
+        engine.step()
         worker = procs.start_one()
 
         def finished() -> bool:
@@ -124,7 +126,7 @@ def _run_engine(
         procs.stop_all(timeout=20)
         engine.delete_queues()
         engine.close()
-    return _manifest_lines(s3, manifest)
+    return _manifest_lines(s3, manifest), engine.counts()
 
 
 def _manifest_lines(s3: S3Server, url: str) -> list[dict]:
@@ -187,7 +189,7 @@ def test_a_transient_http_error_is_retried_after_a_growing_backoff(
     origin = Origin({"/flaky.jpg": [(500, {}, b"down"), (502, {}, b"down"), (200, {}, photo)]})
     try:
         job = new_job("backoff")
-        (line,) = _run_engine(rabbitmq, s3, job, _url_spec(bucket, [origin.url("/flaky.jpg")]), tmp_path)
+        (line,), _ = _run_engine(rabbitmq, s3, job, _url_spec(bucket, [origin.url("/flaky.jpg")]), tmp_path)
     finally:
         origin.stop()
     assert (line["outcome"], line["attempts"]) == ("done", 3)
@@ -211,7 +213,7 @@ def test_retry_after_on_429_and_503_is_honoured(
     )
     try:
         urls = [origin.url("/busy.jpg"), origin.url("/limited.jpg")]
-        lines = _run_engine(rabbitmq, s3, new_job("retry-after"), _url_spec(bucket, urls), tmp_path)
+        lines, _ = _run_engine(rabbitmq, s3, new_job("retry-after"), _url_spec(bucket, urls), tmp_path)
     finally:
         origin.stop()
     assert sorted((line["outcome"], line["attempts"]) for line in lines) == [("done", 2), ("done", 2)]
@@ -239,31 +241,17 @@ def test_a_task_over_its_timeout_ends_timeout_and_the_pool_goes_on(
         output={"format": "avif", "quality": 90, "resize": {"maxWidth": 4000, "maxHeight": 4000}},
         limits={"taskTimeoutSeconds": 1, "maxAttempts": 2},
     )
-    engine = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
     # One pool process, one task at a time: the small inputs wait behind the slow one, and are
     # encoded by the process that replaces the one killed.
-    procs = workers(rabbitmq, s3, job, tmp_path, KOMPRESSOR_PROCESSES="1", KOMPRESSOR_PREFETCH="1")
-    try:
-        engine.step()
-        worker = procs.start_one()
-
-        def finished() -> bool:
-            assert worker.alive(), worker.log.read_text()[-3000:]
-            return engine.step().finished
-
-        wait_for(finished, 90, "every input accounted")
-        assert procs.started_total == 1
-        manifest = engine.finish()
-    finally:
-        procs.stop_all(timeout=20)
-        engine.delete_queues()
-        engine.close()
-    lines = {line["source"].rsplit("/", 1)[1]: line for line in _manifest_lines(s3, manifest)}
+    manifest, counts = _run_engine(
+        rabbitmq, s3, job, spec, tmp_path, KOMPRESSOR_PROCESSES="1", KOMPRESSOR_PREFETCH="1"
+    )
+    lines = {line["source"].rsplit("/", 1)[1]: line for line in manifest}
     slow = lines.pop("0-slow.png")
     assert (slow["outcome"], slow["reason"], slow["attempts"]) == ("failed", "timeout", 2)
     assert "gave up after 2 attempts" in slow["message"]
     assert {(line["outcome"], line["attempts"]) for line in lines.values()} == {("done", 1)}
-    assert dict(engine.counts().failures_by_reason) == {"timeout": 1}
+    assert dict(counts.failures_by_reason) == {"timeout": 1}
 
 
 def test_pool_processes_are_recycled_after_their_task_count(
@@ -368,7 +356,7 @@ def test_a_url_sources_user_info_and_query_are_never_stored(
     # Two inputs that differ only in their query are still told apart: one output, one collision.
     small, large = origin.url("/img/same.jpg?size=s"), origin.url("/img/same.jpg?size=l")
     try:
-        lines = _run_engine(
+        lines, _ = _run_engine(
             rabbitmq, s3, new_job("secrets"), _url_spec(bucket, [signed, with_user, small, large]), tmp_path
         )
     finally:

@@ -2,8 +2,8 @@
 
 The same engine (fan-out, ledger) and the same reconcile (reconcile.py: the scaling policy with the
 worker budget of one job, the status, the finish) as the operator; worker processes instead of a
-Deployment; a real RabbitMQ and S3 server. Errors a user can fix (a bad file, the
-broker down, wrong credentials, a missing bucket) end as one line naming the fix: `ConfigError`.
+Deployment; a real RabbitMQ and S3 server. Errors a user can fix (a bad file, the broker down,
+wrong credentials, a missing bucket) end as one line naming the fix: `ConfigError`.
 
 Storage: local mode runs on the user's machine with the user's credentials (KOMPRESSOR_STORAGE__*),
 and the job file is the user's own; the job's `endpointURL`, when set, wins and gets those
@@ -202,7 +202,7 @@ def run_job(
     failed_exits = 0
     created, started = time.time(), time.monotonic()
     try:
-        while needs_steps(status):
+        while True:
             try:
                 progress = engine.step()
             except ManifestError as exc:
@@ -246,8 +246,9 @@ def run_job(
                 status = workers_seen(status, len(workers.running))
             if on_update is not None:
                 on_update(status)
-            if needs_steps(status):
-                time.sleep(POLL_SECONDS)
+            if not needs_steps(status):
+                break
+            time.sleep(POLL_SECONDS)
         if not keep_queues:
             engine.delete_queues()
     finally:

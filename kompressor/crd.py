@@ -427,8 +427,21 @@ class Toleration(_Model):
     )
 
 
+class Scaler(StrEnum):
+    builtin = "builtin"
+    external = "external"
+
+
 class Workers(_Model):
     """How much compute the job may use and how it follows the backlog."""
+
+    scaler: Scaler = Field(
+        default=Scaler.builtin,
+        description="builtin: the operator scales the worker Deployment on the backlog, within the "
+        "cluster's worker budget; external: the operator creates the Deployment but never sets its "
+        "replicas (a KEDA ScaledObject or an HPA does, from status.queue or status.backlog), the "
+        "cluster budget and min/maxReplicas do not apply, and suspend only reports Suspended.",
+    )
 
     min_replicas: int = Field(default=0, ge=0, le=1000, description="Fewest worker pods, also when idle.")
     max_replicas: int = Field(default=20, ge=1, le=1000, description="Most worker pods.")
@@ -538,7 +551,11 @@ class CompressionJobSpec(_Model):
         le=1000,
         description="Higher wins when the cluster-wide worker budget is short.",
     )
-    suspend: bool = Field(default=False, description="true: scale to 0 and keep the queue; false: resume.")
+    suspend: bool = Field(
+        default=False,
+        description="true: keep the queue and scale the workers to 0 (with workers.scaler external, "
+        "pause your scaler instead); false: resume.",
+    )
     notify: Notify | None = Field(default=None, description="Webhook called when the job finishes.")
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the job this long after it finishes; empty keeps it."
@@ -573,7 +590,12 @@ class Condition(_Model):
 class WorkerCounts(_Model):
     """Worker pods wanted and ready."""
 
-    desired: int = Field(default=0, ge=0, description="Replicas the scaling policy asks for.")
+    desired: int = Field(
+        default=0,
+        ge=0,
+        description="Replicas the scaling policy asks for; with an external scaler, the Deployment's "
+        "while the job runs.",
+    )
     ready: int = Field(default=0, ge=0, description="Worker pods ready.")
 
 
@@ -601,6 +623,14 @@ class CompressionJobStatus(_Model):
         default_factory=dict, description="Failed inputs counted by machine-readable reason."
     )
     workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pods.")
+    queue: str | None = Field(
+        default=None,
+        description="The RabbitMQ queue the workers consume: the queueName of a KEDA RabbitMQ "
+        "trigger. It holds the job's uid, so a recreated job never reads an old job's queue.",
+    )
+    backlog: int = Field(
+        default=0, ge=0, description="Tasks queued and in flight: the number an external scaler follows."
+    )
     start_time: datetime | None = Field(default=None, description="When the job started.")
     completion_time: datetime | None = Field(default=None, description="When the job finished.")
     observed_generation: int | None = Field(

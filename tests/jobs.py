@@ -99,6 +99,8 @@ def worker_env(rabbitmq: RabbitMQ, s3: S3Server, job: JobRef, **extra: str) -> d
         "KOMPRESSOR_BROKER__URL": rabbitmq.url,
         **s3.env(),
         "KOMPRESSOR_QUEUE": task_queue(job),
+        "KOMPRESSOR_JOB_NAMESPACE": job.namespace,
+        "KOMPRESSOR_JOB_NAME": job.name,
         "KOMPRESSOR_PROCESSES": "2",
         "KOMPRESSOR_HEALTH_PORT": "0",
         "KOMPRESSOR_GRACE_SECONDS": "60",

@@ -138,17 +138,18 @@ def worker_env(
     spec: CompressionJobSpec,
     defaults: WorkerDefaults,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
-    default_endpoint: str | None = None,
 ) -> list[dict[str, Any]]:
     """The worker container's environment: plain settings as values, credentials as secretKeyRefs.
     The installation's allowed input formats go along: a worker refuses inputs beyond them too. The
-    S3 endpoint is the one the operator uses for the job: the spec's, else `default_endpoint` (the
-    operator's own; AWS S3 when neither names one)."""
+    S3 endpoint and region are the spec's as given (the controller fills in the operator's own
+    for a job that names none, so workers reach the store the operator lists)."""
     storage = spec.storage
-    endpoint = storage.endpoint_url or default_endpoint
+    endpoint = storage.endpoint_url
     storage_secret = storage.credentials_secret or defaults.storage_secret
     env = [
         _value("KOMPRESSOR_QUEUE", task_queue(job)),
+        _value("KOMPRESSOR_JOB_NAMESPACE", job.namespace),
+        _value("KOMPRESSOR_JOB_NAME", job.name),
         _value("KOMPRESSOR_PROCESSES", spec.workers.processes_per_pod),
         _value("KOMPRESSOR_HEALTH_PORT", defaults.health_port),
         _value("KOMPRESSOR_GRACE_SECONDS", spec.limits.task_timeout_seconds + DRAIN_MARGIN_SECONDS),
@@ -213,13 +214,14 @@ def worker_deployment(
     spec: CompressionJobSpec,
     defaults: WorkerDefaults,
     owner: Mapping[str, Any] | None,
-    replicas: int,
+    replicas: int | None,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
-    default_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring);
-    `default_endpoint`: the operator's S3 endpoint, for a job that names none."""
-    if replicas < 0:
+    """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring).
+
+    None leaves `spec.replicas` out, for an external scaler to own (the API server defaults it to 1).
+    """
+    if replicas is not None and replicas < 0:
         raise ValueError(f"replicas {replicas} must not be negative")
     labels = worker_labels(job)
     metadata: dict[str, Any] = {
@@ -233,7 +235,7 @@ def worker_deployment(
         "name": CONTAINER,
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "env": worker_env(job, spec, defaults, allowed_input_formats, default_endpoint),
+        "env": worker_env(job, spec, defaults, allowed_input_formats),
         "ports": [{"name": "http", "containerPort": defaults.health_port, "protocol": "TCP"}],
         "resources": _resources(spec),
         "livenessProbe": _probe("/healthz", period=10, failures=3),
@@ -270,21 +272,30 @@ def worker_deployment(
             *copy.deepcopy(defaults.extra_volumes),
         ],
     }
-    template_metadata: dict[str, Any] = {"labels": {**defaults.pod_labels, **labels}}
-    if defaults.pod_annotations:
-        template_metadata["annotations"] = dict(defaults.pod_annotations)
+    # The chart's podAnnotations win over the scrape annotations (a team may scrape otherwise).
+    template_metadata: dict[str, Any] = {
+        "labels": {**defaults.pod_labels, **labels},
+        "annotations": {**scrape_annotations(defaults.health_port), **defaults.pod_annotations},
+    }
+    deployment_spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata,
         "spec": {
-            "replicas": replicas,
+            **deployment_spec,
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": selector_labels(job)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {"metadata": template_metadata, "spec": pod_spec},
         },
     }
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """The annotations a plain Prometheus' `kubernetes_sd` pod job keeps by convention: scrape this
+    pod's /metrics on the health port. (The chart's PodMonitor selects the pods by label instead.)"""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
 def scale_patch(replicas: int) -> dict[str, Any]:

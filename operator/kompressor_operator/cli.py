@@ -1,4 +1,4 @@
-"""The `kompressor` command: `run` a CompressionJob on this machine, or print the `crd`."""
+"""The `kompressor` command: `run` a CompressionJob on this machine, or print the `crd` or its `reference`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import yaml
 
 from kompressor import __version__
 from kompressor.crd import crd
+from kompressor.reference import reference
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("crd", help="print the CompressionJob CustomResourceDefinition as YAML")
+    commands.add_parser("reference", help="print the CompressionJob field reference (docs/reference.md)")
     run = commands.add_parser(
         "run",
         help="run a CompressionJob on this machine (RabbitMQ and S3 from KOMPRESSOR_* variables)",
@@ -107,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "crd":
         sys.stdout.write(render_crd())
+        return 0
+    if args.command == "reference":
+        sys.stdout.write(reference())
         return 0
     return _run(args)
 

@@ -22,6 +22,7 @@ from kompressor.crd import (
     FINISHED_PHASES,
     CompressionJobSpec,
     CompressionJobStatus,
+    Scaler,
     SpecError,
     parse_spec,
 )
@@ -34,7 +35,7 @@ from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.kube import DeploymentNotOwned, Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.planning import ManifestError
-from kompressor_operator.policy import Claim
+from kompressor_operator.policy import Claim, deployment_replicas
 from kompressor_operator.reconcile import (
     Budget,
     Memory,
@@ -51,7 +52,15 @@ from kompressor_operator.reconcile import (
     workers_seen,
 )
 from kompressor_operator.settings import OperatorSettings
-from kompressor_operator.status import DEPLOYMENT_NOT_OWNED, Event, check_spec, immutable_changes
+from kompressor_operator.status import (
+    DEPLOYMENT_NOT_OWNED,
+    Event,
+    check_spec,
+    immutable_changes,
+    required_secrets,
+    secrets_condition,
+    waited_for_secrets,
+)
 
 log = logging.getLogger("kompressor.operator")
 
@@ -65,6 +74,14 @@ class InvalidSpec(Exception):
         super().__init__("; ".join(problems))
         self.problems = problems
         self.reason = reason
+
+
+class SecretsMissing(Exception):
+    """Secrets the spec names do not exist (yet): the job waits for them, it is not refused."""
+
+    def __init__(self, missing: list[str]):
+        super().__init__("; ".join(missing))
+        self.missing = missing
 
 
 @dataclass
@@ -133,8 +150,11 @@ class Controller:
         problems = check_spec(spec, self.settings.allowed_input_formats)
         if problems:
             raise InvalidSpec(problems)
+        missing = self._missing_secrets(job, spec)
+        if missing:
+            raise SecretsMissing(missing)
         client = self._storage(job, spec).client()
-        deployment = self._deployment(job, spec, body, replicas=0)
+        deployment = self._deployment(job, spec, body, 0)
         try:
             self.kube.apply_deployment(deployment)
         except Refused as exc:
@@ -145,6 +165,9 @@ class Controller:
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
+        previous = CompressionJobStatus.model_validate(body.get("status") or {})
+        if waited_for_secrets(previous):
+            outcome.status = secrets_condition(previous, [], datetime.now(UTC))
         outcome.events.append(
             Event(
                 "Normal",
@@ -156,17 +179,32 @@ class Controller:
         return outcome
 
     def _deployment(
-        self, job: JobRef, spec: CompressionJobSpec, body: dict[str, Any], replicas: int
+        self, job: JobRef, spec: CompressionJobSpec, owner: dict[str, Any], current: int
     ) -> dict[str, Any]:
+        """Workers reach the S3 the operator reaches: a job naming no endpoint or region gets the
+        operator's defaults in its pods too, as it did for the listing (StorageSettings.for_job)."""
+        storage = self.settings.storage.for_job(spec.storage)
+        resolved = spec.storage.model_copy(
+            update={"endpoint_url": storage.endpoint_url, "region": storage.region}
+        )
         return worker_deployment(
             job,
-            spec,
+            spec.model_copy(update={"storage": resolved}),
             self.settings.worker,
-            owner=body,
-            replicas=replicas,
+            owner=owner,
+            replicas=deployment_replicas(spec.workers, current),
             allowed_input_formats=self.settings.allowed_input_formats,
-            default_endpoint=self.settings.storage.endpoint_url,
         )
+
+    def _missing_secrets(self, job: JobRef, spec: CompressionJobSpec) -> list[str]:
+        missing = []
+        for need in required_secrets(spec):
+            try:
+                for key in need.keys:
+                    self.kube.secret_value(job.namespace, need.name, key)
+            except SecretMissing as exc:
+                missing.append(f"{need.field}: {exc}")
+        return missing
 
     def _storage(self, job: JobRef, spec: CompressionJobSpec):
         """The job's storage settings, after the endpoint guard (endpoints.py) let them pass."""
@@ -190,7 +228,7 @@ class Controller:
                     }
                 )
             except SecretMissing as exc:
-                raise InvalidSpec([f"spec.storage.credentialsSecret: {exc}"]) from None
+                raise SecretsMissing([f"spec.storage.credentialsSecret: {exc}"]) from None
         return storage
 
     # --- the periodic step ----------------------------------------------------------------------
@@ -220,13 +258,16 @@ class Controller:
             outcome.status = self._finish(state, status, outcome)
             return outcome
         for reason, count in progress.refused_now.items():
-            self.metrics.refused_results.labels(state.job.name, reason).inc(count)
+            self.metrics.refused(state.job, reason, count)
         name = worker_deployment_name(state.job.name)
+        external = spec.workers.scaler is Scaler.external
         observed = Observation(
             counts=progress.counts,
             sample=progress.sample(suspended=spec.suspend),
             accounted_now=progress.accounted_now,
             workers_ready=self.kube.ready_replicas(state.job.namespace, name),
+            # an external scaler's replicas, to report (and start from if builtin returns)
+            workers_desired=self.kube.desired_replicas(state.job.namespace, name) if external else None,
         )
         plan = reconcile(
             spec,
@@ -235,7 +276,7 @@ class Controller:
             state.memory,
             refused=refused,
             generation=body["metadata"].get("generation", 1),
-            key=uid,
+            job=state.job,
             created=state.created,
             budget=Budget(self.settings.max_total_workers, self.claims),
             now=now,
@@ -245,10 +286,9 @@ class Controller:
         if plan.scaled:
             self.kube.scale(state.job.namespace, name, plan.replicas, state.job.uid)
             direction = "up" if plan.replicas > state.memory.scale.current else "down"
-            self.metrics.scale_events.labels(state.job.name, direction).inc()
+            self.metrics.scaled(state.job, direction)
         state.memory = plan.memory
-        self.metrics.outstanding.labels(state.job.name).set(observed.sample.outstanding)
-        self.metrics.desired.labels(state.job.name).set(plan.replicas)
+        self.metrics.observe(state.job, observed.sample.outstanding, plan.replicas)
         outcome = Outcome(events=list(plan.events))
         outcome.status = self._finish(state, plan.status, outcome) if plan.finished else plan.status
         return outcome
@@ -273,11 +313,13 @@ class Controller:
 
     def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
         manifest = state.engine.finish()
-        try:
-            self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0, state.job.uid)
-        except DeploymentNotOwned as exc:  # not ours to scale down: the job still finishes
-            outcome.events.append(Event("Warning", DEPLOYMENT_NOT_OWNED, str(exc)))
+        if state.spec.workers.scaler is Scaler.builtin:
+            try:
+                self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0, state.job.uid)
+            except DeploymentNotOwned as exc:  # not ours to scale down: the job still finishes
+                outcome.events.append(Event("Warning", DEPLOYMENT_NOT_OWNED, str(exc)))
         self.claims.pop(state.job.uid, None)
+        self.metrics.forget(state.job)
         state.engine.close()
         del self.jobs[state.job.uid]
         status, event = finish(status, manifest, state.spec.notify is not None, datetime.now(UTC))
@@ -364,9 +406,7 @@ class Controller:
         spec, _ = accepted_spec(body)
         state.spec = spec
         try:
-            self.kube.apply_deployment(
-                self._deployment(state.job, spec, body, replicas=state.memory.scale.current)
-            )
+            self.kube.apply_deployment(self._deployment(state.job, spec, body, state.memory.scale.current))
         except Refused as exc:
             return [
                 Event("Warning", "WorkersRefused", f"spec.workers: the worker Deployment was refused: {exc}")
@@ -380,6 +420,7 @@ class Controller:
         uid = body["metadata"]["uid"]
         self.claims.pop(uid, None)
         self.deliveries.pop(uid, None)
+        self.metrics.forget(job_ref(body["metadata"]))
         state = self.jobs.pop(uid, None)
         if state is not None:
             state.engine.delete_queues()

@@ -24,6 +24,7 @@ from kompressor_operator.controller import (
     Controller,
     InvalidSpec,
     Outcome,
+    SecretsMissing,
     accepted_spec,
     refusals,
 )
@@ -31,13 +32,22 @@ from kompressor_operator.kube import DeploymentNotOwned, Kube, load_config
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.reconcile import needs_steps
 from kompressor_operator.settings import OperatorSettings
-from kompressor_operator.status import DEPLOYMENT_NOT_OWNED, refused_status, worker_deployment
+from kompressor_operator.status import (
+    DEPLOYMENT_NOT_OWNED,
+    SECRET_MISSING,
+    refused_status,
+    secrets_condition,
+    worker_deployment,
+)
 
 PREFIX = "kompressor.dev"
 TIMER_SECONDS = 1.0  # the per-job poll interval (a setting) is enforced inside Controller.step
 # A Deployment of the worker name that is not the job's may be an earlier job's of the same name,
 # about to be collected: the job waits (WorkerDeployment=False) and tries again this often.
 NOT_OWNED_RETRY_SECONDS = 15.0
+SECRET_RETRY_SECONDS = 5.0
+"""How often a job waiting for a missing Secret looks again (a read of each Secret it names): polling
+needs only `get` on Secrets, where a watch would need `list` and `watch` on every Secret."""
 # A finished job's TTL daemon wakes at least this often, so an edited ttlSecondsAfterFinished (the
 # daemon's body is live) is honoured within it.
 TTL_RECHECK_SECONDS = 60.0
@@ -105,6 +115,13 @@ async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
         raise kopf.PermanentError(str(exc)) from None
     except DeploymentNotOwned as exc:
         _not_owned(body, patch, exc)
+    except SecretsMissing as exc:
+        previous = _status(body)
+        waiting = secrets_condition(previous, exc.missing, datetime.now(UTC))
+        if waiting.conditions != previous.conditions:  # one Warning per change, not one per retry
+            patch.status.update(_status_patch(waiting))
+            kopf.warn(body, reason=SECRET_MISSING, message=f"waiting: {exc}")
+        raise kopf.TemporaryError(str(exc), delay=SECRET_RETRY_SECONDS) from None
     _deployment_condition(body, patch, None)
     _write(outcome, body, patch)
 

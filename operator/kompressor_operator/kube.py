@@ -49,6 +49,9 @@ def _refusal(exc: ApiException) -> Refused:
     return Refused(message or str(exc.reason))
 
 
+REPLACE_ATTEMPTS = 5
+
+
 class Kube:
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         """`api_client`: the loaded configuration's (load_config) when None."""
@@ -63,7 +66,7 @@ class Kube:
         A replace, not a patch: a strategic merge patch keeps whatever the new template no longer
         has (a nodeSelector key a job dropped, a removed extra volume, the key variables of a storage
         Secret no longer named). The replace carries the checked object's uid and resourceVersion, so
-        one changed or made again in between is refused (a conflict: the caller retries).
+        one changed in between is read and checked again, and one made again is refused.
         An invalid Deployment raises Refused."""
         metadata = deployment["metadata"]
         namespace, name = metadata["namespace"], metadata["name"]
@@ -76,22 +79,27 @@ class Kube:
             if exc.status != 409:
                 raise
         owners = [reference["uid"] for reference in metadata.get("ownerReferences", [])]
-        current = self._owned(namespace, name, owners)
-        body = {
-            **deployment,
-            "metadata": {
-                **metadata,
-                "uid": current.metadata.uid,
-                "resourceVersion": current.metadata.resource_version,
-            },
-            "spec": {**deployment["spec"], "replicas": current.spec.replicas},
-        }
-        try:
-            self.apps.replace_namespaced_deployment(name, namespace, body)
-        except ApiException as exc:
-            if exc.status == 422:
-                raise _refusal(exc) from None
-            raise
+        for attempt in range(REPLACE_ATTEMPTS):
+            current = self._owned(namespace, name, owners)
+            body = {
+                **deployment,
+                "metadata": {
+                    **metadata,
+                    "uid": current.metadata.uid,
+                    "resourceVersion": current.metadata.resource_version,
+                },
+                "spec": {**deployment["spec"], "replicas": current.spec.replicas},
+            }
+            try:
+                self.apps.replace_namespaced_deployment(name, namespace, body)
+                return
+            except ApiException as exc:
+                if exc.status == 422:
+                    raise _refusal(exc) from None
+                # 409: written in between (the Deployment controller updates its status all the
+                # time): read it again, owner check included.
+                if exc.status != 409 or attempt == REPLACE_ATTEMPTS - 1:
+                    raise
 
     def scale(self, namespace: str, name: str, replicas: int, owner_uid: str) -> None:
         """Set the replicas of the Deployment owned by `owner_uid`; DeploymentNotOwned otherwise."""
@@ -111,6 +119,15 @@ class Kube:
                 "operator leaves it alone: delete or rename it, or give the job another name"
             )
         return existing
+
+    def desired_replicas(self, namespace: str, name: str) -> int:
+        """The Deployment's spec.replicas: what an external scaler last asked for (0 if it is gone)."""
+        try:
+            return self.apps.read_namespaced_deployment(name, namespace).spec.replicas or 0
+        except ApiException as exc:
+            if exc.status == 404:
+                return 0
+            raise
 
     def ready_replicas(self, namespace: str, name: str) -> int:
         try:

@@ -37,6 +37,7 @@ from kompressor.crd import (
     CompressionJobSpec,
     CompressionJobStatus,
     InputFormat,
+    Scaler,
     SpecError,
     parse_spec,
 )
@@ -161,6 +162,8 @@ def worker_environment(
         "KOMPRESSOR_STORAGE__ACCESS_KEY_ID": reveal(storage.access_key_id),
         "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": reveal(storage.secret_access_key),
         "KOMPRESSOR_QUEUE": task_queue(job),
+        "KOMPRESSOR_JOB_NAMESPACE": job.namespace,
+        "KOMPRESSOR_JOB_NAME": job.name,
         "KOMPRESSOR_PROCESSES": str(spec.workers.processes_per_pod),
         "KOMPRESSOR_HEALTH_PORT": "0",
         "KOMPRESSOR_GRACE_SECONDS": str(spec.limits.task_timeout_seconds + 10),
@@ -197,6 +200,8 @@ def run_job(
         log_dir=log_dir,
         grace_seconds=spec.limits.task_timeout_seconds + 10,
     )
+    # Local mode's workers are its own processes: no Deployment to hand to an external scaler.
+    own = spec.model_copy(update={"workers": spec.workers.model_copy(update={"scaler": Scaler.builtin})})
     status, memory, decisions = CompressionJobStatus(), Memory(), []
     budget = Budget(settings.max_total_workers)  # the operator's budget step, with one job
     failed_exits = 0
@@ -220,13 +225,13 @@ def run_job(
                 workers_ready=len(workers.running),
             )
             plan = reconcile(
-                spec,
+                own,
                 status,
                 observed,
                 memory,
                 refused=(),
                 generation=1,
-                key=job.uid,
+                job=job,
                 created=created,
                 budget=budget,
                 now=now,

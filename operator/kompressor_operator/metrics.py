@@ -1,10 +1,21 @@
-"""The operator's Prometheus metrics. The job label is `compressionjob`: Prometheus owns `job`."""
+"""The operator's Prometheus metrics, one label set per job: `namespace` and `compressionjob`
+(Prometheus owns `job`), so two jobs of one name in two namespaces stay apart.
+
+A job's series are removed when it finishes or is deleted (`forget`): a gauge left behind would
+report a backlog that no longer exists, and label sets of ended jobs would pile up for the
+operator's life.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from kompressor.messages import JobRef
+
+JOB_LABELS = ("namespace", "compressionjob")
+DIRECTIONS = ("up", "down")
 
 
 @dataclass
@@ -15,25 +26,49 @@ class OperatorMetrics:
         self.outstanding = Gauge(
             "kompressor_outstanding_tasks",
             "Tasks published and not yet accounted.",
-            ["compressionjob"],
+            JOB_LABELS,
             registry=self.registry,
         )
         self.desired = Gauge(
             "kompressor_desired_replicas",
             "Worker replicas the policy asks for.",
-            ["compressionjob"],
+            JOB_LABELS,
             registry=self.registry,
         )
         self.scale_events = Counter(
             "kompressor_scale_events",
             "Changes of a job's worker replicas.",
-            ["compressionjob", "direction"],
+            [*JOB_LABELS, "direction"],
             registry=self.registry,
         )
         self.refused_results = Counter(
             "kompressor_refused_results",
             "Results and dead letters dropped unrecorded: malformed, of another job, or of an id the "
             "job never published (anything with the broker credentials can publish them).",
-            ["compressionjob", "reason"],
+            [*JOB_LABELS, "reason"],
             registry=self.registry,
         )
+        self._refused_reasons: dict[tuple[str, str], set[str]] = {}
+
+    def observe(self, job: JobRef, outstanding: int, desired: int) -> None:
+        self.outstanding.labels(job.namespace, job.name).set(outstanding)
+        self.desired.labels(job.namespace, job.name).set(desired)
+
+    def scaled(self, job: JobRef, direction: str) -> None:
+        self.scale_events.labels(job.namespace, job.name, direction).inc()
+
+    def refused(self, job: JobRef, reason: str, count: int) -> None:
+        self.refused_results.labels(job.namespace, job.name, reason).inc(count)
+        self._refused_reasons.setdefault((job.namespace, job.name), set()).add(reason)
+
+    def forget(self, job: JobRef) -> None:
+        """Remove every series of `job` (those it never had are skipped)."""
+        label_sets = [(self.outstanding, ()), (self.desired, ())]
+        label_sets += [(self.scale_events, (direction,)) for direction in DIRECTIONS]
+        reasons = self._refused_reasons.pop((job.namespace, job.name), set())
+        label_sets += [(self.refused_results, (reason,)) for reason in sorted(reasons)]
+        for metric, extra in label_sets:
+            try:
+                metric.remove(job.namespace, job.name, *extra)
+            except KeyError:
+                pass

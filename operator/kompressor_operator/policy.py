@@ -31,6 +31,11 @@ The rule, documented once here:
   `maxTotalWorkers` is the cluster operator's promise about the whole cluster's capacity, and a
   job's floor must not break it for every other job. A job held below its floor (even at 0 with
   work outstanding) loses nothing: its tasks wait in the queue.
+- External (`workers.scaler: external`): no number at all (`replicas` is None), whether the job
+  runs, is suspended or has finished, and no claim on the budget. A KEDA ScaledObject or an HPA
+  owns the Deployment's replicas; two writers of one field fight, so the operator never writes it.
+  Suspend then only reports Suspended: pausing the pods is the external scaler's to do (KEDA's
+  `autoscaling.keda.sh/paused-replicas` annotation), as the operator cannot without fighting it.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kompressor.crd import Workers
+from kompressor.crd import Scaler, Workers
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,8 @@ class ScaleState:
 class Decision:
     """The replicas to set, why, and the state to pass to the next decision."""
 
-    replicas: int
+    replicas: int | None
+    """None: an external scaler owns the replicas and nothing is to be set."""
     reason: str
     state: ScaleState
     changed: bool
@@ -99,6 +105,14 @@ def decide_replicas(
     To compute a share, decide once with `budget=None` (its `wanted` is the job's claim), allocate,
     then decide again from the same `state` with the share.
     """
+    if workers.scaler is Scaler.external:
+        return Decision(
+            replicas=None,
+            reason="workers.scaler is external: its replicas are the external scaler's",
+            state=ScaleState(),
+            changed=False,
+            wanted=0,
+        )
     if sample.finished or sample.suspended:
         why = "finished" if sample.finished else "suspended"
         return _decided(0, why, ScaleState(current=0), state, wanted=0)
@@ -127,6 +141,12 @@ def decide_replicas(
         replicas = max(budget, 0)
         reason += f", capped by the cluster worker budget at {replicas}"
     return _decided(replicas, reason, ScaleState(current=replicas, history=history), state, wanted)
+
+
+def deployment_replicas(workers: Workers, current: int) -> int | None:
+    """The replicas a Deployment written by the operator carries: `current`, or None (the field left
+    out) when an external scaler owns them, so creating or updating it never overrides the scaler."""
+    return None if workers.scaler is Scaler.external else current
 
 
 def _decided(replicas: int, reason: str, new: ScaleState, old: ScaleState, wanted: int) -> Decision:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
+from kompressor.messages import JobRef, task_queue
 from kompressor_operator import notify
 from kompressor_operator.policy import Claim, Decision, Sample, ScaleState, allocate_budget, decide_replicas
 from kompressor_operator.status import (
@@ -45,6 +46,8 @@ class Observation:
     """Inputs accounted in this step."""
     workers_ready: int
     """Worker pods (local mode: processes) running and ready."""
+    workers_desired: int | None = None
+    """The Deployment's replicas, read when an external scaler owns them (workers.scaler external)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ class Plan:
     scale it to 0 and write what `finish` makes of `status` instead."""
 
     replicas: int
+    """The workers wanted: the policy's, or the external scaler's as observed."""
     scaled: bool
+    """Set the Deployment's replicas to `replicas` (never with an external scaler)."""
     reason: str
     """Why `replicas` (the policy's words)."""
     claim: Claim
@@ -123,7 +128,7 @@ def reconcile(
     *,
     refused: Sequence[str],
     generation: int,
-    key: str,
+    job: JobRef,
     created: float,
     budget: Budget,
     now: float,
@@ -131,20 +136,25 @@ def reconcile(
 ) -> Plan:
     """One step of a running job that worked: the replicas, the status and the Events.
 
-    `refused`: immutable fields whose edit was refused (SpecAccepted says so). `key` and `created`
-    (seconds since the epoch) name the job's claim on `budget`. `now` is a monotonic clock for the
+    `refused`: immutable fields whose edit was refused (SpecAccepted says so). `job` (its uid) and
+    `created` (seconds since the epoch) name the job's claim on `budget`. `now` is a monotonic clock for the
     scaling window and the throughput; `wall` the time written in the status.
     """
     rate = memory.rate
     if memory.last_step is not None:
         rate = throughput(rate, observed.accounted_now, now - memory.last_step)
-    decision, claim = budgeted(observed.sample, spec, memory.scale, now, key, created, budget)
+    decision, claim = budgeted(observed.sample, spec, memory.scale, now, job.uid, created, budget)
+    replicas, scale = decision.replicas, decision.state
     events: list[Event] = []
-    if decision.changed:
-        message = f"workers {memory.scale.current} → {decision.replicas}: {decision.reason}"
+    if replicas is None:  # an external scaler's: report it, and start from it if builtin returns
+        replicas = observed.workers_desired or 0
+        scale = ScaleState(current=replicas)
+    elif decision.changed:
+        message = f"workers {memory.scale.current} → {replicas}: {decision.reason}"
         events.append(Event("Normal", "Scaled", message))
-    workers = WorkerCounts(desired=decision.replicas, ready=observed.workers_ready)
+    workers = WorkerCounts(desired=replicas, ready=observed.workers_ready)
     status = next_status(previous, observed.counts, spec, workers, wall, generation, rate)
+    status = status.model_copy(update={"queue": task_queue(job), "backlog": observed.sample.outstanding})
     conditions = spec_accepted(status.conditions, refused, wall)
     conditions, notices = reachability(conditions, None, wall)
     status = status.model_copy(update={"conditions": conditions})
@@ -153,14 +163,14 @@ def reconcile(
     if announce:
         events.append(Event("Normal", "Listed", f"{observed.counts.total} inputs found"))
     return Plan(
-        replicas=decision.replicas,
-        scaled=decision.changed,
+        replicas=replicas,
+        scaled=decision.replicas is not None and decision.changed,
         reason=decision.reason,
         claim=claim,
         status=status,
         events=tuple(events),
         memory=Memory(
-            scale=decision.state,
+            scale=scale,
             rate=rate,
             last_step=now,
             listed_announced=memory.listed_announced or announce,

@@ -12,6 +12,8 @@ from kompressor.settings import AllowedInputFormats, BrokerSettings, StorageSett
 
 OPERATOR_ENV = (
     "KOMPRESSOR_QUEUE",
+    "KOMPRESSOR_JOB_NAMESPACE",
+    "KOMPRESSOR_JOB_NAME",
     "KOMPRESSOR_PROCESSES",
     "KOMPRESSOR_HEALTH_PORT",
     "KOMPRESSOR_GRACE_SECONDS",

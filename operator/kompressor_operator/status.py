@@ -31,6 +31,9 @@ Choices, documented once here:
   with the error once steps have failed OUTAGE_AFTER_FAILURES times in a row, with a Warning Event
   naming it, while the next steps back off (`retry_delay`); True again, with a Normal Event, after
   the next step that works. The phase is left alone: an outage is not the job's end.
+- A Secret the spec names that does not exist yet is not a spec error: the job waits, Pending, with
+  `SecretsReady=False` (reason `SecretMissing`, naming the field and the Secret) until it appears,
+  as a Pod waits for its Secrets (`required_secrets`, `secrets_condition`).
 - Numbers: `total` shown is never below what was published or accounted, so progress never exceeds
   100% while the listing count lags; `outstanding` = published - accounted; `progress` is
   "(succeeded+skipped)/total"; `saved` is the share of input bytes not written ("61%"; "" before
@@ -266,7 +269,13 @@ def _conditions(phase: Phase, counts: Counts, total: int) -> list[tuple[str, boo
         Phase.suspended: (False, "Suspended", "spec.suspend is true"),
     }.get(phase, (False, "Finished", tally))
     suspended = (
-        (SUSPENDED, True, "SuspendedBySpec", "spec.suspend is true: workers scaled to 0, queue kept")
+        (
+            SUSPENDED,
+            True,
+            "SuspendedBySpec",
+            # An external scaler's workers are not the operator's to stop (docs/scaling.md).
+            "spec.suspend is true: queue kept; workers scaled to 0 unless workers.scaler is external",
+        )
         if phase is Phase.suspended
         else (SUSPENDED, False, "NotSuspended", "")
     )
@@ -543,3 +552,52 @@ def _resource_problems(requests: dict[str, Any], limits: dict[str, Any]) -> list
                 "the limit"
             )
     return problems
+
+
+# --- Secrets a job needs before it starts ---------------------------------------------------------
+
+SECRETS_READY = "SecretsReady"
+SECRET_MISSING = "SecretMissing"
+
+
+@dataclass(frozen=True)
+class SecretNeed:
+    """A Secret in the job's namespace that the operator reads: the field naming it, and its keys."""
+
+    field: str
+    name: str
+    keys: tuple[str, ...]
+
+
+def required_secrets(spec: CompressionJobSpec) -> list[SecretNeed]:
+    """The Secrets the spec names that must exist (with their keys) before the job starts."""
+    needs = []
+    if spec.storage.credentials_secret:
+        needs.append(
+            SecretNeed(
+                "spec.storage.credentialsSecret",
+                spec.storage.credentials_secret,
+                ("accessKeyId", "secretAccessKey"),
+            )
+        )
+    if spec.notify is not None and spec.notify.secret_ref:
+        needs.append(SecretNeed("spec.notify.secretRef", spec.notify.secret_ref, ("hmacKey",)))
+    return needs
+
+
+def waited_for_secrets(status: CompressionJobStatus) -> bool:
+    """The job has been waiting for a Secret: its SecretsReady condition is there and not True."""
+    return any(c.type == SECRETS_READY and c.status != "True" for c in status.conditions)
+
+
+def secrets_condition(
+    previous: CompressionJobStatus, missing: Sequence[str], now: datetime
+) -> CompressionJobStatus:
+    """`previous` with SecretsReady set: False (reason SecretMissing, naming each) while any is
+    `missing`, else True. The phase is left alone: a job waiting for a Secret stays Pending (a Pod
+    waits for a missing Secret the same way), and a phase never goes back. Set only on jobs that
+    named a Secret that was missing, so a job that never waited writes nothing at start."""
+    condition = (False, SECRET_MISSING, "; ".join(missing)) if missing else (True, "Found", "")
+    return previous.model_copy(
+        update={"conditions": set_condition(previous.conditions, SECRETS_READY, *condition, now)}
+    )

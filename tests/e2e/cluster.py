@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -95,6 +96,7 @@ class Cluster:
     webhook: Webhook
     operator: subprocess.Popen | None = None
     operator_starts: int = 0
+    metrics_port: int = field(default_factory=free_port)
 
     def operator_env(self) -> dict[str, str]:
         return {
@@ -103,7 +105,7 @@ class Cluster:
             "KOMPRESSOR_BROKER__URL": self.rabbitmq.url,
             **self.s3.env(),
             "KOMPRESSOR_POLL_INTERVAL_SECONDS": "1",
-            "KOMPRESSOR_METRICS_PORT": "0",
+            "KOMPRESSOR_METRICS_PORT": str(self.metrics_port),
             "KOMPRESSOR_WEBHOOK_ALLOW_NETWORKS": '["127.0.0.1/32"]',
             # Jobs may name their own endpoint (with their own Secret) on 127.0.0.1 only: the
             # refusal tests listen on another loopback address.
@@ -159,6 +161,10 @@ class Cluster:
     def kubectl(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         return self.kube.kubectl("-n", self.namespace, *args, **kwargs)
 
+    def operator_metrics(self) -> str:
+        """The operator's real /metrics (prometheus_client's server, as in the chart's Service)."""
+        return scrape(self.metrics_port)
+
     def get(self, *args: str) -> dict[str, Any]:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
@@ -168,6 +174,26 @@ class Cluster:
     def wait_phase(self, name: str, phases: set[str], timeout: float) -> dict[str, Any]:
         wait_until(lambda: self.job_status(name).get("phase") in phases, timeout, f"job {name} in {phases}")
         return self.job_status(name)
+
+
+def service_account_kubeconfig(
+    kube: KubeAPI, namespace: str, account: str, path: Path, default_namespace: str
+) -> Path:
+    """A kubeconfig acting as ServiceAccount `namespace/account`, once its token Secret exists."""
+
+    def token() -> str:
+        secrets = json.loads(kube.kubectl("get", "secrets", "-n", namespace, "-o", "json").stdout)
+        for secret in secrets["items"]:
+            annotations = secret["metadata"].get("annotations", {})
+            if (
+                secret["type"] == "kubernetes.io/service-account-token"
+                and annotations.get("kubernetes.io/service-account.name") == account
+            ):
+                return base64.b64decode(secret["data"]["token"]).decode()
+        return ""
+
+    wait_until(lambda: bool(token()), 30, f"ServiceAccount {namespace}/{account}'s token")
+    return kube.write_kubeconfig(path, token(), account, default_namespace)
 
 
 def install(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, log_dir: Path, namespace: str) -> Cluster:
@@ -187,21 +213,8 @@ def install(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, log_dir: Path, name
     ]
     kube.kubectl("apply", "--server-side", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in rbac))
     account = next(o for o in rbac if o["kind"] == "ServiceAccount")["metadata"]["name"]
-
-    def token() -> str:
-        secrets = json.loads(kube.kubectl("get", "secrets", "-n", RELEASE_NAMESPACE, "-o", "json").stdout)
-        for secret in secrets["items"]:
-            annotations = secret["metadata"].get("annotations", {})
-            if (
-                secret["type"] == "kubernetes.io/service-account-token"
-                and annotations.get("kubernetes.io/service-account.name") == account
-            ):
-                return base64.b64decode(secret["data"]["token"]).decode()
-        return ""
-
-    wait_until(lambda: bool(token()), 30, "the operator ServiceAccount's token")
-    kubeconfig = kube.write_kubeconfig(
-        log_dir / "operator.kubeconfig", token(), "kompressor-operator", namespace
+    kubeconfig = service_account_kubeconfig(
+        kube, RELEASE_NAMESPACE, account, log_dir / "operator.kubeconfig", namespace
     )
     secrets = {
         "kompressor-broker": {"url": rabbitmq.url},
@@ -213,6 +226,11 @@ def install(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, log_dir: Path, name
         kube.kubectl("create", "secret", "generic", name, "-n", namespace, *args)
     agent = NodeAgent(kube, log_dir=log_dir / "pods", namespaces=[namespace])
     return Cluster(kube, rabbitmq, s3, namespace, kubeconfig, log_dir, agent, Webhook().start())
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
 
 
 def job_manifest(name: str, bucket: str, s3: S3Server, webhook: Webhook | None = None, **spec: Any) -> str:

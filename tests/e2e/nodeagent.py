@@ -306,6 +306,14 @@ class NodeAgent:
                     return record.process
         return None
 
+    def host_ports(self, pod: str) -> dict[int, int]:
+        """Container port -> the host port the agent gave it, of Pod "namespace/name" while it runs."""
+        with self._lock:
+            for record in self._pods.values():
+                if record.key == pod and record.alive():
+                    return dict(record.port_map)
+        return {}
+
     def actions(self, pod: str) -> list[str]:
         """What the agent did to Pod "namespace/name", in order."""
         with self._lock:

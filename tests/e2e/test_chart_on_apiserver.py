@@ -19,8 +19,16 @@ pytestmark = pytest.mark.kube
         {},
         {"watchNamespaces": ["team-a", "team-b"]},
         {"dev": {"enabled": True}, "grafana": {"dashboard": {"enabled": True}}},
+        {
+            "watchNamespaces": ["team-a", "team-b"],
+            "networkPolicy": {
+                "enabled": True,
+                "apiServer": {"to": [{"ipBlock": {"cidr": "192.0.2.1/32"}}], "ports": [{"port": 6443}]},
+                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}],
+            },
+        },
     ],
-    ids=["defaults", "watch-namespaces", "dev-and-dashboard"],
+    ids=["defaults", "watch-namespaces", "dev-and-dashboard", "network-policies"],
 )
 def test_rendered_objects_apply_server_side(kube: KubeAPI, values: dict):
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "manifests" / "crd.yaml"))
@@ -180,7 +188,16 @@ def test_reapplying_a_worker_deployment_drops_what_the_new_one_lacks(kube: KubeA
     kube.kubectl("create", "namespace", "team-b", check=False)
     kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig_path))
     adapter = Kube()
-    job = JobRef(namespace="team-b", name="reapplied", uid="u-2")
+    # A real object stands for the job: a missing owner would get the Deployment collected.
+    made = kubernetes.client.CoreV1Api().create_namespaced_config_map(
+        "team-b", {"metadata": {"name": "reapplied-owner"}}
+    )
+    owner = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "reapplied-owner", "uid": made.metadata.uid},
+    }
+    job = JobRef(namespace="team-b", name="reapplied", uid=made.metadata.uid)
     base = {"source": {"s3": {"bucket": "raw"}}, "destination": {"s3": {"bucket": "web"}}}
     placed = CompressionJobSpec.model_validate(
         {**base, "storage": {"credentialsSecret": "s3-creds"}, "workers": {"nodeSelector": {"pool": "spot"}}}
@@ -189,11 +206,11 @@ def test_reapplying_a_worker_deployment_drops_what_the_new_one_lacks(kube: KubeA
         extra_volumes=[{"name": "ca", "configMap": {"name": "corporate-ca"}}],
         extra_volume_mounts=[{"name": "ca", "mountPath": "/etc/ca"}],
     )
-    adapter.apply_deployment(worker_deployment(job, placed, chart, None, 0))
-    adapter.scale(job.namespace, "reapplied-workers", 3)
+    adapter.apply_deployment(worker_deployment(job, placed, chart, owner, 0))
+    adapter.scale(job.namespace, "reapplied-workers", 3, job.uid)
     adapter.apply_deployment(
         worker_deployment(
-            job, CompressionJobSpec.model_validate(base), WorkerDefaults(storage_secret=""), None, 0
+            job, CompressionJobSpec.model_validate(base), WorkerDefaults(storage_secret=""), owner, 0
         )
     )
     stored = json.loads(

@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.process import wait_until
 from tests.chaos.tools import S3Recorder
 from tests.corpus import real_photos
+from tests.dashboard import dashboard_series, missing_series
 from tests.e2e.cluster import (
     HMAC_KEY,
     RELEASE_NAMESPACE,
@@ -28,6 +30,7 @@ from tests.e2e.cluster import (
     install,
     job_manifest,
     replicas_over_time,
+    scrape,
 )
 from tests.jobs import upload
 from tests.webhooks import Receiver, garbage, verified
@@ -76,6 +79,27 @@ def _timer_runs(cluster: Cluster, name: str) -> int:
     return sum(marker in line for line in log.read_text(errors="replace").splitlines())
 
 
+def _a_worker_metrics(cluster: Cluster, deployment: dict) -> str:
+    """A running worker pod's /metrics, on the port its scrape annotation names, once it has ended a
+    task (its task series exist from then on)."""
+    port = int(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"])
+    scraped: list[str] = []
+
+    def ended_a_task() -> bool:
+        prefix = f"{cluster.namespace}/{deployment['metadata']['name']}-"
+        for pod in cluster.agent.running_pods():
+            host_port = cluster.agent.host_ports(pod).get(port)
+            if pod.startswith(prefix) and host_port:
+                text = scrape(host_port)
+                if "kompressor_tasks_total{" in text:
+                    scraped.append(text)
+                    return True
+        return False
+
+    wait_until(ended_a_task, 60, "a worker pod that ended a task")
+    return scraped[0]
+
+
 def test_a_job_runs_scales_with_the_backlog_and_finishes_exactly(cluster: Cluster, s3: S3Server):
     total = 40
     bucket = _photos_bucket(s3, total)
@@ -98,6 +122,8 @@ def test_a_job_runs_scales_with_the_backlog_and_finishes_exactly(cluster: Cluste
             "a scale-up",
         )
         first_scale_up = time.monotonic() - applied
+        worker_metrics = _a_worker_metrics(cluster, deployment)
+        operator_metrics = cluster.operator_metrics()
         status = cluster.wait_phase("catalog", {"Succeeded", "Failed"}, 240)
         wait_until(lambda: not cluster.agent.running_pods(), 60, "worker pods drained")
     finally:
@@ -146,6 +172,14 @@ def test_a_job_runs_scales_with_the_backlog_and_finishes_exactly(cluster: Cluste
     assert scaled and "0 → " in scaled[0]
     reasons = {e["reason"] for e in _events(cluster, "catalog")}
     assert {"Started", "Listed", "Scaled", "Succeeded"} <= reasons
+
+    # The real /metrics of the operator and of a worker pod hold every series the dashboard queries,
+    # with its labels; the finished job's series are gone from the operator's.
+    assert missing_series(operator_metrics + worker_metrics, dashboard_series()) == []
+    families = text_string_to_metric_families(operator_metrics + worker_metrics)
+    jobs = {(s.labels["namespace"], s.labels["compressionjob"]) for f in families for s in f.samples}
+    assert jobs == {(NAMESPACE, "catalog")}
+    assert 'compressionjob="catalog"' not in cluster.operator_metrics()
     print(f"\napply → first scale-up: {first_scale_up:.1f}s")
     print("scale decisions:\n  " + "\n  ".join(scaled))
 
@@ -189,6 +223,36 @@ def test_suspend_keeps_the_queue_and_resume_finishes(cluster: Cluster, s3: S3Ser
     assert (status["phase"], status["succeeded"]) == ("Succeeded", 12)
 
 
+def test_an_external_scaler_owns_the_replicas_and_the_job_still_finishes(
+    cluster: Cluster, rabbitmq: RabbitMQ, s3: S3Server
+):
+    """The test plays KEDA: it sets the replicas; the operator accounts and finishes, never scales."""
+    total = 24
+    bucket = _photos_bucket(s3, total)
+    workers = {"scaler": "external", "maxReplicas": 3, "tasksPerReplica": 8, "processesPerPod": 1}
+    cluster.kubectl("apply", "-f", "-", input=job_manifest("handed", bucket, s3, workers=workers))
+    wait_until(lambda: cluster.job_status("handed").get("queue"), 60, "status.queue")
+    status = cluster.job_status("handed")
+    uid = cluster.get("compjob", "handed")["metadata"]["uid"]
+    assert status["queue"].endswith(".tasks") and uid.replace("-", "")[:8] in status["queue"]
+    assert status["queue"] in rabbitmq.ctl("list_queues", "name").split()
+    # Made without replicas: the API server's default of 1 stands until the scaler acts.
+    assert cluster.get("deployment", "handed-workers")["spec"]["replicas"] == 1
+    cluster.kubectl("scale", "deployment", "handed-workers", "--replicas=2")
+    generation = cluster.get("deployment", "handed-workers")["metadata"]["generation"]
+
+    status = cluster.wait_phase("handed", {"Succeeded", "Failed"}, 240)
+
+    assert (status["phase"], status["succeeded"], status["backlog"]) == ("Succeeded", total, 0)
+    assert _manifest_ids(s3, status["manifest"]) == list(range(total))
+    deployment = cluster.get("deployment", "handed-workers")
+    # Not one spec change after the scaler's: not on a step, not on finish.
+    assert (deployment["spec"]["replicas"], deployment["metadata"]["generation"]) == (2, generation)
+    assert "Scaled" not in {e["reason"] for e in _events(cluster, "handed")}
+    cluster.kubectl("delete", "compjob", "handed", "--wait=true", "--timeout=90s")
+    wait_until(lambda: not [p for p in cluster.agent.running_pods() if "/handed-" in p], 90, "pods gone")
+
+
 def test_deleting_a_job_mid_run_leaves_nothing_behind(cluster: Cluster, rabbitmq: RabbitMQ, s3: S3Server):
     bucket = _photos_bucket(s3, 60)
     cluster.kubectl(
@@ -198,6 +262,7 @@ def test_deleting_a_job_mid_run_leaves_nothing_behind(cluster: Cluster, rabbitmq
     uid = cluster.get("compjob", "doomed")["metadata"]["uid"].replace("-", "")[:8]
     cluster.kubectl("delete", "compjob", "doomed", "--wait=true", "--timeout=90s")
     wait_until(lambda: f".doomed.{uid}." not in rabbitmq.ctl("list_queues", "name"), 30, "queues deleted")
+    assert 'compressionjob="doomed"' not in cluster.operator_metrics()
     wait_until(
         lambda: cluster.kubectl("get", "deployment", "doomed-workers", check=False).returncode != 0,
         60,
@@ -383,6 +448,36 @@ RESOURCES = (
     "configmaps",
     "serviceaccounts",
 )
+
+
+def test_a_job_waits_for_a_missing_secret_and_starts_when_it_appears(cluster: Cluster, s3: S3Server):
+    bucket = _photos_bucket(s3, 6)
+    storage = {"endpointURL": s3.endpoint_url, "credentialsSecret": "late-keys"}
+    cluster.kubectl("apply", "-f", "-", input=job_manifest("patient", bucket, s3, storage=storage))
+
+    def waiting() -> dict | None:
+        conditions = {c["type"]: c for c in cluster.job_status("patient").get("conditions", [])}
+        return conditions.get("SecretsReady")
+
+    wait_until(lambda: waiting() is not None, 60, "the SecretsReady condition")
+    condition = waiting()
+    assert (condition["status"], condition["reason"]) == ("False", "SecretMissing")
+    assert "spec.storage.credentialsSecret" in condition["message"] and "late-keys" in condition["message"]
+    assert cluster.job_status("patient")["phase"] == "Pending"
+    warnings = [e for e in _events(cluster, "patient") if e["reason"] == "SecretMissing"]
+    assert warnings and warnings[0]["type"] == "Warning" and "late-keys" in warnings[0]["message"]
+
+    cluster.kubectl(
+        "create",
+        "secret",
+        "generic",
+        "late-keys",
+        f"--from-literal=accessKeyId={s3.access_key}",
+        f"--from-literal=secretAccessKey={s3.secret_key}",
+    )
+    status = cluster.wait_phase("patient", {"Succeeded", "Failed"}, 180)
+    assert (status["phase"], status["succeeded"]) == ("Succeeded", 6)
+    assert waiting()["status"] == "True"
 
 
 def test_the_operator_role_is_enough_and_no_more(cluster: Cluster, kube: KubeAPI):

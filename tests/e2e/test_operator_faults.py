@@ -139,7 +139,12 @@ def test_a_store_refusing_the_ledger_shows_as_a_condition_and_an_event_until_it_
             "apply",
             "-f",
             "-",
-            input=job_manifest(name, bucket, s3, storage={"endpointURL": faults.url}),
+            input=job_manifest(
+                name,
+                bucket,
+                s3,
+                storage={"endpointURL": faults.url, "credentialsSecret": "kompressor-storage"},
+            ),
         )
         applied = time.monotonic()
         wait_for(

@@ -253,6 +253,8 @@ def test_health_endpoints_answer(rabbitmq: RabbitMQ, s3: S3Server, bucket: str, 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
             assert response.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            assert b"kompressor_busy_processes" in response.read()
+            # The worker's series name its job, from the environment the operator gives it.
+            labels = f'compressionjob="{job.name}",namespace="{job.namespace}"'
+            assert f"kompressor_busy_processes{{{labels}}}" in response.read().decode()
     finally:
         pool.stop_all()

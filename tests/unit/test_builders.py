@@ -10,11 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat, Workers
+from kompressor.crd import WEB_INPUT_FORMATS, CompressionJobSpec, InputFormat, Storage, Workers
 from kompressor.messages import JobRef, task_queue
 from kompressor_operator.builders import (
     job_ref,
     scale_patch,
+    scrape_annotations,
     worker_deployment,
     worker_deployment_name,
     worker_pod_settings,
@@ -57,7 +58,7 @@ def build(
     spec: CompressionJobSpec = SPEC,
     job: JobRef = JOB,
     owner=OWNER,
-    replicas: int = 3,
+    replicas: int | None = 3,
     defaults: WorkerDefaults = DEFAULTS,
 ) -> dict:
     return worker_deployment(job, spec, defaults, owner, replicas)
@@ -122,6 +123,7 @@ def test_the_container_runs_the_worker_image_with_its_settings():
     assert "args" not in c and "command" not in c  # the image's ENTRYPOINT is kompressor-worker
     values = {name: item.get("value") for name, item in env(build()).items()}
     assert values["KOMPRESSOR_QUEUE"] == task_queue(JOB)
+    assert (values["KOMPRESSOR_JOB_NAMESPACE"], values["KOMPRESSOR_JOB_NAME"]) == (JOB.namespace, JOB.name)
     assert values["KOMPRESSOR_PROCESSES"] == "3"
     assert values["KOMPRESSOR_HEALTH_PORT"] == "8080"
     assert values["KOMPRESSOR_STORAGE__ENDPOINT_URL"] == "http://seaweedfs:8333"
@@ -154,16 +156,6 @@ def test_credentials_come_only_from_secret_key_refs():
         assert not any(word in value for word in ("secret", "password", "passwd", "token", "amqp://", "@"))
 
 
-def test_workers_get_the_endpoint_the_operator_uses_for_the_job():
-    """The spec's endpoint; else the operator's own (its credentials' one); else none (AWS S3)."""
-    none = SPEC.model_copy(update={"storage": SPEC.storage.model_copy(update={"endpoint_url": None})})
-    assert "KOMPRESSOR_STORAGE__ENDPOINT_URL" not in env(build(none))
-    ours = worker_deployment(JOB, none, DEFAULTS, OWNER, 3, default_endpoint="http://s3.kompressor.svc:8333")
-    assert env(ours)["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == "http://s3.kompressor.svc:8333"
-    named = worker_deployment(JOB, SPEC, DEFAULTS, OWNER, 3, default_endpoint="http://s3.kompressor.svc:8333")
-    assert env(named)["KOMPRESSOR_STORAGE__ENDPOINT_URL"]["value"] == "http://seaweedfs:8333"
-
-
 def test_pods_are_hardened():
     pod = build()["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
@@ -194,6 +186,15 @@ def test_workers_drain_before_they_are_killed():
     }
 
 
+def test_pods_carry_the_prometheus_scrape_annotations_for_the_health_port():
+    template = build()["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    (port,) = template["spec"]["containers"][0]["ports"]
+    assert int(annotations["prometheus.io/port"]) == port["containerPort"] == DEFAULTS.health_port
+
+
 def test_probes_use_the_named_health_port():
     c = container(build())
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
@@ -222,6 +223,13 @@ def test_any_job_name_gives_a_valid_deployment(name):
     labels = d["spec"]["template"]["metadata"]["labels"]
     assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels.values())
     assert d["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_an_external_scaler_gets_a_deployment_without_replicas():
+    """Without spec.replicas the operator's create and template patches never set them."""
+    d = build(replicas=None)
+    assert "replicas" not in d["spec"]
+    assert d["spec"]["template"] == build()["spec"]["template"]
 
 
 def test_scale_patch_and_negative_replicas():
@@ -377,7 +385,10 @@ def test_the_deployment_carries_the_platform_settings():
     pod = template["spec"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["priorityClassName"] == "batch-low"
-    assert template["metadata"]["annotations"] == {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+    assert template["metadata"]["annotations"] == {
+        **scrape_annotations(PLATFORM.health_port),
+        "cluster-autoscaler.kubernetes.io/safe-to-evict": "true",
+    }
     labels = template["metadata"]["labels"]
     assert labels["team"] == "media"
     # podLabels never change the labels the selector matches.
@@ -441,3 +452,31 @@ def test_every_variable_the_operator_sets_is_reserved_from_extra_env():
 def test_defaults_refuse_what_would_clash_with_the_operators_own(field, value, words):
     with pytest.raises(ValidationError, match=words):
         WorkerDefaults(**{field: value})
+
+
+def test_workers_reach_the_storage_the_operator_lists_from():
+    """A job naming no endpoint or region: its pods get the operator's defaults (they went to AWS S3)."""
+    from kompressor.settings import StorageSettings
+    from kompressor_operator.controller import Controller
+    from kompressor_operator.settings import OperatorSettings
+
+    storage = StorageSettings(endpoint_url="http://127.0.0.1:8333", region="eu-west-3")
+    controller = Controller(OperatorSettings(storage=storage, worker=DEFAULTS), kube=None, metrics=None)
+    plain = SPEC.model_copy(update={"storage": Storage()})
+    env = _env(controller._deployment(JOB, plain, OWNER, 0))
+    assert (env["KOMPRESSOR_STORAGE__ENDPOINT_URL"], env["KOMPRESSOR_STORAGE__REGION"]) == (
+        "http://127.0.0.1:8333",
+        "eu-west-3",
+    )
+    own = plain.model_copy(
+        update={"storage": Storage(endpoint_url="http://127.0.0.1:9000", region="us-west-2")}
+    )
+    env = _env(controller._deployment(JOB, own, OWNER, 0))
+    assert (env["KOMPRESSOR_STORAGE__ENDPOINT_URL"], env["KOMPRESSOR_STORAGE__REGION"]) == (
+        "http://127.0.0.1:9000",
+        "us-west-2",
+    )
+
+
+def _env(deployment: dict) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}

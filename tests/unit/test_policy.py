@@ -8,13 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kompressor.crd import Workers
+from kompressor.crd import Scaler, Workers
 from kompressor_operator.policy import (
     Claim,
     Sample,
     ScaleState,
     allocate_budget,
     decide_replicas,
+    deployment_replicas,
 )
 
 W = Workers(min_replicas=0, max_replicas=20, tasks_per_replica=40, scale_down_delay_seconds=30)
@@ -239,3 +240,38 @@ def test_budget_properties(claims, max_total):
                 # whoever ranks lower gets something only when the higher one is fully served
                 assert shares[a.key] == a.wanted
     assert allocate_budget(list(reversed(claims)), max_total) == shares  # order of input is irrelevant
+
+
+# --- an external scaler ---------------------------------------------------------------------------
+
+
+@given(workers_st, steps_st)
+def test_an_external_scaler_is_never_given_a_number_nor_a_budget_claim(workers, steps):
+    """Running, suspended or finished, within a budget or not: nothing to set, nothing claimed."""
+    external = workers.model_copy(update={"scaler": Scaler.external})
+    state, now = ScaleState(), 0.0
+    for dt, sample, budget in steps:
+        now += dt
+        decision = decide_replicas(sample, external, state, now, budget)
+        assert (decision.replicas, decision.changed, decision.wanted) == (None, False, 0)
+        state = decision.state
+    assert allocate_budget([Claim("a/x", 0, 0.0, decision.wanted), Claim("b/y", 0, 1.0, 5)], 5) == {
+        "a/x": 0,
+        "b/y": 5,
+    }
+
+
+def test_a_deployment_written_for_an_external_scaler_carries_no_replicas():
+    assert deployment_replicas(W.model_copy(update={"scaler": Scaler.external}), 3) is None
+    assert deployment_replicas(W, 3) == 3
+
+
+def test_switching_back_to_builtin_scales_from_a_fresh_window():
+    external = W.model_copy(update={"scaler": Scaler.external})
+    handed = decide_replicas(backlog(400), external, ScaleState(current=7), 0)
+    assert handed.reason == "workers.scaler is external: its replicas are the external scaler's"
+    back = decide_replicas(backlog(80), W, handed.state, 1)
+    assert (back.replicas, back.changed) == (2, True)
+    # The controller records the replicas the external scaler left: an idle job goes down from them.
+    left = decide_replicas(backlog(0), W, ScaleState(current=5), 2)
+    assert (left.replicas, left.changed) == (0, True)

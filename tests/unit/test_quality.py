@@ -378,10 +378,11 @@ def test_any_bounds_and_budget_are_kept(
 
 
 def test_the_chosen_quality_histogram_counts_automatic_quality_only() -> None:
-    metrics = Metrics()
+    metrics = Metrics("shop", "catalog")
     metrics.observe_quality(72, 0.9851)
     metrics.observe_quality(80, None)  # a fixed quality
     metrics.observe_quality(None, 1.0)  # neverLarger stored the original
-    count = metrics.registry.get_sample_value("kompressor_chosen_quality_count")
-    total = metrics.registry.get_sample_value("kompressor_chosen_quality_sum")
+    job = {"namespace": "shop", "compressionjob": "catalog"}
+    count = metrics.registry.get_sample_value("kompressor_chosen_quality_count", job)
+    total = metrics.registry.get_sample_value("kompressor_chosen_quality_sum", job)
     assert (count, total) == (1.0, 72.0)

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
+from kompressor.crd import (
+    FINISHED_PHASES,
+    CompressionJobSpec,
+    CompressionJobStatus,
+    Phase,
+    Scaler,
+    WorkerCounts,
+)
+from kompressor.messages import JobRef, task_queue
 from kompressor_operator import notify
 from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget
 from kompressor_operator.reconcile import (
@@ -40,6 +48,7 @@ SPEC = CompressionJobSpec.model_validate(
     }
 )
 KEY = "uid-a"
+JOB = JobRef(namespace="shop", name="catalog", uid=KEY)
 
 
 def observe(counts: Counts, queued: int = 0, accounted_now: int = 0, workers_ready: int = 0) -> Observation:
@@ -67,7 +76,7 @@ def run(
         memory or Memory(),
         refused=refused,
         generation=2,
-        key=KEY,
+        job=JOB,
         created=1.0,
         budget=budget or Budget(max_total=100),
         now=now,
@@ -103,6 +112,24 @@ def test_a_backlog_scales_up_with_an_event_and_the_status_says_so():
         "True",
         "True",
     )
+
+
+def test_the_status_names_the_queue_and_its_backlog_for_an_external_scaler():
+    plan = run(observe(Counts(total=100, published=40, listing_started=True), queued=30))
+    assert (plan.status.queue, plan.status.backlog) == (task_queue(JOB), 40)
+
+
+def test_an_external_scaler_is_reported_and_never_set():
+    external = SPEC.model_copy(
+        update={"workers": SPEC.workers.model_copy(update={"scaler": Scaler.external})}
+    )
+    counts = Counts(total=100, published=40, listing_started=True)
+    observed = Observation(counts, observe(counts, queued=40).sample, 0, workers_ready=2, workers_desired=3)
+    plan = run(observed, spec=external, memory=Memory(ScaleState(1)))
+    assert (plan.replicas, plan.scaled, plan.events) == (3, False, ())
+    assert plan.status.workers == WorkerCounts(desired=3, ready=2)
+    assert plan.memory.scale == ScaleState(current=3)  # builtin, if it returns, starts from there
+    assert plan.claim.wanted == 0  # no claim on the budget
 
 
 def test_a_refused_immutable_edit_shows_in_spec_accepted():

@@ -21,6 +21,8 @@ from kompressor_operator.status import (
     CONDITION_TYPES,
     OUTAGE_AFTER_FAILURES,
     RETRY_MAX_SECONDS,
+    SECRET_MISSING,
+    SECRETS_READY,
     Counts,
     Dependency,
     Outage,
@@ -30,10 +32,13 @@ from kompressor_operator.status import (
     next_status,
     reachability,
     refused_status,
+    required_secrets,
     retry_delay,
+    secrets_condition,
     set_condition,
     spec_accepted,
     throughput,
+    waited_for_secrets,
     worker_deployment,
 )
 from kompressor_worker.task import check_key
@@ -539,3 +544,35 @@ def test_worker_deployment_is_written_when_not_owned_and_cleared_only_once_it_wa
         "True",
         "DeploymentOwned",
     )
+
+
+def test_the_secrets_a_job_needs_are_named_with_their_field_and_keys():
+    assert required_secrets(SPEC) == []
+    spec = CompressionJobSpec.model_validate(
+        {
+            **SPEC.model_dump(by_alias=True, mode="json", exclude_none=True),
+            "storage": {"credentialsSecret": "s3-keys"},
+            "notify": {"webhookURL": "http://hooks.invalid/x", "secretRef": "hook"},
+        }
+    )
+    assert [(n.field, n.name, n.keys) for n in required_secrets(spec)] == [
+        ("spec.storage.credentialsSecret", "s3-keys", ("accessKeyId", "secretAccessKey")),
+        ("spec.notify.secretRef", "hook", ("hmacKey",)),
+    ]
+
+
+@pytest.mark.parametrize("phase", [Phase.pending, Phase.running])
+def test_a_missing_secret_is_a_false_condition_naming_it_and_never_moves_the_phase(phase):
+    previous = CompressionJobStatus(phase=phase)
+    waiting = secrets_condition(previous, ["spec.notify.secretRef: Secret shop/hook does not exist"], T0)
+    (condition,) = [c for c in waiting.conditions if c.type == SECRETS_READY]
+    assert (condition.status, condition.reason) == ("False", SECRET_MISSING)
+    assert "shop/hook" in condition.message
+    assert waiting.phase is phase
+    assert waited_for_secrets(waiting) and not waited_for_secrets(previous)
+    # Retried with the same Secret still missing: nothing changes, so nothing is written again.
+    assert secrets_condition(waiting, [condition.message], T0 + timedelta(seconds=5)) == waiting
+    found = secrets_condition(waiting, [], T0 + timedelta(seconds=9))
+    assert not waited_for_secrets(found)
+    (condition,) = [c for c in found.conditions if c.type == SECRETS_READY]
+    assert (condition.status, condition.last_transition_time) == ("True", T0 + timedelta(seconds=9))

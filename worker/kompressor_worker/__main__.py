@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         initargs=(budget,),
         context=context,
     )
-    metrics = Metrics()
+    metrics = Metrics(settings.job_namespace, settings.job_name)
     health = Health(pool_alive=lambda: pool.active)
     server = serve(health, metrics, settings.health_port) if settings.health_port else None
     consumer = Consumer(settings, pool, processes, metrics, health)

@@ -233,7 +233,7 @@ class Consumer:
         except (MessageError, RecursionError) as exc:  # json.loads: RecursionError when nested too deep
             reason = getattr(exc, "reason", "malformed_message")
             log.error("rejecting an undecodable task (%s): %s", reason, exc)
-            self.metrics.tasks.labels("failed", reason).inc()
+            self.metrics.task_ended("failed", reason)
             channel.basic_reject(method.delivery_tag, requeue=False)
             return
         inflight = _InFlight(task, body, attempt_number(properties.headers), time.monotonic())
@@ -258,7 +258,7 @@ class Consumer:
         task, attempts = inflight.task, inflight.attempts
         result = self._outcome(task, attempts, future)
         if isinstance(result, _Retry):
-            self.metrics.retries.labels(result.reason).inc()
+            self.metrics.task_retried(result.reason)
             self._retry_later(channel, delivery_tag, inflight, result.delay)
             return
         try:
@@ -336,7 +336,7 @@ class Consumer:
         )
 
     def _count(self, result: Result, inflight: _InFlight) -> None:
-        self.metrics.tasks.labels(result.outcome.value, result.reason).inc()
+        self.metrics.task_ended(result.outcome.value, result.reason)
         self.metrics.task_seconds.observe(time.monotonic() - inflight.started)
         self.metrics.bytes_in.inc(result.bytes_in)
         self.metrics.bytes_out.inc(result.bytes_out)

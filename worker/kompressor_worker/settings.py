@@ -18,6 +18,8 @@ class WorkerSettings(BaseSettings):
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     queue: str = Field(min_length=1, description="The job's task queue to consume.")
+    job_namespace: str = Field(default="", description="The job's namespace: a label on every metric.")
+    job_name: str = Field(default="", description="The job's name: a label on every metric.")
     processes: int = Field(default=0, ge=0, description="Pool size; 0 = from the container's CPU quota.")
     prefetch: int = Field(default=0, ge=0, description="Unacked tasks held; 0 = processes × 2.")
     max_tasks_per_child: int = Field(default=200, ge=1, description="Recycle a child after this many.")

@@ -75,7 +75,11 @@ An image reference "repository:tag"; an empty tag means the chart's appVersion.
 Called with (dict "image" .Values.x.image "root" $).
 */}}
 {{- define "kompressor.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
 {{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion | toString) }}
+{{- end }}
 {{- end }}
 
 {{/*

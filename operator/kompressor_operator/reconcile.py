@@ -136,9 +136,10 @@ def reconcile(
 ) -> Plan:
     """One step of a running job that worked: the replicas, the status and the Events.
 
-    `refused`: immutable fields whose edit was refused (SpecAccepted says so). `job` (its uid) and
-    `created` (seconds since the epoch) name the job's claim on `budget`. `now` is a monotonic clock for the
-    scaling window and the throughput; `wall` the time written in the status.
+    `refused`: immutable fields whose edit was refused (SpecAccepted says so). `job` names the
+    status's queue, and with `created` (seconds since the epoch) the job's claim on `budget`. `now`
+    is a monotonic clock for the scaling window and the throughput; `wall` the time in the status.
+    An external scaler's replicas (workers.scaler external) are reported from `observed`, never set.
     """
     rate = memory.rate
     if memory.last_step is not None:
@@ -183,7 +184,7 @@ def finish(
     status: CompressionJobStatus, manifest: str, notifies: bool, wall: datetime
 ) -> tuple[CompressionJobStatus, Event]:
     """A finished status once its manifest is written and its workers scaled to 0: the manifest,
-    0 workers desired (the ready ones stay until they are seen gone: `after_finish`), the webhook
+    0 workers desired (the ready ones stay until they are seen gone: `workers_seen`), the webhook
     pending when `notifies`; and the Event that tells the end."""
     kind = "Normal" if status.phase is Phase.succeeded else "Warning"
     event = Event(

@@ -101,7 +101,13 @@ def test_forged_results_on_a_jobs_queue_are_dropped_counted_and_the_job_ends_exa
 
     def all_refused() -> bool:
         return all(
-            _metric(cluster, "kompressor_refused_results_total", compressionjob=name, reason=r)
+            _metric(
+                cluster,
+                "kompressor_refused_results_total",
+                namespace=NAMESPACE,
+                compressionjob=name,
+                reason=r,
+            )
             for r in refused
         )
 
@@ -117,7 +123,14 @@ def test_forged_results_on_a_jobs_queue_are_dropped_counted_and_the_job_ends_exa
     assert _manifest_ids(s3, status["manifest"]) == list(range(total))
     for reason in refused:
         assert (
-            _metric(cluster, "kompressor_refused_results_total", compressionjob=name, reason=reason) == 1
+            _metric(
+                cluster,
+                "kompressor_refused_results_total",
+                namespace=NAMESPACE,
+                compressionjob=name,
+                reason=reason,
+            )
+            == 1
         ), reason
 
 

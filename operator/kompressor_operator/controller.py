@@ -3,7 +3,8 @@
 One `Controller` per operator process holds every job's engine and scaling memory, and the claims
 that share the cluster-wide worker budget. Its methods are blocking (S3, RabbitMQ, Kubernetes
 calls) and run in worker threads; they return what to write (status, Events) instead of writing
-it, so the handlers stay a thin shell. Decisions come from policy.py, status.py and builders.py.
+it, so the handlers stay a thin shell. Each step observes (the engine's step, the Deployment's
+ready pods), asks reconcile.py what to do, and applies it; builders.py says what a Deployment is.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from kompressor.crd import (
     FINISHED_PHASES,
     CompressionJobSpec,
     CompressionJobStatus,
-    Phase,
     Scaler,
     SpecError,
-    WorkerCounts,
     parse_spec,
 )
-from kompressor.messages import JobRef, task_queue
+from kompressor.messages import JobRef
 from kompressor_operator import broker, notify
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
@@ -36,34 +35,36 @@ from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.kube import DeploymentNotOwned, Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.planning import ManifestError
-from kompressor_operator.policy import (
-    Claim,
-    Sample,
-    ScaleState,
-    allocate_budget,
-    decide_replicas,
-    deployment_replicas,
+from kompressor_operator.policy import Claim, deployment_replicas
+from kompressor_operator.reconcile import (
+    Budget,
+    Memory,
+    Observation,
+    due,
+    expires_in,
+    finish,
+    manifest_invalid,
+    notified,
+    reconcile,
+    step_failed,
+    webhook_pending,
+    workers_pending,
+    workers_seen,
 )
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import (
-    Outage,
+    DEPLOYMENT_NOT_OWNED,
+    Event,
     check_spec,
-    failed_status,
     immutable_changes,
-    next_status,
-    reachability,
     required_secrets,
-    retry_delay,
     secrets_condition,
-    set_condition,
-    throughput,
     waited_for_secrets,
 )
 
 log = logging.getLogger("kompressor.operator")
 
 ACCEPTED_SPEC_ANNOTATION = "kompressor.dev/accepted-spec"
-DEPLOYMENT_NOT_OWNED = "DeploymentNotOwned"
 
 
 class InvalidSpec(Exception):
@@ -83,13 +84,6 @@ class SecretsMissing(Exception):
         self.missing = missing
 
 
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
 @dataclass
 class Outcome:
     """What a handler should write back: the status, annotations, and Events to post."""
@@ -105,12 +99,7 @@ class _Job:
     spec: CompressionJobSpec
     engine: JobEngine
     created: float
-    scale: ScaleState = field(default_factory=ScaleState)
-    rate: float | None = None
-    last_step: float = 0.0
-    listed_announced: bool = False
-    failures: int = 0  # steps failed in a row (broker or storage)
-    retry_at: float = 0.0
+    memory: Memory = field(default_factory=Memory)
 
 
 @dataclass
@@ -254,7 +243,7 @@ class Controller:
         if state is None:
             return None  # not started (an invalid spec, or the resume handler has not run yet)
         now = time.monotonic()
-        if now - state.last_step < poll_interval or now < state.retry_at:
+        if not due(state.memory, now, poll_interval):
             return None
         spec, refused = accepted_spec(body)
         state.spec = spec
@@ -264,74 +253,44 @@ class Controller:
         except StepFailed as exc:
             return self._step_failed(state, previous, exc, poll_interval)
         except ManifestError as exc:
-            outcome = Outcome(events=[Event("Warning", "ManifestInvalid", str(exc))])
-            status = failed_status(previous, "ManifestInvalid", str(exc), datetime.now(UTC))
+            status, event = manifest_invalid(previous, str(exc), datetime.now(UTC))
+            outcome = Outcome(events=[event])
             outcome.status = self._finish(state, status, outcome)
             return outcome
-        state.failures = 0
         for reason, count in progress.refused_now.items():
             self.metrics.refused(state.job, reason, count)
-        state.rate = (
-            throughput(state.rate, progress.accounted_now, now - state.last_step)
-            if state.last_step
-            else state.rate
-        )
-        state.last_step = now
-        counts = progress.counts
-        sample = progress.sample(suspended=spec.suspend)
-        decision = self._decide(uid, state, sample, spec, now)
-        outcome = Outcome()
         name = worker_deployment_name(state.job.name)
-        if decision.changed:
-            self.kube.scale(state.job.namespace, name, decision.replicas, state.job.uid)
-            direction = "up" if decision.replicas > state.scale.current else "down"
-            self.metrics.scaled(state.job, direction)
-            outcome.events.append(
-                Event(
-                    "Normal",
-                    "Scaled",
-                    f"workers {state.scale.current} → {decision.replicas}: {decision.reason}",
-                )
-            )
-        state.scale = decision.state
-        desired = decision.replicas
-        if desired is None:  # an external scaler's: report it, and start from it if builtin returns
-            desired = self.kube.desired_replicas(state.job.namespace, name)
-            state.scale = ScaleState(current=desired)
-        self.metrics.observe(state.job, sample.outstanding, desired)
-        workers = WorkerCounts(desired=desired, ready=self.kube.ready_replicas(state.job.namespace, name))
-        status = next_status(
-            previous,
-            counts,
+        external = spec.workers.scaler is Scaler.external
+        observed = Observation(
+            counts=progress.counts,
+            sample=progress.sample(suspended=spec.suspend),
+            accounted_now=progress.accounted_now,
+            workers_ready=self.kube.ready_replicas(state.job.namespace, name),
+            # an external scaler's replicas, to report (and start from if builtin returns)
+            workers_desired=self.kube.desired_replicas(state.job.namespace, name) if external else None,
+        )
+        plan = reconcile(
             spec,
-            workers,
-            datetime.now(UTC),
-            body["metadata"].get("generation", 1),
-            state.rate,
+            previous,
+            observed,
+            state.memory,
+            refused=refused,
+            generation=body["metadata"].get("generation", 1),
+            job=state.job,
+            created=state.created,
+            budget=Budget(self.settings.max_total_workers, self.claims),
+            now=now,
+            wall=datetime.now(UTC),
         )
-        status = status.model_copy(
-            update={
-                "queue": task_queue(state.job),
-                "backlog": sample.outstanding,
-                "conditions": set_condition(
-                    status.conditions,
-                    "SpecAccepted",
-                    "False" if refused else "True",
-                    "ImmutableFieldChanged" if refused else "Accepted",
-                    f"{', '.join(refused)} cannot change after start" if refused else "",
-                    datetime.now(UTC),
-                ),
-            }
-        )
-        conditions, notices = reachability(status.conditions, None, datetime.now(UTC))
-        status = status.model_copy(update={"conditions": conditions})
-        outcome.events.extend(Event(n.type, n.reason, n.message) for n in notices)
-        if counts.listing_done and not state.listed_announced:
-            state.listed_announced = True
-            outcome.events.append(Event("Normal", "Listed", f"{counts.total} inputs found"))
-        if status.phase in FINISHED_PHASES:
-            status = self._finish(state, status, outcome)
-        outcome.status = status
+        self.claims[uid] = plan.claim
+        if plan.scaled:
+            self.kube.scale(state.job.namespace, name, plan.replicas, state.job.uid)
+            direction = "up" if plan.replicas > state.memory.scale.current else "down"
+            self.metrics.scaled(state.job, direction)
+        state.memory = plan.memory
+        self.metrics.observe(state.job, observed.sample.outstanding, plan.replicas)
+        outcome = Outcome(events=list(plan.events))
+        outcome.status = self._finish(state, plan.status, outcome) if plan.finished else plan.status
         return outcome
 
     def _step_failed(
@@ -339,22 +298,18 @@ class Controller:
     ) -> Outcome:
         """The broker or the storage failed the step: the next one waits longer, and an outage that
         lasts shows in the status (the phase stays) and in an Event."""
-        state.failures += 1
-        delay = retry_delay(state.failures, poll_interval)
-        state.retry_at = time.monotonic() + delay
-        log.warning("job %s: step failed (%s); the next in %.0fs", state.job.name, error, delay)
-        outage = Outage(error.dependency, state.failures, str(error))
-        conditions, notices = reachability(previous.conditions, outage, datetime.now(UTC), delay)
-        return Outcome(
-            status=previous.model_copy(update={"conditions": conditions}),
-            events=[Event(n.type, n.reason, n.message) for n in notices],
+        retry = step_failed(
+            previous,
+            state.memory,
+            error.dependency,
+            str(error),
+            poll_interval,
+            time.monotonic(),
+            datetime.now(UTC),
         )
-
-    def _decide(self, uid: str, state: _Job, sample: Sample, spec: CompressionJobSpec, now: float):
-        wanted = decide_replicas(sample, spec.workers, state.scale, now)
-        self.claims[uid] = Claim(key=uid, priority=spec.priority, created=state.created, wanted=wanted.wanted)
-        shares = allocate_budget(list(self.claims.values()), self.settings.max_total_workers)
-        return decide_replicas(sample, spec.workers, state.scale, now, budget=shares[uid])
+        state.memory = retry.memory
+        log.warning("job %s: step failed (%s); the next in %.0fs", state.job.name, error, retry.delay)
+        return Outcome(status=retry.status, events=list(retry.events))
 
     def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
         manifest = state.engine.finish()
@@ -367,27 +322,9 @@ class Controller:
         self.metrics.forget(state.job)
         state.engine.close()
         del self.jobs[state.job.uid]
-        kind = "Normal" if status.phase is Phase.succeeded else "Warning"
-        outcome.events.append(
-            Event(
-                kind,
-                status.phase.value,
-                f"{status.succeeded} compressed, "
-                f"{status.skipped} skipped, {status.failed} failed; manifest {manifest}",
-            )
-        )
-        conditions = status.conditions
-        if state.spec.notify is not None:
-            # The webhook goes out from a later step, once this finished status is stored: no
-            # receiver can keep a job from finishing.
-            conditions = notify.noted(conditions, notify.PENDING, datetime.now(UTC))
-        return status.model_copy(
-            update={
-                "manifest": manifest,
-                "workers": WorkerCounts(desired=0, ready=status.workers.ready),
-                "conditions": conditions,
-            }
-        )
+        status, event = finish(status, manifest, state.spec.notify is not None, datetime.now(UTC))
+        outcome.events.append(event)
+        return status
 
     def _deliver(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
         """One attempt at the finish webhook when one is due; its end goes in the Notified condition."""
@@ -413,16 +350,12 @@ class Controller:
             )
         delivery.attempts += 1
         verdict = notify.verdict(result, delivery.attempts, self.settings.webhook_attempts)
-        outcome = Outcome()
         if verdict.retry_in is None:
             delivery.settled = True
-            kind = "Normal" if verdict.status == "True" else "Warning"
-            outcome.events.append(Event(kind, verdict.reason, verdict.message))
         else:
             delivery.due = time.monotonic() + verdict.retry_in
-        conditions = notify.noted(status.conditions, verdict, datetime.now(UTC))
-        outcome.status = status.model_copy(update={"conditions": conditions})
-        return outcome
+        status, events = notified(status, verdict, datetime.now(UTC))
+        return Outcome(status=status, events=list(events))
 
     def _webhook_key(self, job: JobRef, secret: str | None) -> bytes | None:
         """The signing key, None when no signature is asked for; ValueError naming what is missing,
@@ -440,16 +373,29 @@ class Controller:
             ) from None
 
     def _after_finish(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
-        """The finish webhook, then ttlSecondsAfterFinished: delete the job once its time is up."""
-        if any(c.type == notify.CONDITION and c.status == "Unknown" for c in status.conditions):
-            return self._deliver(body, status)
-        self.deliveries.pop(body["metadata"]["uid"], None)
-        ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished")
-        if ttl is None or status.completion_time is None:
-            return None
-        if (datetime.now(UTC) - status.completion_time).total_seconds() >= ttl:
+        """A finished job's steps until it needs none (reconcile.needs_steps): its workers followed
+        until they are gone, then the finish webhook."""
+        job = job_ref(body["metadata"])
+        outcome = None
+        if workers_pending(status):
+            ready = self.kube.ready_replicas(job.namespace, worker_deployment_name(job.name))
+            seen = workers_seen(status, ready)
+            if seen != status:
+                status = seen
+                outcome = Outcome(status=status)
+        if webhook_pending(status):
+            return self._deliver(body, status) or outcome
+        self.deliveries.pop(job.uid, None)
+        return outcome
+
+    def expire(self, body: dict[str, Any]) -> float | None:
+        """ttlSecondsAfterFinished: delete the finished job once its time is up. Returns the seconds
+        left (≤ 0: deleted now), None when it has no TTL."""
+        status = CompressionJobStatus.model_validate(body.get("status") or {})
+        left = expires_in(status, (body.get("spec") or {}).get("ttlSecondsAfterFinished"), datetime.now(UTC))
+        if left is not None and left <= 0:
             self.kube.delete_job(body["metadata"]["namespace"], body["metadata"]["name"])
-        return None
+        return left
 
     def update_workers(self, body: dict[str, Any]) -> list[Event]:
         """spec.workers changed: the Deployment's pod template follows (its replicas stay the policy's).
@@ -460,7 +406,7 @@ class Controller:
         spec, _ = accepted_spec(body)
         state.spec = spec
         try:
-            self.kube.apply_deployment(self._deployment(state.job, spec, body, state.scale.current))
+            self.kube.apply_deployment(self._deployment(state.job, spec, body, state.memory.scale.current))
         except Refused as exc:
             return [
                 Event("Warning", "WorkersRefused", f"spec.workers: the worker Deployment was refused: {exc}")

@@ -88,6 +88,43 @@ class Progress:
         )
 
 
+def dead_letter_result(task: Task, reason: str, recorded: bool, max_attempts: int) -> Result | None:
+    """The failed Result a dead-lettered task stands for, or None: when its result is `recorded`
+    already (a worker confirms a failure's result before rejecting the task), or when the broker's
+    `reason` is not one that means no worker published a result."""
+    if recorded or reason not in _DEAD_REASONS:
+        return None
+    return Result(
+        job=task.job,  # the ledger refuses a dead letter of another job, as a result
+        id=task.id,
+        outcome=Outcome.failed,
+        source=task.source.describe(),
+        reason=_DEAD_REASONS[reason],
+        message=f"dead-lettered by the broker ({reason})",
+        attempts=max_attempts,
+    )
+
+
+def fan_out_room(max_outstanding: int, cursor: Cursor, accounted: int) -> int:
+    """Tasks the fan-out may publish now: maxOutstanding less those published and not accounted
+    (≤ 0: none)."""
+    return max_outstanding - (cursor.next_id - accounted)
+
+
+def advanced(cursor: Cursor, keys: Sequence[str | None], asked: int) -> Cursor:
+    """The cursor after publishing one batch of sources (`keys`: their listing keys, None for a URL
+    manifest's rows) of the `asked` taken from the listing: fewer than asked means the listing is
+    exhausted, so it is done and the total known."""
+    exhausted = len(keys) < asked
+    next_id = cursor.next_id + len(keys)
+    return Cursor(
+        next_id=next_id,
+        after_key=keys[-1] or "" if keys else cursor.after_key,
+        listing_done=exhausted,
+        total=next_id if exhausted else cursor.total,
+    )
+
+
 class JobEngine:
     def __init__(
         self,
@@ -215,18 +252,11 @@ class JobEngine:
                 refused[MALFORMED] += 1
                 last_tag = tag
                 continue
-            if not self.ledger.seen(task.id) and letter.reason in _DEAD_REASONS:
-                dead.append(
-                    Result(
-                        job=task.job,  # the ledger refuses a dead letter of another job, as a result
-                        id=task.id,
-                        outcome=Outcome.failed,
-                        source=task.source.describe(),
-                        reason=_DEAD_REASONS[letter.reason],
-                        message=f"dead-lettered by the broker ({letter.reason})",
-                        attempts=self.spec.limits.max_attempts,
-                    )
-                )
+            result = dead_letter_result(
+                task, letter.reason, self.ledger.seen(task.id), self.spec.limits.max_attempts
+            )
+            if result is not None:
+                dead.append(result)
             last_tag = tag
         if dead:
             recorded = self.ledger.record(dead)
@@ -245,27 +275,22 @@ class JobEngine:
         cursor = self.ledger.cursor
         if cursor.listing_done:
             return 0
-        room = self.spec.limits.max_outstanding - (cursor.next_id - self.ledger.tally.accounted)
+        room = fan_out_room(self.spec.limits.max_outstanding, cursor, self.ledger.tally.accounted)
         published = 0
         deadline = time.monotonic() + FAN_OUT_SECONDS
         # A batch's tasks are all in flight at once and confirmed together (one round trip per
         # batch, not per task); the connection lasts this round only (see ConfirmedPublisher).
         with broker.ConfirmedPublisher(self.broker_url) as publisher:
             while room > 0:
-                sources = list(islice(self._source_iterator(cursor), min(room, PUBLISH_BATCH)))
+                asked = min(room, PUBLISH_BATCH)
+                sources = list(islice(self._source_iterator(cursor), asked))
                 tasks = [plan_task(self.job, self.spec, cursor.next_id + i, s) for i, s in enumerate(sources)]
                 publisher.publish(tasks)
-                exhausted = len(sources) < min(room, PUBLISH_BATCH)
-                cursor = Cursor(
-                    next_id=cursor.next_id + len(sources),
-                    after_key=sources[-1].key or "" if sources else cursor.after_key,
-                    listing_done=exhausted,
-                    total=cursor.next_id + len(sources) if exhausted else cursor.total,
-                )
+                cursor = advanced(cursor, [s.key for s in sources], asked)
                 self.ledger.save_cursor(cursor)
                 published += len(sources)
                 room -= len(sources)
-                if exhausted:
+                if cursor.listing_done:
                     self._sources = None
                     break
                 if time.monotonic() >= deadline:

@@ -3,7 +3,9 @@ writes back what it returns (status, annotations, Events). Start with:
 
     kopf run --standalone -m kompressor_operator.handlers --all-namespaces
 
-Decisions live in policy.py, status.py and builders.py; I/O in engine.py, kube.py and broker.py.
+Decisions live in reconcile.py (with policy.py and status.py) and builders.py; I/O in engine.py,
+kube.py and broker.py. A finished job costs nothing once its workers are gone and its webhook
+settled: the step timer runs only while `needs_steps`, and a TTL is a daemon asleep until it expires.
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ from typing import Any, NoReturn
 import kopf
 from prometheus_client import start_http_server
 
-from kompressor.crd import FINISHED_PHASES, GROUP, PLURAL, VERSION, CompressionJobStatus, Phase
+from kompressor.crd import FINISHED_PHASES, GROUP, PLURAL, VERSION, CompressionJobStatus
 from kompressor.logs import quiet_third_party
 from kompressor_operator.controller import (
-    DEPLOYMENT_NOT_OWNED,
     Controller,
     InvalidSpec,
     Outcome,
@@ -29,18 +30,27 @@ from kompressor_operator.controller import (
 )
 from kompressor_operator.kube import DeploymentNotOwned, Kube, load_config
 from kompressor_operator.metrics import OperatorMetrics
+from kompressor_operator.reconcile import needs_steps
 from kompressor_operator.settings import OperatorSettings
-from kompressor_operator.status import SECRET_MISSING, secrets_condition, set_condition
+from kompressor_operator.status import (
+    DEPLOYMENT_NOT_OWNED,
+    SECRET_MISSING,
+    refused_status,
+    secrets_condition,
+    worker_deployment,
+)
 
 PREFIX = "kompressor.dev"
 TIMER_SECONDS = 1.0  # the per-job poll interval (a setting) is enforced inside Controller.step
 # A Deployment of the worker name that is not the job's may be an earlier job's of the same name,
 # about to be collected: the job waits (WorkerDeployment=False) and tries again this often.
 NOT_OWNED_RETRY_SECONDS = 15.0
-WORKER_DEPLOYMENT = "WorkerDeployment"
 SECRET_RETRY_SECONDS = 5.0
 """How often a job waiting for a missing Secret looks again (a read of each Secret it names): polling
 needs only `get` on Secrets, where a watch would need `list` and `watch` on every Secret."""
+# A finished job's TTL daemon wakes at least this often, so an edited ttlSecondsAfterFinished (the
+# daemon's body is live) is honoured within it.
+TTL_RECHECK_SECONDS = 60.0
 
 
 @kopf.on.startup()
@@ -99,56 +109,67 @@ async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -
     try:
         outcome = await asyncio.to_thread(memo.controller.start, dict(body))
     except InvalidSpec as exc:
-        now = datetime.now(UTC)
-        previous = CompressionJobStatus.model_validate(body.get("status") or {})
-        status = previous.model_copy(
-            update={
-                "phase": Phase.failed,
-                "completion_time": now,
-                "conditions": set_condition(previous.conditions, "Failed", "True", exc.reason, str(exc), now),
-            }
-        )
+        status = refused_status(_status(body), exc.reason, str(exc), datetime.now(UTC))
         patch.status.update(_status_patch(status))
         kopf.warn(body, reason=exc.reason, message=str(exc))
         raise kopf.PermanentError(str(exc)) from None
     except DeploymentNotOwned as exc:
         _not_owned(body, patch, exc)
     except SecretsMissing as exc:
-        previous = CompressionJobStatus.model_validate(body.get("status") or {})
+        previous = _status(body)
         waiting = secrets_condition(previous, exc.missing, datetime.now(UTC))
         if waiting.conditions != previous.conditions:  # one Warning per change, not one per retry
             patch.status.update(_status_patch(waiting))
             kopf.warn(body, reason=SECRET_MISSING, message=f"waiting: {exc}")
         raise kopf.TemporaryError(str(exc), delay=SECRET_RETRY_SECONDS) from None
-    _deployment_condition(body, patch, "True", "DeploymentOwned", "")
+    _deployment_condition(body, patch, None)
     _write(outcome, body, patch)
 
 
 def _not_owned(body: kopf.Body, patch: kopf.Patch, exc: DeploymentNotOwned) -> NoReturn:
     """Refuse to touch a Deployment that is not the job's: a condition, a Warning Event, a retry later."""
-    _deployment_condition(body, patch, "False", DEPLOYMENT_NOT_OWNED, str(exc))
+    _deployment_condition(body, patch, str(exc))
     kopf.warn(body, reason=DEPLOYMENT_NOT_OWNED, message=str(exc))
     raise kopf.TemporaryError(str(exc), delay=NOT_OWNED_RETRY_SECONDS) from None
 
 
-def _deployment_condition(body: kopf.Body, patch: kopf.Patch, status: str, reason: str, message: str) -> None:
-    """Set the WorkerDeployment condition: written when refused, cleared (True) only once it was."""
-    previous = CompressionJobStatus.model_validate(body.get("status") or {})
-    if status == "True" and not any(c.type == WORKER_DEPLOYMENT for c in previous.conditions):
-        return
-    conditions = set_condition(
-        previous.conditions, WORKER_DEPLOYMENT, status, reason, message, datetime.now(UTC)
-    )
-    patch.status.update(_status_patch(previous.model_copy(update={"conditions": conditions})))
+def _deployment_condition(body: kopf.Body, patch: kopf.Patch, not_owned: str | None) -> None:
+    """The WorkerDeployment condition (status.worker_deployment), when there is one to write."""
+    status = worker_deployment(_status(body), not_owned, datetime.now(UTC))
+    if status is not None:
+        patch.status.update(_status_patch(status))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS)
+def _status(body: kopf.Body) -> CompressionJobStatus:
+    return CompressionJobStatus.model_validate(body.get("status") or {})
+
+
+def _stepping(body: kopf.Body, **_: Any) -> bool:
+    return needs_steps(_status(body))
+
+
+def _expiring(body: kopf.Body, **_: Any) -> bool:
+    return not _stepping(body) and (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
+
+
+# kopf re-evaluates `when` on every change of the job, starting and stopping the timer as it flips.
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, when=_stepping)
 async def step(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
     try:
         outcome = await asyncio.to_thread(memo.controller.step, dict(body), memo.poll_interval)
     except DeploymentNotOwned as exc:
         _not_owned(body, patch, exc)
     _write(outcome, body, patch)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=_expiring)
+async def expire(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+    """ttlSecondsAfterFinished: asleep until the finished job's time is up, then it is deleted."""
+    while not stopped:
+        left = await asyncio.to_thread(memo.controller.expire, dict(body))
+        if left is not None and left <= 0:
+            return
+        await stopped.wait(TTL_RECHECK_SECONDS if left is None else min(left, TTL_RECHECK_SECONDS))
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")

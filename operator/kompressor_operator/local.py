@@ -1,8 +1,9 @@
 """Local mode: run one CompressionJob on this machine, without Kubernetes.
 
-The same engine (fan-out, ledger), scaling policy and status code as the operator; worker processes
-instead of a Deployment; a real RabbitMQ and S3 server. Errors a user can fix (a bad file, the
-broker down, wrong credentials, a missing bucket) end as one line naming the fix: `ConfigError`.
+The same engine (fan-out, ledger) and the same reconcile (reconcile.py: the scaling policy with the
+worker budget of one job, the status, the finish) as the operator; worker processes instead of a
+Deployment; a real RabbitMQ and S3 server. Errors a user can fix (a bad file, the broker down,
+wrong credentials, a missing bucket) end as one line naming the fix: `ConfigError`.
 
 Storage: local mode runs on the user's machine with the user's credentials (KOMPRESSOR_STORAGE__*),
 and the job file is the user's own; the job's `endpointURL`, when set, wins and gets those
@@ -36,10 +37,8 @@ from kompressor.crd import (
     CompressionJobSpec,
     CompressionJobStatus,
     InputFormat,
-    Phase,
     Scaler,
     SpecError,
-    WorkerCounts,
     parse_spec,
 )
 from kompressor.messages import JobRef, Task, task_queue
@@ -48,9 +47,17 @@ from kompressor_operator import broker
 from kompressor_operator.engine import STEP_RETRY_DELAYS, JobEngine, StepFailed
 from kompressor_operator.listing import list_s3_sources, url_sources
 from kompressor_operator.planning import Estimate, ManifestError, estimate, plan_tasks
-from kompressor_operator.policy import ScaleState, decide_replicas
+from kompressor_operator.reconcile import (
+    Budget,
+    Memory,
+    Observation,
+    finish,
+    needs_steps,
+    reconcile,
+    workers_seen,
+)
 from kompressor_operator.settings import OperatorSettings
-from kompressor_operator.status import check_spec, next_status, throughput
+from kompressor_operator.status import check_spec
 from kompressor_operator.workerprocs import WorkerProcesses
 
 POLL_SECONDS = 1.0
@@ -193,12 +200,12 @@ def run_job(
         log_dir=log_dir,
         grace_seconds=spec.limits.task_timeout_seconds + 10,
     )
-    status = CompressionJobStatus()
     # Local mode's workers are its own processes: no Deployment to hand to an external scaler.
-    own_workers = spec.workers.model_copy(update={"scaler": Scaler.builtin})
-    state, rate, decisions = ScaleState(), None, []
+    own = spec.model_copy(update={"workers": spec.workers.model_copy(update={"scaler": Scaler.builtin})})
+    status, memory, decisions = CompressionJobStatus(), Memory(), []
+    budget = Budget(settings.max_total_workers)  # the operator's budget step, with one job
     failed_exits = 0
-    started = last = time.monotonic()
+    created, started = time.time(), time.monotonic()
     try:
         while True:
             try:
@@ -210,28 +217,43 @@ def run_job(
                     f"{exc.dependency.value} kept failing for {sum(STEP_RETRY_DELAYS):.0f}s: {exc}"
                 ) from None
             now = time.monotonic()
-            rate = throughput(rate, progress.accounted_now, now - last) if now > last else rate
-            last = now
-            counts = progress.counts
-            sample = progress.sample(suspended=spec.suspend)
-            decision = decide_replicas(sample, own_workers, state, now)
-            state = decision.state
-            if decision.changed or not decisions:
-                decisions.append((round(now - started, 2), decision.replicas, decision.reason))
             failed_exits += sum(1 for w in workers.running if not w.alive() and w.process.returncode > 0)
-            workers.scale_to(decision.replicas)
-            _check_workers_start(workers, spec, failed_exits)
-            status = next_status(
-                status, counts, spec, _worker_counts(decision.replicas, workers), datetime.now(UTC), 1, rate
+            observed = Observation(
+                counts=progress.counts,
+                sample=progress.sample(suspended=spec.suspend),
+                accounted_now=progress.accounted_now,
+                workers_ready=len(workers.running),
             )
+            plan = reconcile(
+                own,
+                status,
+                observed,
+                memory,
+                refused=(),
+                generation=1,
+                job=job,
+                created=created,
+                budget=budget,
+                now=now,
+                wall=datetime.now(UTC),
+            )
+            memory = plan.memory
+            if plan.scaled or not decisions:
+                decisions.append((round(now - started, 2), plan.replicas, plan.reason))
+            workers.scale_to(plan.replicas)
+            _check_workers_start(workers, spec, failed_exits)
+            status = plan.status
+            if plan.finished:
+                # As the operator's finish: the manifest, the workers to 0 (here: drained and
+                # gone before the run returns), no webhook (local mode sends none).
+                status, _event = finish(status, engine.finish(), False, datetime.now(UTC))
+                workers.stop_all()
+                status = workers_seen(status, len(workers.running))
             if on_update is not None:
                 on_update(status)
-            if status.phase in (Phase.succeeded, Phase.failed) and not workers.running:
+            if not needs_steps(status):
                 break
             time.sleep(POLL_SECONDS)
-        workers.stop_all()
-        manifest = engine.finish()
-        status = status.model_copy(update={"manifest": manifest, "workers": _worker_counts(0, workers)})
         if not keep_queues:
             engine.delete_queues()
     finally:
@@ -291,10 +313,6 @@ def _check_workers_start(workers: WorkerProcesses, spec: CompressionJobSpec, fai
             f"worker processes keep exiting ({failed_exits} of {workers.started_total} exited with an "
             f"error); last log line: {last[0] if last else '(none)'}"
         )
-
-
-def _worker_counts(desired: int, workers: WorkerProcesses) -> WorkerCounts:
-    return WorkerCounts(desired=desired, ready=len(workers.running))
 
 
 def status_json(status: CompressionJobStatus) -> str:

@@ -310,6 +310,55 @@ def failed_status(
     )
 
 
+def refused_status(
+    previous: CompressionJobStatus, reason: str, message: str, now: datetime
+) -> CompressionJobStatus:
+    """`previous` ended Failed before it ran, for a spec (or a storage endpoint, or a Deployment
+    the API server refuses) the operator will not run: phase Failed, completed now, the Failed
+    condition saying why."""
+    return previous.model_copy(
+        update={
+            "phase": Phase.failed,
+            "completion_time": now,
+            "conditions": set_condition(previous.conditions, FAILED, True, reason, message, now),
+        }
+    )
+
+
+SPEC_ACCEPTED = "SpecAccepted"
+
+
+def spec_accepted(conditions: Sequence[Condition], refused: Sequence[str], now: datetime) -> list[Condition]:
+    """`conditions` with SpecAccepted: False naming the immutable fields whose edit was refused
+    (the job keeps their values from its start), True when there is none."""
+    if refused:
+        message = f"{', '.join(refused)} cannot change after start"
+        return set_condition(conditions, SPEC_ACCEPTED, False, "ImmutableFieldChanged", message, now)
+    return set_condition(conditions, SPEC_ACCEPTED, True, "Accepted", "", now)
+
+
+WORKER_DEPLOYMENT = "WorkerDeployment"
+DEPLOYMENT_NOT_OWNED = "DeploymentNotOwned"
+
+
+def worker_deployment(
+    previous: CompressionJobStatus, not_owned: str | None, now: datetime
+) -> CompressionJobStatus | None:
+    """The status after the job's worker Deployment was found: `not_owned` the error when one of its
+    name is not the job's (WorkerDeployment False, the job waits), None when it is the job's. The
+    condition is written when refused and cleared (True) only once it was: None, nothing to write,
+    for a job that never met a Deployment not its own."""
+    if not_owned is not None:
+        conditions = set_condition(
+            previous.conditions, WORKER_DEPLOYMENT, False, DEPLOYMENT_NOT_OWNED, not_owned, now
+        )
+    elif any(c.type == WORKER_DEPLOYMENT for c in previous.conditions):
+        conditions = set_condition(previous.conditions, WORKER_DEPLOYMENT, True, "DeploymentOwned", "", now)
+    else:
+        return None
+    return previous.model_copy(update={"conditions": conditions})
+
+
 # --- outages of the broker and the storage ------------------------------------------------------
 
 
@@ -343,7 +392,7 @@ class Outage:
 
 
 @dataclass(frozen=True)
-class Notice:
+class Event:
     """An Event to post: type (Normal or Warning), reason, message."""
 
     type: str
@@ -361,7 +410,7 @@ def retry_delay(failures: int, poll_interval: float) -> float:
 
 def reachability(
     conditions: Sequence[Condition], outage: Outage | None, now: datetime, retry_in: float = 0.0
-) -> tuple[list[Condition], list[Notice]]:
+) -> tuple[list[Condition], list[Event]]:
     """The conditions with StorageReachable and BrokerReachable after a step, and the Events to post.
 
     `outage` None (the step worked): both True; a Normal `<Service>Recovered` Event for each that was
@@ -376,7 +425,7 @@ def reachability(
         for dependency in Dependency:
             if before.get(dependency.condition) == "False":
                 name = dependency.value.capitalize()
-                notices.append(Notice("Normal", f"{name}Recovered", f"{dependency.value} is reachable again"))
+                notices.append(Event("Normal", f"{name}Recovered", f"{dependency.value} is reachable again"))
             out = set_condition(out, dependency.condition, True, "Reachable", "", now)
         return out, notices
     if outage.failures < OUTAGE_AFTER_FAILURES:
@@ -385,7 +434,7 @@ def reachability(
     reason = f"{dependency.value.capitalize()}Error"
     message = f"{error} ({outage.failures} steps in a row failed; the next in {retry_in:.0f}s)"
     if before.get(dependency.condition) != "False":
-        notices.append(Notice("Warning", reason, f"{dependency.value} keeps failing: {error}"))
+        notices.append(Event("Warning", reason, f"{dependency.value} keeps failing: {error}"))
     return set_condition(out, dependency.condition, False, reason, message, now), notices
 
 

@@ -72,6 +72,13 @@ def _events(cluster: Cluster, name: str) -> list[dict]:
     return sorted(items, key=lambda e: e.get("firstTimestamp") or "")
 
 
+def _timer_runs(cluster: Cluster, name: str) -> int:
+    """How often the operator ran a job's step timer, from kopf's log line for each run."""
+    log = cluster.log_dir / f"operator-{cluster.operator_starts}.log"
+    marker = f"[{NAMESPACE}/{name}] Timer 'step' succeeded"
+    return sum(marker in line for line in log.read_text(errors="replace").splitlines())
+
+
 def _a_worker_metrics(cluster: Cluster, deployment: dict) -> str:
     """A running worker pod's /metrics, on the port its scrape annotation names, once it has ended a
     task (its task series exist from then on)."""
@@ -150,6 +157,13 @@ def test_a_job_runs_scales_with_the_backlog_and_finishes_exactly(cluster: Cluste
     headers, body = cluster.webhook.received[-1]
     assert cluster.webhook.signed_correctly(headers, body)
     assert json.loads(body)["status"]["succeeded"] == total
+
+    # The status keeps telling the truth once the pods are gone, and then the job costs nothing:
+    # its step timer has stopped (kopf logs each run of it).
+    wait_until(lambda: cluster.job_status("catalog")["workers"]["ready"] == 0, 30, "WORKERS 0 in the status")
+    runs = _timer_runs(cluster, "catalog")
+    time.sleep(3)  # an observation window, not a synchronization: the 1 s timer would run ~3 times
+    assert _timer_runs(cluster, "catalog") == runs > 0
 
     # Replicas followed the backlog: up while there was work, 0 at the end, never above maxReplicas.
     replicas = [r for _, r, _ in samples]

@@ -3,7 +3,8 @@ hostile ones that drip, babble or fail, and one that fails twice before it accep
 
 The receivers are raw TCP servers (tests/webhooks.py). The Controller tests start from what the
 finish step stores (the finished status with a pending Notified condition) and tick the
-Controller's step as kopf's timer does, writing back each status.
+Controller's step as kopf's timer does, writing back each status. The last tests follow a finished
+job after its webhook: its workers seen gone, then its TTL.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kubernetes
@@ -29,6 +30,7 @@ from kompressor_operator import notify
 from kompressor_operator.controller import Controller, Event
 from kompressor_operator.kube import Kube
 from kompressor_operator.metrics import OperatorMetrics
+from kompressor_operator.reconcile import needs_steps
 from kompressor_operator.settings import OperatorSettings
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.process import wait_until
@@ -363,4 +365,56 @@ def test_the_finish_step_stores_the_status_before_any_webhook_request(
     assert (
         verified(headers, sent, base64.b64decode(WHSEC.removeprefix("whsec_")))
         == f"finished-{body['metadata']['uid']}"
+    )
+
+
+# --- a finished job, after its webhook ----------------------------------------------------------------
+
+
+@pytest.mark.kube
+def test_a_finished_job_follows_its_workers_to_zero_then_needs_no_steps(secrets: JobRef):
+    """The finish wrote the workers it saw (1 ready); the next step reads the Deployment (gone: 0
+    ready) and says so, and after that the step has nothing to do (reconcile.needs_steps)."""
+    body = finished_job("http://127.0.0.1:9/unused", job=secrets)
+    del body["spec"]["notify"]
+    body["status"]["conditions"] = []
+    body["status"]["workers"] = {"desired": 0, "ready": 1}
+    controller = _controller()
+    outcome = controller.step(body, poll_interval=1.0)
+    assert outcome is not None and outcome.status is not None and outcome.events == []
+    assert outcome.status.workers.model_dump() == {"desired": 0, "ready": 0}
+    body["status"] = outcome.status.model_dump(by_alias=True, mode="json")
+    _still_finished(body)
+    assert not needs_steps(outcome.status)
+    assert controller.step(body, poll_interval=1.0) is None
+
+
+@pytest.mark.kube
+def test_a_finished_job_is_deleted_once_its_ttl_is_up(secrets: JobRef, kube: KubeAPI):
+    """Controller.expire, as the TTL daemon calls it: the seconds left, then the deletion."""
+    name = f"ttl-{uuid.uuid4().hex[:6]}"
+    job = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": secrets.namespace},
+        "spec": {"source": {"s3": {"bucket": "raw"}}, "destination": {"s3": {"bucket": "web"}}},
+    }
+    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(job))
+    body = json.loads(kube.kubectl("get", "compjob", name, "-n", secrets.namespace, "-o", "json").stdout)
+    completed = datetime.now(UTC) - timedelta(seconds=30)
+    body["status"] = CompressionJobStatus(phase=Phase.succeeded, completion_time=completed).model_dump(
+        by_alias=True, mode="json"
+    )
+    controller = _controller()
+    for ttl, left in ((None, None), (3600, 3570)):
+        body["spec"]["ttlSecondsAfterFinished"] = ttl
+        seconds = controller.expire(body)
+        assert seconds == left if left is None else left - 5 < seconds <= left
+    assert kube.kubectl("get", "compjob", name, "-n", secrets.namespace, check=False).returncode == 0
+    body["spec"]["ttlSecondsAfterFinished"] = 30
+    assert controller.expire(body) <= 0
+    wait_until(
+        lambda: kube.kubectl("get", "compjob", name, "-n", secrets.namespace, check=False).returncode != 0,
+        30,
+        "the job deleted",
     )

@@ -31,12 +31,15 @@ from kompressor_operator.status import (
     immutable_changes,
     next_status,
     reachability,
+    refused_status,
     required_secrets,
     retry_delay,
     secrets_condition,
     set_condition,
+    spec_accepted,
     throughput,
     waited_for_secrets,
+    worker_deployment,
 )
 from kompressor_worker.task import check_key
 
@@ -504,6 +507,43 @@ def test_a_failed_status_is_final_and_says_why():
     assert condition(failed, "Progressing").status == "False"
     after = step(failed, at=60, total=10, published=4)
     assert after.phase is Phase.failed and condition(after, "Failed").reason == "ManifestInvalid"
+
+
+def test_a_refused_spec_fails_the_job_before_it_runs():
+    refused = refused_status(CompressionJobStatus(), "SpecInvalid", "spec.workers: refused", T0)
+    assert (refused.phase, refused.completion_time) == (Phase.failed, T0)
+    failed = condition(refused, "Failed")
+    assert (failed.status, failed.reason, failed.message) == ("True", "SpecInvalid", "spec.workers: refused")
+    assert [c.type for c in refused.conditions] == ["Failed"]
+
+
+def test_spec_accepted_names_the_refused_fields_and_clears():
+    refused = spec_accepted([], ["spec.source", "spec.output.format"], T0)
+    [accepted] = refused
+    assert (accepted.status, accepted.reason) == ("False", "ImmutableFieldChanged")
+    assert accepted.message == "spec.source, spec.output.format cannot change after start"
+    [cleared] = spec_accepted(refused, [], T0 + timedelta(seconds=5))
+    assert (cleared.status, cleared.reason, cleared.last_transition_time) == (
+        "True",
+        "Accepted",
+        T0 + timedelta(seconds=5),
+    )
+
+
+def test_worker_deployment_is_written_when_not_owned_and_cleared_only_once_it_was():
+    running = CompressionJobStatus(phase=Phase.running)
+    assert worker_deployment(running, None, T0) is None  # nothing to write, ever
+    waiting = worker_deployment(running, "Deployment shop/a-workers is not this job's", T0)
+    assert waiting is not None
+    refused = condition(waiting, "WorkerDeployment")
+    assert (refused.status, refused.reason) == ("False", "DeploymentNotOwned")
+    assert refused.message == "Deployment shop/a-workers is not this job's"
+    owned = worker_deployment(waiting, None, T0)
+    assert owned is not None
+    assert (condition(owned, "WorkerDeployment").status, condition(owned, "WorkerDeployment").reason) == (
+        "True",
+        "DeploymentOwned",
+    )
 
 
 def test_the_secrets_a_job_needs_are_named_with_their_field_and_keys():

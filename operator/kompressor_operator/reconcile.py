@@ -32,6 +32,7 @@ from kompressor_operator.status import (
     retry_delay,
     spec_accepted,
     throughput,
+    worker_deployment,
 )
 
 
@@ -159,6 +160,9 @@ def reconcile(
     conditions = spec_accepted(status.conditions, refused, wall)
     conditions, notices = reachability(conditions, None, wall)
     status = status.model_copy(update={"conditions": conditions})
+    # A running job's Deployment is its own (start found it so): a WorkerDeployment=False that a
+    # step read before the start's True was stored is set right here, not left for ever.
+    status = worker_deployment(status, None, wall) or status
     events.extend(notices)
     announce = observed.counts.listing_done and not memory.listed_announced
     if announce:

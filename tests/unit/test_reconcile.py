@@ -36,7 +36,7 @@ from kompressor_operator.reconcile import (
     webhook_pending,
     workers_seen,
 )
-from kompressor_operator.status import Counts, Dependency, Event
+from kompressor_operator.status import Counts, Dependency, Event, set_condition
 from tests.unit.test_status import count_histories
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -137,6 +137,18 @@ def test_a_refused_immutable_edit_shows_in_spec_accepted():
     accepted = condition(plan.status, "SpecAccepted")
     assert (accepted.status, accepted.reason) == ("False", "ImmutableFieldChanged")
     assert accepted.message == "spec.output.quality cannot change after start"
+
+
+def test_a_running_job_clears_a_stale_deployment_not_owned():
+    """The step may read the status the start's WorkerDeployment=True has not reached yet: a running
+    job owns its Deployment, so the step writes True itself; without that condition it adds none."""
+    stale = CompressionJobStatus(
+        conditions=set_condition([], "WorkerDeployment", False, "DeploymentNotOwned", "taken", T0)
+    )
+    cleared = condition(run(observe(Counts(total=1, listing_started=True)), stale).status, "WorkerDeployment")
+    assert (cleared.status, cleared.reason) == ("True", "DeploymentOwned")
+    fresh = run(observe(Counts(total=1, listing_started=True))).status
+    assert "WorkerDeployment" not in {c.type for c in fresh.conditions}
 
 
 def test_listed_is_announced_once():

@@ -203,7 +203,10 @@ def _replay_builder(image: str, workdir: Path) -> tuple[Path, list[str]]:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(origin, target)
     env_dir = workdir / "venv"
-    venv.EnvBuilder(with_pip=True, clear=True).create(env_dir)
+    # A link, not a copy, of the interpreter: two venvs are made at once, and a copy still open for
+    # writing in one thread when the other forks is inherited by that child, so exec-ing it fails
+    # with ETXTBSY ("Text file busy").
+    venv.EnvBuilder(with_pip=True, clear=True, symlinks=True).create(env_dir)
     python = env_dir / "bin" / "python"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)

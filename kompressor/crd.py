@@ -499,6 +499,11 @@ class Workers(_Model):
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
         description="PriorityClass of worker pods, instead of the chart's worker.priorityClassName.",
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = Field(
+        default=None,
+        description="Log level of this job's workers, instead of the chart's worker.logLevel (DEBUG also "
+        "lets the S3 and AMQP libraries' own records through).",
+    )
 
     @field_validator("affinity")
     @classmethod

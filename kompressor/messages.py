@@ -89,6 +89,10 @@ class JobRef(BaseModel):
     def uid8(self) -> str:
         return self.uid.replace("-", "")[:8]
 
+    def __str__(self) -> str:
+        """namespace/name, as kubectl names it: how every log line about a job names it."""
+        return f"{self.namespace}/{self.name}"
+
 
 def public_source(source: str) -> str:
     """A source as kompressor stores and shows it: in an output's metadata, a result, the manifest.

@@ -153,7 +153,7 @@ def worker_env(
         _value("KOMPRESSOR_PROCESSES", spec.workers.processes_per_pod),
         _value("KOMPRESSOR_HEALTH_PORT", defaults.health_port),
         _value("KOMPRESSOR_GRACE_SECONDS", spec.limits.task_timeout_seconds + DRAIN_MARGIN_SECONDS),
-        _value("KOMPRESSOR_LOG_LEVEL", defaults.log_level),
+        _value("KOMPRESSOR_LOG_LEVEL", spec.workers.log_level or defaults.log_level),
         _value("KOMPRESSOR_LOG_FORMAT", defaults.log_format),
         _secret("KOMPRESSOR_BROKER__URL", defaults.broker_secret, "url"),
         _value(inputs.SETTING_ENV, json.dumps([f.value for f in InputFormat if f in allowed_input_formats])),

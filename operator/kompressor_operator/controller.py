@@ -308,7 +308,7 @@ class Controller:
             datetime.now(UTC),
         )
         state.memory = retry.memory
-        log.warning("job %s: step failed (%s); the next in %.0fs", state.job.name, error, retry.delay)
+        log.warning("job %s: step failed (%s); the next in %.0fs", state.job, error, retry.delay)
         return Outcome(status=retry.status, events=list(retry.events))
 
     def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:

@@ -188,7 +188,7 @@ class JobEngine:
                 self._reset()
                 if delay is None:
                     raise StepFailed(_failing(exc), exc) from exc
-                log.warning("job step failed (%s); retrying in %.0fs", reason(exc), delay)
+                log.warning("job %s: step failed (%s); retrying in %.0fs", self.job, reason(exc), delay)
                 time.sleep(delay)
             except BaseException:
                 self._reset()
@@ -235,9 +235,7 @@ class JobEngine:
             results = [result for _tag, result in batch if result is not None]
             if len(results) < len(batch):
                 refused[MALFORMED] += len(batch) - len(results)
-                log.warning(
-                    "job %s: dropped %d undecodable result(s)", self.job.name, len(batch) - len(results)
-                )
+                log.warning("job %s: dropped %d undecodable result(s)", self.job, len(batch) - len(results))
             recorded = self.ledger.record(results)
             new += recorded.new
             refused += recorded.refused
@@ -248,7 +246,7 @@ class JobEngine:
             try:
                 task = Task.decode(letter.body)
             except (MessageError, RecursionError) as exc:  # RecursionError: JSON nested too deep
-                log.warning("dropping an undecodable dead letter (%s)", exc)
+                log.warning("job %s: dropping an undecodable dead letter (%s)", self.job, exc)
                 refused[MALFORMED] += 1
                 last_tag = tag
                 continue

@@ -176,7 +176,9 @@ class Ledger:
         except (ValueError, TypeError, RecursionError) as exc:
             # Listing again from the start publishes each input again with its old id; its workers
             # find their outputs stored, so nothing is done or counted twice.
-            log.warning("ledger cursor %s is damaged (%s); the listing starts again", key, exc)
+            log.warning(
+                "job %s: ledger cursor %s is damaged (%s); the listing starts again", self.job, key, exc
+            )
             self.cursor = Cursor()
             return None
         return self.cursor.next_id
@@ -195,7 +197,13 @@ class Ledger:
                 self.tally.add(result)
         if skipped:
             self._damaged.add(key)
-            log.warning("ledger part %s: %d damaged line(s) skipped, the first: %s", key, skipped, first)
+            log.warning(
+                "job %s: ledger part %s: %d damaged line(s) skipped, the first: %s",
+                self.job,
+                key,
+                skipped,
+                first,
+            )
 
     def seen(self, task_id: int) -> bool:
         return task_id in self._seen
@@ -221,7 +229,7 @@ class Ledger:
         if refused:
             log.warning(
                 "job %s: dropped %d result(s) unrecorded %s (%d ids published); the first: %s",
-                self.job.name,
+                self.job,
                 refused.total(),
                 dict(refused),
                 self.cursor.next_id,

@@ -480,3 +480,12 @@ def test_workers_reach_the_storage_the_operator_lists_from():
 
 def _env(deployment: dict) -> dict[str, str | None]:
     return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_a_job_sets_its_workers_log_level_over_the_charts():
+    def level(spec: CompressionJobSpec) -> str:
+        return env(build(spec, defaults=PLATFORM))["KOMPRESSOR_LOG_LEVEL"]["value"]
+
+    assert level(SPEC) == "DEBUG"  # the chart's worker.logLevel
+    loud = SPEC.model_copy(update={"workers": SPEC.workers.model_copy(update={"log_level": "WARNING"})})
+    assert level(loud) == "WARNING"

@@ -46,3 +46,25 @@ def test_reason_unwraps_to_the_error_that_caused_it():
     assert reason(Exception(_Connector(refused))) == "ConnectionRefusedError: [Errno 111] Connection refused"
     assert reason(ValueError("bad")) == "ValueError: bad"
     assert reason(OSError()) == "OSError"
+
+
+def test_every_worker_line_names_its_job(capsys):
+    """JSON lines carry `job` (namespace/name); text lines show it in brackets."""
+    import json
+    import logging
+
+    from kompressor_worker.logs import configure_logging
+
+    configure_logging("json", "INFO", "shop/catalog")
+    logging.getLogger("kompressor.worker").info("task %d done", 7)
+    line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert (line["job"], line["message"]) == ("shop/catalog", "task 7 done")
+    configure_logging("text", "INFO", "shop/catalog")
+    logging.getLogger("kompressor.worker").warning("slow")
+    assert "[shop/catalog]: slow" in capsys.readouterr().err
+
+
+def test_a_job_is_named_namespace_slash_name():
+    from kompressor.messages import JobRef
+
+    assert str(JobRef(namespace="shop", name="catalog", uid="u")) == "shop/catalog"

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(_settings_error(exc), file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
+    job = f"{settings.job_namespace}/{settings.job_name}" if settings.job_name else ""
+    configure_logging(settings.log_format, settings.log_level, job)
     quota = resources.cpu_quota()
     processes = resources.pool_size(settings.processes, quota, resources.available_cpus())
     budget = resources.memory_budget(resources.memory_limit(), processes, settings.memory_reserve_bytes)

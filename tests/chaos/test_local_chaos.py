@@ -150,4 +150,4 @@ def test_local_mode_loses_nothing_under_chaos(
     assert not leaks, leaks
     assert traffic.messages > 2 * INPUTS and len(logs) > 2  # the search covered real traffic and logs
     # The restart was felt: by workers that lost their connection or could not connect, and by the job.
-    assert monkey.worker_kills >= 5 and reconnects + unreachable >= 1 and "job step failed" in err
+    assert monkey.worker_kills >= 5 and reconnects + unreachable >= 1 and ": step failed (" in err

@@ -153,7 +153,9 @@ def test_a_store_that_keeps_refusing_the_ledger_ends_the_run_with_one_line(
         faults.stop()
     assert run.returncode == 2, (out, err)
     *retries, last = err.strip().splitlines()
-    assert "Traceback" not in err and all(line.startswith("job step failed") for line in retries), err
+    assert "Traceback" not in err and all(
+        line.startswith("job local/e2e: step failed") for line in retries
+    ), err
     assert last.startswith("kompressor: storage kept failing for 30s: ClientError"), err
     assert "InternalError" in last and "PutObject" in last, err
 

@@ -7,7 +7,7 @@ them would take minutes) or, against an S3 server from the environment, with a b
 Then, each timed on its own:
 
 - listing: `listing.list_s3_sources` over the N keys (pages of 1000), with the product's client
-  (`StorageSettings.client()`, which parses timestamps with the standard library) and with the
+  (`kompressor_s3.s3_client`, which parses timestamps with the standard library) and with the
   same client given botocore's own timestamp parser (dateutil: what the product used before);
 - planning: `planning.plan_task` + `Task.encode` for the N sources, in memory (CPU only);
 - publishing, bare: `broker.publish_tasks` on a BlockingChannel in confirm mode (one round trip per
@@ -62,6 +62,7 @@ from kompressor_operator import broker
 from kompressor_operator.engine import PUBLISH_BATCH, JobEngine
 from kompressor_operator.listing import list_s3_sources
 from kompressor_operator.planning import plan_task
+from kompressor_s3 import s3_client
 
 TARGET_SECONDS = 15.0
 TARGET_TASKS = 100_000
@@ -113,11 +114,11 @@ def new_job(name: str) -> JobRef:
 
 def botocore_timestamps_client(found: Services):
     """The product's client as it was before it parsed timestamps itself: botocore's parser
-    (dateutil) in place of `kompressor.settings.parse_timestamp`, everything else the same."""
+    (dateutil) in place of `kompressor_s3.parse_timestamp`, everything else the same."""
     from botocore.utils import parse_timestamp
 
-    with mock.patch("kompressor.settings.parse_timestamp", parse_timestamp):
-        return found.storage_settings().client()
+    with mock.patch("kompressor_s3.parse_timestamp", parse_timestamp):
+        return s3_client(found.storage_settings())
 
 
 # --- the parts ------------------------------------------------------------------------------------
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         report["setup"] = setup
         print(f"set-up: {count} objects in {setup['seconds']} s ({setup['how']}, not timed)", flush=True)
         spec = job_spec()
-        product_client = found.storage_settings().client()
+        product_client = s3_client(found.storage_settings())
         botocore_client = botocore_timestamps_client(found)
 
         meter, sources = measure_listing(found, product_client, spec)

@@ -62,6 +62,7 @@ from kompressor_operator import broker as broker_adapter  # noqa: E402
 from kompressor_operator.listing import list_s3_sources  # noqa: E402
 from kompressor_operator.planning import plan_tasks  # noqa: E402
 from kompressor_operator.workerprocs import worker_command  # noqa: E402
+from kompressor_s3 import s3_client  # noqa: E402
 from kompressor_worker.codec import compress  # noqa: E402
 from kompressor_worker.storage import existing_output, read_source, write_output  # noqa: E402
 from kompressor_worker.task import CONTENT_TYPES  # noqa: E402
@@ -116,7 +117,7 @@ class Storage:
         )
 
     def client(self):
-        return self.settings().client()
+        return s3_client(self.settings())
 
 
 @dataclass
@@ -270,7 +271,7 @@ def job_spec(bucket: str, prefix: str, dest_prefix: str, output: dict[str, Any])
 
 def upload(storage: Storage, bucket: str, prefix: str, keys, photos: dict[str, bytes]) -> float:
     started = time.monotonic()
-    client = storage.client()
+    client = s3_client(storage)
 
     def put(item: tuple[str, str]) -> None:
         key, name = item
@@ -675,7 +676,7 @@ def breakdown(services: Services, setting: Setting, bucket: str, source_prefix: 
     encode, PUT, encode the result; then the latency of one confirmed result publish to a quorum
     results queue (what the worker's parent waits for before it acks). The client is built as the
     worker builds it (StorageSettings.client)."""
-    client = services.storage.client()
+    client = s3_client(services.storage)
     job = new_job("bench-breakdown")
     spec = job_spec(bucket, source_prefix, f"out/{job.uid8}/", setting.output)
     assert spec.source.s3 is not None
@@ -964,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         bucket = f"bench-{uuid.uuid4().hex[:10]}"
-        services.storage.client().create_bucket(Bucket=bucket)
+        s3_client(services.storage).create_bucket(Bucket=bucket)
         prepared = []
         for index, setting in enumerate(settings):
             prefix = f"in{index}/"

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager from Debian bookworm's own source package, plus
-# Debian's etcd, into a cache outside the repository. Idempotent: a complete cache is reused at once.
+# Builds the test bed's Kubernetes binaries from Debian bookworm's own source package, plus Debian's
+# etcd, into a cache outside the repository: the control plane (kube-apiserver,
+# kube-controller-manager) and the node (kubelet, kube-proxy, kube-scheduler). Idempotent: the
+# binaries already cached are kept, the missing ones are built together in one `make WHAT=...`, so
+# they share one Go build (a fresh machine builds all five at once).
 #
 # Why from source: Debian bookworm ships no kube-apiserver binary, there is no Docker here, and
 # nothing may be downloaded from outside Debian. Why the reflect2 swap: the vendored
@@ -10,7 +13,11 @@ set -euo pipefail
 
 CACHE=${KOMPRESSOR_CACHE:-$HOME/.cache/kompressor}
 OUT=$CACHE/kube/bin
-if [[ -x $OUT/kube-apiserver && -x $OUT/kube-controller-manager && -x $OUT/etcd ]]; then
+missing=()
+for name in kube-apiserver kube-controller-manager kubelet kube-proxy kube-scheduler; do
+  [[ -x $OUT/$name ]] || missing+=("$name")
+done
+if [[ ${#missing[@]} -eq 0 && -x $OUT/etcd ]]; then
   echo "kube test bed binaries cached in $OUT"
   exit 0
 fi
@@ -48,8 +55,10 @@ export LD_LIBRARY_PATH=$WORK/root/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$L
 export GOCACHE=$WORK/gocache
 unset GO111MODULE
 cd src
-make WHAT="cmd/kube-apiserver cmd/kube-controller-manager"
-cp _output/local/go/bin/kube-apiserver _output/local/go/bin/kube-controller-manager "$OUT/"
+if [[ ${#missing[@]} -gt 0 ]]; then
+  make WHAT="${missing[*]/#/cmd/}"
+  for name in "${missing[@]}"; do cp "_output/local/go/bin/$name" "$OUT/"; done
+fi
 cp "$WORK/root/usr/bin/etcd" "$OUT/"
 cd "$CACHE" && rm -rf "$WORK"
 echo "kube test bed binaries built in $OUT"

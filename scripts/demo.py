@@ -265,9 +265,10 @@ def sample_photos(limit: int | None) -> dict[str, bytes]:
 
 def storage_client():
     from kompressor_operator import local
+    from kompressor_s3 import s3_client
 
     try:
-        return local.settings_from_environment().storage.client()
+        return s3_client(local.settings_from_environment().storage)
     except local.ConfigError as exc:
         raise DemoError(str(exc)) from None
 

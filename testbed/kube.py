@@ -4,7 +4,8 @@ The binaries come from Debian's own Kubernetes source (scripts/build-kube.sh bui
 ~/.cache/kompressor/kube/bin). The API server serves TLS on 127.0.0.1 with token authentication and
 RBAC; the controller-manager runs garbage collection by owner reference, the Deployment and ReplicaSet
 controllers and the service-account token controllers. There is no kubelet: Pods stay Pending unless
-a test's node agent binds and runs them.
+a test's node agent binds and runs them, or a node (testbed/node.py) runs them. For a node the control
+plane serves on the node's bridge gateway instead of 127.0.0.1, so that pods reach it too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from testbed.process import Service, free_port, wait_until
 CACHE = Path(os.environ.get("KOMPRESSOR_CACHE", Path.home() / ".cache" / "kompressor"))
 BIN = CACHE / "kube" / "bin"
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build-kube.sh"
+SERVICE_NETWORK = "10.0.0.0/24"  # the `kubernetes` Service is its first address, 10.0.0.1
 
 
 def binaries_present() -> bool:
@@ -36,8 +38,9 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def _make_pki(pki: Path) -> None:
-    """A CA, a serving certificate for 127.0.0.1/localhost and the service-account signing key."""
+def _make_pki(pki: Path, address: str) -> None:
+    """A CA, a serving certificate for `address`, localhost and the `kubernetes` Service, and the
+    service-account signing key."""
     pki.mkdir(parents=True)
     _openssl(
         "req",
@@ -69,7 +72,7 @@ def _make_pki(pki: Path) -> None:
         cwd=pki,
     )
     (pki / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+        f"subjectAltName=IP:127.0.0.1,IP:{address},IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
         "DNS:kubernetes.default,DNS:kubernetes.default.svc\n"
     )
     _openssl(
@@ -113,11 +116,12 @@ class KubeAPI:
     port: int
     run_dir: Path
     admin_token: str
+    address: str = "127.0.0.1"
     services: list[Service] = field(default_factory=list)
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.address}:{self.port}"
 
     @property
     def ca_file(self) -> Path:
@@ -167,16 +171,17 @@ def ensure_binaries() -> None:
         subprocess.run(["bash", str(BUILD_SCRIPT)], check=True)
 
 
-def start_kube(run_dir: Path, timeout: float = 60) -> KubeAPI:
+def start_kube(run_dir: Path, timeout: float = 60, address: str = "127.0.0.1") -> KubeAPI:
+    """The control plane serving on `address`: 127.0.0.1, or a node's bridge gateway (see node.py)."""
     ensure_binaries()
     run_dir = run_dir.resolve()
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     pki = run_dir / "pki"
-    _make_pki(pki)
+    _make_pki(pki, address)
     token = secrets.token_hex(16)
     (run_dir / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
-    api = KubeAPI(port=free_port(), run_dir=run_dir, admin_token=token)
+    api = KubeAPI(port=free_port(), run_dir=run_dir, admin_token=token, address=address)
     try:
         _start_all(api, pki, timeout)
     except BaseException:
@@ -187,6 +192,9 @@ def start_kube(run_dir: Path, timeout: float = 60) -> KubeAPI:
 
 def _start_all(api: KubeAPI, pki: Path, timeout: float) -> None:
     run_dir = api.run_dir
+    # On a node, pods reach the API server through the `kubernetes` Service, whose Endpoints the API
+    # server keeps pointing at its own address; on loopback there is no valid endpoint to keep.
+    on_node = api.address != "127.0.0.1"
     etcd_port, etcd_peer = free_port(), free_port()
     etcd = Service(
         "etcd",
@@ -215,8 +223,8 @@ def _start_all(api: KubeAPI, pki: Path, timeout: float) -> None:
         [
             str(BIN / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={api.address}",
+            f"--advertise-address={api.address}",
             f"--secure-port={api.port}",
             "--insecure-port=0",
             f"--cert-dir={run_dir / 'certs'}",
@@ -225,8 +233,9 @@ def _start_all(api: KubeAPI, pki: Path, timeout: float) -> None:
             f"--client-ca-file={pki / 'ca.crt'}",
             f"--token-auth-file={run_dir / 'tokens.csv'}",
             "--authorization-mode=RBAC",
-            "--endpoint-reconciler-type=none",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--endpoint-reconciler-type={'lease' if on_node else 'none'}",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--service-cluster-ip-range={SERVICE_NETWORK}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc",
@@ -245,7 +254,8 @@ def _start_all(api: KubeAPI, pki: Path, timeout: float) -> None:
         [
             str(BIN / "kube-controller-manager"),
             f"--kubeconfig={api.kubeconfig_path}",
-            "--controllers=garbagecollector,deployment,replicaset,serviceaccount,serviceaccount-token,namespace",
+            "--controllers=garbagecollector,deployment,replicaset,serviceaccount,serviceaccount-token,namespace"
+            + (",endpoint,endpointslice,podgc,nodelifecycle" if on_node else ""),
             f"--service-account-private-key-file={pki / 'sa.key'}",
             f"--root-ca-file={pki / 'ca.crt'}",
             "--bind-address=127.0.0.1",

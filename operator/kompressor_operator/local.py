@@ -59,6 +59,7 @@ from kompressor_operator.reconcile import (
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import check_spec
 from kompressor_operator.workerprocs import WorkerProcesses
+from kompressor_s3 import s3_client
 
 POLL_SECONDS = 1.0
 
@@ -119,7 +120,7 @@ def preflight(spec: CompressionJobSpec, settings: OperatorSettings, storage: Sto
             f"cannot reach RabbitMQ at {shown}: start one (python -m testbed up --only rabbitmq,s3) "
             "or set KOMPRESSOR_BROKER__URL"
         ) from None
-    client = storage.client()
+    client = s3_client(storage)
     buckets = {spec.destination.s3.bucket}
     buckets.add(spec.source.s3.bucket if spec.source.s3 else "")
     if spec.source.urls and spec.source.urls.manifest:

@@ -40,19 +40,15 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from urllib.parse import urlsplit
 
 from kompressor.addresses import AddressPolicy, AddressRefused, vetted_addresses
-from kompressor.crd import CompressionJobStatus, Condition
+from kompressor.crd import CompressionJobStatus
 from kompressor.deadline import DeadlineSocket, remaining
 from kompressor.messages import JobRef
-from kompressor_operator.status import set_condition
+from kompressor_operator.status import Verdict
 
-CONDITION = "Notified"
-"""The job condition of the finish webhook: Unknown while pending or retrying, then True or False."""
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
 """Seconds to wait after the first, second, ... failed attempt before the next one (the last
 delay repeats when the operator's `webhook_attempts` asks for more attempts)."""
@@ -126,19 +122,6 @@ def delivery_headers(delivery: str, timestamp: int, body: bytes, key: bytes | No
     return headers
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """The Notified condition after an attempt, and the seconds until the next (None: it ended)."""
-
-    status: str  # True | False | Unknown
-    reason: str
-    message: str
-    retry_in: float | None = None
-
-
-PENDING = Verdict("Unknown", "WebhookPending", "sent once the finished status is stored")
-
-
 def verdict(result: Attempt, attempt: int, attempts: int) -> Verdict:
     """What attempt number `attempt` (from 1) of at most `attempts` leaves the delivery at."""
     if result.error is None:
@@ -148,11 +131,6 @@ def verdict(result: Attempt, attempt: int, attempts: int) -> Verdict:
         return Verdict("False", "WebhookFailed", message)
     delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1]
     return Verdict("Unknown", "WebhookRetrying", f"{message}; next attempt in {delay:g} s", delay)
-
-
-def noted(conditions: Sequence[Condition], verdict: Verdict, now: datetime) -> list[Condition]:
-    """`conditions` with the Notified condition saying `verdict`."""
-    return set_condition(conditions, CONDITION, verdict.status, verdict.reason, verdict.message, now)
 
 
 def attempt(

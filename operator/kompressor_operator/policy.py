@@ -2,7 +2,7 @@
 
 What it is for: turn one observation of a job's queue (`Sample`) and its `spec.workers` into a
 replica count (`decide_replicas`), with a reason a person can read in an Event or a log line; and
-share the operator's `maxTotalWorkers` between jobs (`allocate_budget`). DESIGN.md §5.
+share the operator's `maxTotalWorkers` between jobs (`allocate_budget`). docs/architecture.md, Scaling.
 
 What it must never do: I/O of any kind, read a clock (time is the `now` parameter), or import kopf,
 kubernetes or pika. Every input is a parameter and every output a frozen value, so the whole policy

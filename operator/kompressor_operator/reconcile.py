@@ -19,15 +19,18 @@ from datetime import datetime
 
 from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
 from kompressor.messages import JobRef, task_queue
-from kompressor_operator import notify
 from kompressor_operator.policy import Claim, Decision, Sample, ScaleState, allocate_budget, decide_replicas
 from kompressor_operator.status import (
+    NOTIFIED,
+    WEBHOOK_PENDING,
     Counts,
     Dependency,
     Event,
     Outage,
+    Verdict,
     failed_status,
     next_status,
+    noted,
     reachability,
     retry_delay,
     spec_accepted,
@@ -201,7 +204,7 @@ def finish(
     if notifies:
         # The webhook goes out from a later step, once this finished status is stored: no receiver
         # can keep a job from finishing.
-        conditions = notify.noted(conditions, notify.PENDING, wall)
+        conditions = noted(conditions, WEBHOOK_PENDING, wall)
     status = status.model_copy(
         update={
             "manifest": manifest,
@@ -258,7 +261,7 @@ def step_failed(
 
 def webhook_pending(status: CompressionJobStatus) -> bool:
     """The finish webhook is still to be sent, or sent again (Notified Unknown)."""
-    return any(c.type == notify.CONDITION and c.status == "Unknown" for c in status.conditions)
+    return any(c.type == NOTIFIED and c.status == "Unknown" for c in status.conditions)
 
 
 def workers_pending(status: CompressionJobStatus) -> bool:
@@ -275,11 +278,11 @@ def needs_steps(status: CompressionJobStatus) -> bool:
 
 
 def notified(
-    status: CompressionJobStatus, verdict: notify.Verdict, wall: datetime
+    status: CompressionJobStatus, verdict: Verdict, wall: datetime
 ) -> tuple[CompressionJobStatus, tuple[Event, ...]]:
     """A finished status after a webhook attempt: the Notified condition says `verdict`; an Event
     when the delivery ended (Normal delivered, Warning failed), none while it is retried."""
-    conditions = notify.noted(status.conditions, verdict, wall)
+    conditions = noted(status.conditions, verdict, wall)
     events: tuple[Event, ...] = ()
     if verdict.retry_in is None:
         events = (

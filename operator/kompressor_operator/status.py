@@ -601,3 +601,27 @@ def secrets_condition(
     return previous.model_copy(
         update={"conditions": set_condition(previous.conditions, SECRETS_READY, *condition, now)}
     )
+
+
+# --- the finish webhook's condition (notify.py sends it; reconcile.py writes it) -------------------
+
+NOTIFIED = "Notified"
+"""The job condition of the finish webhook: Unknown while pending or retrying, then True or False."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The Notified condition after an attempt, and the seconds until the next (None: it ended)."""
+
+    status: str  # True | False | Unknown
+    reason: str
+    message: str
+    retry_in: float | None = None
+
+
+WEBHOOK_PENDING = Verdict("Unknown", "WebhookPending", "sent once the finished status is stored")
+
+
+def noted(conditions: Sequence[Condition], verdict: Verdict, now: datetime) -> list[Condition]:
+    """`conditions` with the Notified condition saying `verdict`."""
+    return set_condition(conditions, NOTIFIED, verdict.status, verdict.reason, verdict.message, now)

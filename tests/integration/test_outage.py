@@ -15,6 +15,7 @@ from kompressor.messages import Outcome, Result, result_queue
 from kompressor.settings import StorageSettings
 from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.status import Dependency
+from kompressor_s3 import s3_client
 from testbed import RabbitMQ, S3Server
 from tests.chaos.tools import S3Faults, photo_inputs, upload_parallel
 from tests.jobs import job_spec, new_job
@@ -42,7 +43,7 @@ def test_a_store_refusing_ledger_writes_fails_the_step_as_storage_and_loses_noth
         secret_access_key=SecretStr(s3.secret_key),
         max_attempts=2,
     )
-    engine = JobEngine(job, spec, rabbitmq.url, storage.client(), retry_delays=()).open()
+    engine = JobEngine(job, spec, rabbitmq.url, s3_client(storage), retry_delays=()).open()
     try:
         assert engine.step().published_now == 3
         connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))

@@ -32,6 +32,7 @@ from kompressor_operator.kube import Kube
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.reconcile import needs_steps
 from kompressor_operator.settings import OperatorSettings
+from kompressor_operator.status import NOTIFIED, WEBHOOK_PENDING, noted
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.process import wait_until
 from tests.webhooks import Answer, Receiver, answers, drip, garbage, over_long_line, verified
@@ -140,7 +141,7 @@ def finished_job(url: str, secret_ref: str | None = None, job: JobRef = JOB) -> 
         succeeded=3,
         progress="3/3",
         completion_time=now,
-        conditions=notify.noted([], notify.PENDING, now),
+        conditions=noted([], WEBHOOK_PENDING, now),
         manifest="s3://web/.kompressor/catalog/manifest.jsonl",
     )
     hook = {"webhookURL": url} | ({"secretRef": secret_ref} if secret_ref else {})
@@ -175,7 +176,7 @@ def settle(controller: Controller, body: dict[str, Any], timeout: float) -> tupl
 
 def notified(body: dict[str, Any]) -> Condition:
     status = CompressionJobStatus.model_validate(body["status"])
-    return next(c for c in status.conditions if c.type == notify.CONDITION)
+    return next(c for c in status.conditions if c.type == NOTIFIED)
 
 
 def _still_finished(body: dict[str, Any]) -> None:

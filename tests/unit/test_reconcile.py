@@ -18,7 +18,6 @@ from kompressor.crd import (
     WorkerCounts,
 )
 from kompressor.messages import JobRef, task_queue
-from kompressor_operator import notify
 from kompressor_operator.policy import Claim, Sample, ScaleState, allocate_budget
 from kompressor_operator.reconcile import (
     Budget,
@@ -36,7 +35,7 @@ from kompressor_operator.reconcile import (
     webhook_pending,
     workers_seen,
 )
-from kompressor_operator.status import Counts, Dependency, Event, set_condition
+from kompressor_operator.status import NOTIFIED, Counts, Dependency, Event, Verdict, set_condition
 from tests.unit.test_status import count_histories
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -214,7 +213,7 @@ def test_the_finish_writes_the_manifest_and_asks_for_no_workers(phase, kind):
 
 def test_the_finish_leaves_the_webhook_pending_when_the_job_notifies():
     status, _ = finish(finished_status(), "s3://web/m.jsonl", notifies=True, wall=T0)
-    pending = condition(status, notify.CONDITION)
+    pending = condition(status, NOTIFIED)
     assert (pending.status, pending.reason) == ("Unknown", "WebhookPending")
     assert webhook_pending(status)
 
@@ -234,9 +233,7 @@ def test_a_finished_job_needs_steps_until_its_workers_are_gone_and_its_webhook_s
     status = workers_seen(status, 0)
     assert status.workers == WorkerCounts(desired=0, ready=0)
     assert needs_steps(status)  # the webhook is still pending
-    status, events = notified(
-        status, notify.Verdict("True", "WebhookDelivered", "delivered on attempt 1"), T0
-    )
+    status, events = notified(status, Verdict("True", "WebhookDelivered", "delivered on attempt 1"), T0)
     assert events == (Event("Normal", "WebhookDelivered", "delivered on attempt 1"),)
     assert not needs_steps(status)
     assert status.phase is Phase.succeeded and status.completion_time == T0
@@ -244,10 +241,10 @@ def test_a_finished_job_needs_steps_until_its_workers_are_gone_and_its_webhook_s
 
 
 def test_a_retried_webhook_stays_pending_without_an_event():
-    retry = notify.Verdict("Unknown", "WebhookRetrying", "attempt 1 of 5: 503; next attempt in 1 s", 1.0)
+    retry = Verdict("Unknown", "WebhookRetrying", "attempt 1 of 5: 503; next attempt in 1 s", 1.0)
     status, events = notified(finished_status(ready=0), retry, T0)
     assert events == () and webhook_pending(status)
-    failed = notify.Verdict("False", "WebhookFailed", "attempt 5 of 5: 503")
+    failed = Verdict("False", "WebhookFailed", "attempt 5 of 5: 503")
     status, events = notified(status, failed, T0)
     assert events == (Event("Warning", "WebhookFailed", "attempt 5 of 5: 503"),) and not webhook_pending(
         status

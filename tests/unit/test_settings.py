@@ -10,8 +10,8 @@ from botocore.utils import parse_timestamp as botocore_parse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kompressor.settings import parse_timestamp
 from kompressor_operator.settings import OperatorSettings
+from kompressor_s3 import parse_timestamp
 
 
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch):
@@ -56,7 +56,12 @@ def test_every_setting_is_read_somewhere():
     code = (
         "\n".join(
             path.read_text()
-            for folder in ("kompressor", "operator/kompressor_operator", "worker/kompressor_worker")
+            for folder in (
+                "kompressor",
+                "kompressor_s3",
+                "operator/kompressor_operator",
+                "worker/kompressor_worker",
+            )
             for path in (root / folder).glob("*.py")
             if path.name != "settings.py"
         )

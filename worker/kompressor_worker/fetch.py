@@ -1,10 +1,10 @@
 """Bounded, SSRF-safe http(s) downloads of URL-source inputs.
 
 What it is for: turn one URL of a job's `urls` source into the bytes of the input, within the job's
-`Limits` (`maxInputBytes`, a time budget) and the worker's address policy (DESIGN §7: http(s) only;
-no loopback, private, link-local or metadata address unless allow-listed). Every way a download can
-go wrong ends as a `FetchError` whose `reason` is one machine-readable word and whose `transient`
-says whether a later attempt may succeed (the consumer requeues those).
+`Limits` (`maxInputBytes`, a time budget) and the worker's address policy (docs/architecture.md,
+Security: http(s) only; no loopback, private, link-local or metadata address unless allow-listed).
+Every way a download can go wrong ends as a `FetchError` whose `reason` is one machine-readable
+word and whose `transient` says whether a later attempt may succeed (the consumer requeues those).
 
 What it must never do: connect to an address it has not vetted, look a name up twice for one request
 (the vetted address is the one connected to, so DNS rebinding gains nothing), follow a redirect
@@ -33,7 +33,7 @@ Choices, documented once here:
   (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`, a trailing dot) is refused outright,
   `forbidden_address`, whatever it denotes: resolvers and URL parsers disagree on what such hosts
   mean, and no image URL needs one. URLs with user info (`user:pass@`) are refused, `invalid_url`:
-  credentials never come from a spec (DESIGN §7). Any port is allowed.
+  credentials never come from a spec (docs/architecture.md, Security). Any port is allowed.
 - Names: every address a name resolves to must be allowed, not only the one connected to. The
   connection then goes to the first vetted address that accepts it (the next on a connection error),
   with the name in the Host header, as TLS SNI and as the name the certificate must match (the

@@ -30,6 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing, InputFormat, Limits, Output
 from kompressor.messages import Outcome, Result, Task
+from kompressor_s3 import s3_client
 from kompressor_worker.codec import CodecError, Compressed, compress
 from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
 from kompressor_worker.never_larger import NotSmaller
@@ -106,7 +107,7 @@ class TaskRunner:
 
     def __init__(self, settings: WorkerSettings, pool):
         self.pool = pool
-        self.client = settings.storage.client()
+        self.client = s3_client(settings.storage)
         self.policy = AddressPolicy(
             allow_networks=tuple(ipaddress.ip_network(n) for n in settings.url_allow_networks)
         )

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import os
 import random
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -99,6 +101,7 @@ class Samples:
     queues: list[tuple[float, int]] = field(default_factory=list)
     broker_memory: list[int] = field(default_factory=list)
     phases: dict[str, str] = field(default_factory=dict)
+    missed: list[str] = field(default_factory=list)
 
 
 def rss_bytes(pid: int) -> int:
@@ -109,37 +112,50 @@ def rss_bytes(pid: int) -> int:
 
 
 def sample(cluster: Cluster, operator_pid: int, samples: Samples, stop: threading.Event) -> None:
-    kube, tick = cluster.kube, 0
+    tick = 0
     while not stop.is_set():
-        now = time.monotonic() - samples.started
-        code, body = kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")
-        if code == 200:
-            asked = ready = 0
-            for item in json.loads(body)["items"]:
-                job = item["metadata"]["name"].removesuffix("-workers")
-                replicas = item["spec"].get("replicas") or 0
-                up = item.get("status", {}).get("readyReplicas") or 0
-                asked, ready = asked + replicas, ready + up
-                if replicas:
-                    samples.first_asked.setdefault(job, now)
-                if up:
-                    samples.first_ready.setdefault(job, now)
-            samples.asked.append((now, asked))
-            samples.ready.append((now, ready))
-        code, body = kube.get(f"/apis/kompressor.dev/v1alpha1/namespaces/{NAMESPACE}/compressionjobs")
-        if code == 200:
-            for item in json.loads(body)["items"]:
-                samples.phases[item["metadata"]["name"]] = (item.get("status") or {}).get("phase", "")
-        samples.operator_cpu.append((now, tree_cpu_seconds(operator_pid)))
-        samples.operator_rss.append(rss_bytes(operator_pid))
-        if tick % 10 == 0:
-            lines = cluster.rabbitmq.ctl("list_queues", "-q", "name").split()
-            samples.queues.append((now, len(lines)))
-            memory = cluster.rabbitmq.ctl("eval", "erlang:memory(total).").strip()
-            if memory.isdigit():
-                samples.broker_memory.append(int(memory))
+        try:
+            sample_once(cluster, operator_pid, samples, tick)
+        except (
+            OSError,
+            RuntimeError,
+            ValueError,
+            subprocess.SubprocessError,
+        ) as exc:  # a loaded machine: a missed sample, counted
+            samples.missed.append(f"{type(exc).__name__}: {exc}")
         tick += 1
         stop.wait(1.0)
+
+
+def sample_once(cluster: Cluster, operator_pid: int, samples: Samples, tick: int) -> None:
+    kube = cluster.kube
+    now = time.monotonic() - samples.started
+    code, body = kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments")
+    if code == 200:
+        asked = ready = 0
+        for item in json.loads(body)["items"]:
+            job = item["metadata"]["name"].removesuffix("-workers")
+            replicas = item["spec"].get("replicas") or 0
+            up = item.get("status", {}).get("readyReplicas") or 0
+            asked, ready = asked + replicas, ready + up
+            if replicas:
+                samples.first_asked.setdefault(job, now)
+            if up:
+                samples.first_ready.setdefault(job, now)
+        samples.asked.append((now, asked))
+        samples.ready.append((now, ready))
+    code, body = kube.get(f"/apis/kompressor.dev/v1alpha1/namespaces/{NAMESPACE}/compressionjobs")
+    if code == 200:
+        for item in json.loads(body)["items"]:
+            samples.phases[item["metadata"]["name"]] = (item.get("status") or {}).get("phase", "")
+    samples.operator_cpu.append((now, tree_cpu_seconds(operator_pid)))
+    samples.operator_rss.append(rss_bytes(operator_pid))
+    if tick % 15 == 0:  # rabbitmqctl starts an Erlang VM: a second of CPU each
+        lines = cluster.rabbitmq.ctl("list_queues", "-q", "name").split()
+        samples.queues.append((now, len(lines)))
+        memory = cluster.rabbitmq.ctl("eval", "erlang:memory(total).").strip()
+        if memory.isdigit():
+            samples.broker_memory.append(int(memory))
 
 
 def request_counts(cluster: Cluster) -> Counter:
@@ -278,6 +294,8 @@ def analyse(
         "asked_max": max(n for _, n in samples.asked),
         "asked_over_budget_samples": sum(n > args.budget for _, n in samples.asked),
         "samples": len(samples.asked),
+        "samples_missed": len(samples.missed),
+        "sample_gap_max_s": round(max(b - a for (a, _), (b, _) in itertools.pairwise(samples.asked)), 1),
         "ready_max": max(n for _, n in samples.ready),
         "by_priority": by_priority,
         "operator_cpu_s_during_run": round(operator_cpu_run, 1) if operator_cpu_run is not None else None,
@@ -317,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         ["all ended with exact counts", f"{result['all_exact']} ({result['exact_jobs']}/{result['jobs']})"],
         ["apply → all ended", f"{result['all_ended_s']} s"],
         ["workers asked for, max of samples", f"{result['asked_max']} ({result['samples']} samples, "
-         f"{result['asked_over_budget_samples']} over budget)"],
+         f"{result['asked_over_budget_samples']} over budget; longest gap {result['sample_gap_max_s']} s)"],
     ]  # fmt: skip
     for priority, figures in result["by_priority"].items():
         rows.append(

@@ -3,19 +3,19 @@
 The test bed of tests/e2e (a real kube-apiserver and controller-manager, RabbitMQ, SeaweedFS S3),
 the chart's RBAC, the operator run by kopf as in the chart (`--standalone`), and real workers: the
 node agent of tests/e2e/nodeagent.py runs each worker Pod as a `kompressor-worker` process. N jobs
-of a few tiny images each (distinct 64×64 JPEGs), priorities 10 / 5 / 0 (1 in 10, 1 in 5, the
+of a few tiny images each (distinct 64×64 JPEGs), priorities 10 / 5 / 0 (1 in 10, 1 in 10, the
 rest), `maxReplicas` 2 each, are applied in one `kubectl apply`, with `maxTotalWorkers` far below
 the 2·N workers they would ask for.
 
 Sampled every second from the API server: the Deployments' spec.replicas summed (the workers ASKED
 FOR, which must never exceed the budget) and their ready pods; each job's time from the apply to
 its first worker asked for and its first worker ready; the operator's CPU and RSS (/proc);
-every 10 s RabbitMQ's queue count and memory (rabbitmqctl). The API server's request counters
+every 15 s RabbitMQ's queue count and memory (rabbitmqctl). The API server's request counters
 (apiserver_request_total, all clients: the operator, the node agent, the controller-manager and
 this sampler) before and after. Once every job has ended, the operator's CPU over a minute, and how
 many step timers it ran in that minute (finished jobs must cost nothing).
 
-    python bench/jobs.py                        # 30 jobs, budget 4, ~5 min on 2 busy cores
+    python bench/jobs.py                        # 30 jobs, budget 4; 20 jobs took ~10 min at load 25
     python bench/jobs.py --jobs 100 --budget 6
 
 Prints a table and writes bench/results/jobs.json.

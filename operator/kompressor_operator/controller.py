@@ -1,10 +1,11 @@
 """The operator's per-job loop: what each kopf handler asks for, with the I/O it needs.
 
-One `Controller` per operator process holds every job's engine and scaling memory, and the claims
-that share the cluster-wide worker budget. Its methods are blocking (S3, RabbitMQ, Kubernetes
-calls) and run in worker threads; they return what to write (status, Events) instead of writing
-it, so the handlers stay a thin shell. Each step observes (the engine's step, the Deployment's
-ready pods), asks reconcile.py what to do, and applies it; builders.py says what a Deployment is.
+One `Controller` per operator process holds every job's engine and scaling memory, and the budget
+book (book.py) where every job's step reserves its share of the cluster-wide worker budget. Its
+methods are blocking (S3, RabbitMQ, Kubernetes calls) and run in worker threads; they return what
+to write (status, Events) instead of writing it, so the handlers stay a thin shell. Each step
+observes (the engine's step, the Deployment's ready pods), asks reconcile.py what to do, and
+applies it; builders.py says what a Deployment is.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from kompressor.crd import (
 )
 from kompressor.messages import JobRef
 from kompressor_operator import broker, notify
+from kompressor_operator.book import BudgetBook
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
 from kompressor_operator.endpoints import EndpointRefused, check_endpoint
@@ -35,9 +37,8 @@ from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.kube import DeploymentNotOwned, Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
 from kompressor_operator.planning import ManifestError
-from kompressor_operator.policy import Claim, deployment_replicas
+from kompressor_operator.policy import ScaleState, deployment_replicas
 from kompressor_operator.reconcile import (
-    Budget,
     Memory,
     Observation,
     due,
@@ -134,7 +135,7 @@ class Controller:
         self.kube = kube
         self.metrics = metrics
         self.jobs: dict[str, _Job] = {}
-        self.claims: dict[str, Claim] = {}
+        self.book = BudgetBook(settings.max_total_workers)
         self.deliveries: dict[str, _Delivery] = {}
 
     # --- create / resume ------------------------------------------------------------------------
@@ -164,7 +165,15 @@ class Controller:
         broker_url = self.settings.broker.url.get_secret_value()
         engine = JobEngine(job, spec, broker_url, client, retry_delays=()).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
-        self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
+        # The Deployment keeps the replicas it had (an operator restarted, a standby taking over):
+        # they are booked, and the policy starts from them, so they are counted until scaled down.
+        current = 0
+        if spec.workers.scaler is Scaler.builtin:
+            name = deployment["metadata"]["name"]
+            current = self.kube.desired_replicas(job.namespace, name)
+            self.book.adopt(job.uid, current)
+        memory = Memory(scale=ScaleState(current=current))
+        self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp(), memory)
         outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         previous = CompressionJobStatus.model_validate(body.get("status") or {})
         if waited_for_secrets(previous):
@@ -271,24 +280,29 @@ class Controller:
             # an external scaler's replicas, to report (and start from if builtin returns)
             workers_desired=self.kube.desired_replicas(state.job.namespace, name) if external else None,
         )
-        plan = reconcile(
-            spec,
-            previous,
-            observed,
-            state.memory,
-            refused=refused,
-            generation=body["metadata"].get("generation", 1),
-            job=state.job,
-            created=state.created,
-            budget=Budget(self.settings.max_total_workers, self.claims),
-            now=now,
-            wall=datetime.now(UTC),
-        )
-        self.claims[uid] = plan.claim
+        # Decided and booked under the book's lock, before the patch: no other job's step can
+        # take the same free pods (book.py). Pods given back are booked only once patched away.
+        with self.book.deciding() as budget:
+            plan = reconcile(
+                spec,
+                previous,
+                observed,
+                state.memory,
+                refused=refused,
+                generation=body["metadata"].get("generation", 1),
+                job=state.job,
+                created=state.created,
+                budget=budget,
+                now=now,
+                wall=datetime.now(UTC),
+            )
+            asked = 0 if external else plan.replicas
+            self.book.reserve(plan.claim, asked)
         if plan.scaled:
             self.kube.scale(state.job.namespace, name, plan.replicas, state.job.uid)
             direction = "up" if plan.replicas > state.memory.scale.current else "down"
             self.metrics.scaled(state.job, direction)
+        self.book.settle(uid, asked)
         state.memory = plan.memory
         self.metrics.observe(state.job, observed.sample.outstanding, plan.replicas)
         outcome = Outcome(events=list(plan.events))
@@ -320,7 +334,7 @@ class Controller:
                 self.kube.scale(state.job.namespace, worker_deployment_name(state.job.name), 0, state.job.uid)
             except DeploymentNotOwned as exc:  # not ours to scale down: the job still finishes
                 outcome.events.append(Event("Warning", DEPLOYMENT_NOT_OWNED, str(exc)))
-        self.claims.pop(state.job.uid, None)
+        self.book.release(state.job.uid)
         self.metrics.forget(state.job)
         state.engine.close()
         del self.jobs[state.job.uid]
@@ -420,7 +434,7 @@ class Controller:
     def delete(self, body: dict[str, Any]) -> None:
         """Finalizer: the job's queues go; the Deployment goes by owner reference."""
         uid = body["metadata"]["uid"]
-        self.claims.pop(uid, None)
+        self.book.release(uid)
         self.deliveries.pop(uid, None)
         self.metrics.forget(job_ref(body["metadata"]))
         state = self.jobs.pop(uid, None)

@@ -3,6 +3,9 @@ writes back what it returns (status, annotations, Events). Start with:
 
     kopf run --standalone -m kompressor_operator.handlers --all-namespaces
 
+or, with a standby (two or more replicas: one leads, the others wait to take over),
+`--peering=<name>` instead of `--standalone` (see `configure` and docs/scaling.md).
+
 Decisions live in reconcile.py (with policy.py and status.py) and builders.py; I/O in engine.py,
 kube.py and broker.py. A finished job costs nothing once its workers are gone and its webhook
 settled: the step timer runs only while `needs_steps`, and a TTL is a daemon asleep until it expires.
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -51,6 +56,16 @@ needs only `get` on Secrets, where a watch would need `list` and `watch` on ever
 # A finished job's TTL daemon wakes at least this often, so an edited ttlSecondsAfterFinished (the
 # daemon's body is live) is honoured within it.
 TTL_RECHECK_SECONDS = 60.0
+PEERING_LIFETIME_SECONDS = 15
+"""How long an operator's peering record counts without a keep-alive (kopf touches it 5-10 s before
+then): a standby takes over this long at most after the leader stopped, plus its resume."""
+
+
+def leadership_priority(started: float) -> int:
+    """kopf's peering pauses every operator that sees one of higher priority, and all of them when
+    two share one. The older operator outranks the newer (a replica restarting never preempts the
+    leader), with a random tie-break below the millisecond."""
+    return -(int(started * 1000) * 1000 + random.randrange(1000))
 
 
 @kopf.on.startup()
@@ -61,10 +76,19 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = 20
+    leading = settings.peering.mandatory  # --peering=<name>: replicas elect a leader
+    if leading:
+        # One leader for the release, whatever namespaces each replica watches.
+        settings.peering.clusterwide = True
+        settings.peering.priority = leadership_priority(time.time())
+        settings.peering.lifetime = PEERING_LIFETIME_SECONDS
+        settings.peering.stealth = True  # no log line per keep-alive
     config = OperatorSettings()
     # After kopf set the root level from --verbose/--debug: at DEBUG the libraries speak too.
     quiet_third_party(logging.getLogger().level)
     load_config()
+    if leading:
+        await asyncio.to_thread(Kube().ensure_peering, settings.peering.name)
     metrics = OperatorMetrics()
     if config.metrics_port:
         start_http_server(config.metrics_port, registry=metrics.registry)

@@ -150,6 +150,16 @@ class Kube:
             raise SecretMissing(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data[key]).decode()
 
+    def ensure_peering(self, name: str) -> None:
+        """The ClusterKopfPeering object operators of one release elect their leader in. kopf only
+        patches it: without it no operator would see another, and every replica would lead."""
+        body = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+        try:
+            self.custom.create_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
     def delete_job(self, namespace: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)

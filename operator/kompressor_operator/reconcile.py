@@ -19,7 +19,7 @@ from datetime import datetime
 
 from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
 from kompressor.messages import JobRef, task_queue
-from kompressor_operator.policy import Claim, Decision, Sample, ScaleState, allocate_budget, decide_replicas
+from kompressor_operator.policy import Claim, Decision, Sample, ScaleState, decide_replicas, grant
 from kompressor_operator.status import (
     NOTIFIED,
     WEBHOOK_PENDING,
@@ -80,10 +80,12 @@ def due(memory: Memory, now: float, poll_interval: float) -> bool:
 
 @dataclass(frozen=True)
 class Budget:
-    """The cluster-wide worker budget and every job's claim on it (this job's own is replaced)."""
+    """The cluster-wide worker budget, every job's claim on it (this job's own is replaced), and the
+    workers each job's Deployment asks for or has reserved (policy.grant; the operator's BudgetBook)."""
 
     max_total: int
     claims: Mapping[str, Claim] = field(default_factory=dict)
+    held: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,13 @@ def budgeted(
     budget: Budget,
 ) -> tuple[Decision, Claim]:
     """The replicas within the cluster budget, in two passes: decide without a cap (its `wanted` is
-    the job's claim), share the budget among every job's claim, decide again with this job's share.
-    Returns the decision and the job's claim to keep."""
+    the job's claim), share the budget among every job's claim and grant what of this job's share is
+    free now (policy.grant), decide again with that. Returns the decision and the job's claim to keep."""
     unbudgeted = decide_replicas(sample, spec.workers, state, now)
     claim = Claim(key=key, priority=spec.priority, created=created, wanted=unbudgeted.wanted)
     claims = {**budget.claims, claim.key: claim}
-    shares = allocate_budget(list(claims.values()), budget.max_total)
-    return decide_replicas(sample, spec.workers, state, now, budget=shares[claim.key]), claim
+    granted = grant(list(claims.values()), budget.held, budget.max_total, claim.key)
+    return decide_replicas(sample, spec.workers, state, now, budget=granted), claim
 
 
 def reconcile(

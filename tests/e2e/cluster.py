@@ -113,21 +113,29 @@ class Cluster:
         }
 
     def start_operator(self) -> None:
+        self.operator = self.spawn_operator("--standalone", log_name=f"operator-{self.operator_starts + 1}")
         self.operator_starts += 1
-        log = (self.log_dir / f"operator-{self.operator_starts}.log").open("wb")
+
+    def spawn_operator(self, *args: str, log_name: str, metrics_port: int | None = None) -> subprocess.Popen:
+        """A kopf operator process (its own session, to kill it with all its threads) as the chart
+        runs it: `args` are the chart's mode (--standalone, or --peering=<name>)."""
+        log = (self.log_dir / f"{log_name}.log").open("wb")
         kopf = Path(sys.executable).parent / "kopf"
-        self.operator = subprocess.Popen(
+        env = self.operator_env()
+        if metrics_port is not None:
+            env["KOMPRESSOR_METRICS_PORT"] = str(metrics_port)
+        return subprocess.Popen(
             [
                 str(kopf),
                 "run",
-                "--standalone",
+                *args,
                 "-m",
                 "kompressor_operator.handlers",
                 "--namespace",
                 self.namespace,
                 f"--liveness=http://127.0.0.1:{free_port()}/healthz",
             ],
-            env=self.operator_env(),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -196,16 +204,28 @@ def service_account_kubeconfig(
     return kube.write_kubeconfig(path, token(), account, default_namespace)
 
 
-def install(kube: KubeAPI, rabbitmq: RabbitMQ, s3: S3Server, log_dir: Path, namespace: str) -> Cluster:
-    """Apply the chart's CRD and its RBAC for one watched namespace, make the Secrets the workers
-    read, and build the operator's kubeconfig from the chart ServiceAccount's token."""
+def install(
+    kube: KubeAPI,
+    rabbitmq: RabbitMQ,
+    s3: S3Server,
+    log_dir: Path,
+    namespace: str,
+    values: dict[str, Any] | None = None,
+) -> Cluster:
+    """Apply the chart's CRDs and its RBAC (rendered with `values`) for one watched namespace, make
+    the Secrets the workers read, and build the operator's kubeconfig from the chart
+    ServiceAccount's token."""
     log_dir.mkdir(parents=True, exist_ok=True)
     render = render_manifests_module()
-    kube.kubectl("apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/compressionjobs.kompressor.dev")
+    peering = ROOT / "charts" / "kompressor" / "crds" / "clusterkopfpeerings.kopf.dev.yaml"
+    kube.kubectl("apply", "-f", str(ROOT / "manifests" / "crd.yaml"), "-f", str(peering))
+    for crd in ("compressionjobs.kompressor.dev", "clusterkopfpeerings.kopf.dev"):
+        kube.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{crd}")
     for name in (RELEASE_NAMESPACE, namespace):
         kube.kubectl("create", "namespace", name, check=False)
-    objects = render.render_chart({"watchNamespaces": [namespace]}, namespace=RELEASE_NAMESPACE)
+    objects = render.render_chart(
+        {"watchNamespaces": [namespace], **(values or {})}, namespace=RELEASE_NAMESPACE
+    )
     rbac = [
         o
         for o in objects

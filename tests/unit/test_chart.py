@@ -296,7 +296,7 @@ def test_notes_tell_how_to_run_and_watch_a_first_job():
 
 BAD_VALUES = {
     "negative replicas": ({"operator": {"replicas": -1}}, "/operator/replicas"),
-    "two operators": ({"operator": {"replicas": 2}}, "/operator/replicas"),
+    "four operators": ({"operator": {"replicas": 4}}, "/operator/replicas"),
     "replicas of the wrong type": ({"operator": {"replicas": "one"}}, "/operator/replicas"),
     "unknown top-level key": ({"replicaCount": 2}, "replicaCount"),
     "unknown operator key": ({"operator": {"replica": 1}}, "replica"),
@@ -399,6 +399,28 @@ def test_operator_is_one_kopf_standalone_replica_recreated_on_upgrade():
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_two_operators_elect_a_leader_through_kopf_peering():
+    """operator.replicas 2: kopf runs --peering named after the release (not --standalone), names
+    itself by its pod, and may make, watch and patch its ClusterKopfPeering, and nothing more."""
+    values = {"operator": {"replicas": 2}}
+    deployment = operator_deployment(values)
+    assert deployment["spec"]["replicas"] == 2
+    args = operator_container(values)["args"]
+    assert "--peering=kompressor" in args and "--standalone" not in args
+    env = {e["name"]: e for e in operator_container(values)["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    (cluster_role,) = objects({**WATCHING, **values}, "ClusterRole")
+    assert _grants(cluster_role) == CLUSTER_RULES | PEERING_RULES
+    assert "POD_ID" not in {e["name"] for e in operator_container()["env"]}
+    peering_crd = yaml.safe_load(
+        (ROOT / "charts/kompressor/crds/clusterkopfpeerings.kopf.dev.yaml").read_text()
+    )
+    assert (peering_crd["spec"]["group"], peering_crd["spec"]["names"]["plural"]) == (
+        "kopf.dev",
+        "clusterkopfpeerings",
+    )
 
 
 def test_operator_watches_only_the_listed_namespaces():
@@ -627,6 +649,7 @@ CLUSTER_RULES = {
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
 }
+PEERING_RULES = {("kopf.dev", "clusterkopfpeerings", v) for v in ("create", "list", "watch", "patch")}
 # Exactly the calls the operator makes (kube.py and kopf's list, watch and merge/JSON patches): no
 # get/update of jobs, no pods, no Deployment list/watch, no scale subresource. Deployments are
 # replaced (update), not patched, when their template changes: a patch would keep what was removed.

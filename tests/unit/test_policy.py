@@ -16,6 +16,7 @@ from kompressor_operator.policy import (
     allocate_budget,
     decide_replicas,
     deployment_replicas,
+    grant,
 )
 
 W = Workers(min_replicas=0, max_replicas=20, tasks_per_replica=40, scale_down_delay_seconds=30)
@@ -240,6 +241,57 @@ def test_budget_properties(claims, max_total):
                 # whoever ranks lower gets something only when the higher one is fully served
                 assert shares[a.key] == a.wanted
     assert allocate_budget(list(reversed(claims)), max_total) == shares  # order of input is irrelevant
+
+
+def test_grant_rises_only_into_pods_nobody_holds():
+    """The burst of issue 21: a share is not yet free while another job still holds the pods."""
+    low, high = Claim("low", 0, 1.0, 3), Claim("high", 10, 2.0, 3)
+    # low holds all 3; high's share is 3 but nothing is free until low gives them back
+    assert grant([low, high], {"low": 3}, 3, "high") == 0
+    assert grant([low, high], {"low": 3}, 3, "low") == 0  # low is to give them back
+    assert grant([low, high], {"low": 1}, 3, "high") == 2
+    assert grant([low, high], {}, 3, "high") == 3
+
+
+def test_grant_keeps_free_pods_for_the_jobs_ranked_ahead():
+    """Two pods free: the older job of equal priority is waiting for both, so the younger gets none
+    even if it decides first; with three free it gets the one left over."""
+    old, young = Claim("old", 0, 1.0, 2), Claim("young", 0, 2.0, 2)
+    assert grant([old, young], {}, 2, "young") == 0
+    assert grant([old, young], {}, 3, "young") == 1
+    assert grant([old, young], {}, 2, "old") == 2
+
+
+held_st = st.dictionaries(st.text("abc/", min_size=1, max_size=4), st.integers(0, 10), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(claims_st, held_st, st.integers(0, 40), st.data())
+def test_grant_properties(claims, held, max_total, data):
+    """Whatever each job holds (within the budget): a grant is at most the job's share, a fall is to
+    the share at once, a rise only into free pods no job ranked ahead is waiting for; so any job
+    taking its grant leaves the workers asked for within the budget."""
+    if not claims:
+        return
+    while sum(held.values()) > max_total:  # the book's invariant: what is held fits the budget
+        key = max(held, key=held.__getitem__)
+        held[key] -= 1
+    key = data.draw(st.sampled_from([c.key for c in claims]))
+    shares = allocate_budget(claims, max_total)
+    granted = grant(claims, held, max_total, key)
+    mine = held.get(key, 0)
+    assert 0 <= granted <= shares[key]
+    if shares[key] <= mine:
+        assert granted == shares[key]
+    else:
+        assert granted >= mine
+        assert sum(held.values()) - mine + granted <= max_total
+    if granted > mine:
+        rank = {c.key: (-c.priority, c.created, c.key) for c in claims}
+        ahead = [c.key for c in claims if rank[c.key] < rank[key]]
+        free = max_total - sum(held.values())
+        waiting = sum(max(shares[k] - held.get(k, 0), 0) for k in ahead)
+        assert granted - mine <= free - waiting
 
 
 # --- an external scaler ---------------------------------------------------------------------------

@@ -105,6 +105,13 @@ resources it serves) and the namespace scan.
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]
+{{- if gt (int .Values.operator.replicas) 1 }}
+{{- /* Leader election (kopf peering): the operator makes its ClusterKopfPeering object if it is
+missing, kopf watches it and patches its keep-alive into it. */}}
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["create", "list", "watch", "patch"]
+{{- end }}
 {{- end }}
 
 {{/*

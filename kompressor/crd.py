@@ -31,6 +31,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from kompressor import keys
+
 GROUP = "kompressor.dev"
 VERSION = "v1alpha1"
 KIND = "CompressionJob"
@@ -215,6 +217,37 @@ class Destination(_Model):
         "and the input counted as skipped, so re-running a job does no work twice; overwrite: always "
         "compress again.",
     )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=keys.MAX_TEMPLATE_CHARS,
+        description="Output key template below s3.prefix, with placeholders {dir}, {file} (photo.png), "
+        "{stem} (photo), {srcext} (png), {format}, {ext} (jpg for jpeg) and, with renditions, {name} "
+        "and {width}; empty path segments are dropped. Empty: {dir}/{stem}.{ext} with output (the "
+        f"input's extension for keep), {keys.DEFAULT_RENDITION_KEY} with renditions (keeping the "
+        "source's extension, so photo.jpg and photo.png never share a key). Templates that give two "
+        "outputs of one input one key are refused.",
+    )
+    cache_control: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[ -~]+$",
+        description='Cache-Control stored with every output, e.g. "public, max-age=31536000, '
+        'immutable"; empty stores none.',
+    )
+    copy_metadata: bool = Field(
+        default=False,
+        description="Copy the S3 source's user metadata (x-amz-meta-*) onto its outputs; kompressor's "
+        "own kompressor-* keys win. Off by default: a source's metadata may be private and the "
+        "outputs public. URL sources have none.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        if value is not None:
+            keys.placeholders(value)
+        return value
 
 
 class Storage(_Model):
@@ -337,6 +370,80 @@ class Output(_Model):
     @property
     def effective_quality(self) -> int:
         return DEFAULT_QUALITY if self.quality is None else self.quality
+
+
+MAX_RENDITIONS = 8
+MAX_RENDITION_WIDTHS = 16
+MAX_OUTPUTS_PER_INPUT = 32
+MAX_RENDITION_WIDTH = 16383  # WebP's largest side; the widest any format here can encode
+
+
+class RenditionFormat(StrEnum):
+    jpeg = "jpeg"
+    webp = "webp"
+    avif = "avif"
+    png = "png"
+
+
+class Rendition(_Model):
+    """A named set of outputs of each input: every width in every format, all from one decode."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Names the set in keys ({name}) and the index, e.g. hero or thumb.",
+    )
+    widths: list[Annotated[int, Field(ge=1, le=MAX_RENDITION_WIDTH)]] = Field(
+        min_length=1,
+        max_length=MAX_RENDITION_WIDTHS,
+        description="Output widths in pixels, each with the source's aspect ratio. A width above the "
+        "source's (as displayed) is never upscaled: that output is skipped with reason would_upscale.",
+    )
+    formats: list[RenditionFormat] = Field(
+        min_length=1, max_length=len(RenditionFormat), description="Output formats, each at every width."
+    )
+    quality: int | None = Field(
+        default=None, ge=1, le=100, description=f"As output.quality (default {DEFAULT_QUALITY})."
+    )
+    target_ssim: float | None = Field(
+        default=None,
+        alias="targetSSIM",
+        ge=0.90,
+        le=0.999,
+        description="As output.targetSSIM, per width and format; only with lossy formats.",
+    )
+    strip_metadata: bool = Field(default=True, description="As output.stripMetadata.")
+    never_larger: bool = Field(default=True, description="As output.neverLarger, per output.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rendition:
+        for what, values in (("widths", self.widths), ("formats", self.formats)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"rendition {self.name}: {what} must not repeat")
+        if self.quality is not None and self.target_ssim is not None:
+            raise ValueError(f"rendition {self.name}: set quality or targetSSIM, not both")
+        if self.target_ssim is not None and RenditionFormat.png in self.formats:
+            raise ValueError(f"rendition {self.name}: targetSSIM needs lossy formats: jpeg, webp or avif")
+        return self
+
+    def outputs(self) -> list[tuple[int, Output]]:
+        """Each (width, output settings) of the set, widest first, formats in their listed order."""
+        return [
+            (
+                width,
+                Output(
+                    format=Format(fmt.value),
+                    quality=self.quality,
+                    target_ssim=self.target_ssim,
+                    resize=Resize(max_width=width),
+                    strip_metadata=self.strip_metadata,
+                    never_larger=self.never_larger,
+                ),
+            )
+            for width in sorted(self.widths, reverse=True)
+            for fmt in self.formats
+        ]
 
 
 ByteQuantity = Annotated[
@@ -548,7 +655,16 @@ class CompressionJobSpec(_Model):
     source: Source = Field(description="Where the input images are.")
     destination: Destination = Field(description="Where the outputs go.")
     storage: Storage = Field(default_factory=Storage, description="How to reach S3.")
-    output: Output = Field(default_factory=Output, description="Output format and settings.")
+    output: Output = Field(
+        default_factory=Output, description="Output format and settings: one output per input."
+    )
+    renditions: list[Rendition] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_RENDITIONS,
+        description="Instead of output: many outputs per input (widths × formats per set), all from one "
+        f"decode; at most {MAX_OUTPUTS_PER_INPUT} outputs per input. See docs/renditions.md.",
+    )
     limits: Limits = Field(default_factory=Limits, description="Per-task and per-job bounds.")
     workers: Workers = Field(default_factory=Workers, description="Worker pods and autoscaling.")
     priority: int = Field(
@@ -566,6 +682,30 @@ class CompressionJobSpec(_Model):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the job this long after it finishes; empty keeps it."
     )
+
+    @model_validator(mode="after")
+    def _renditions_keys(self) -> CompressionJobSpec:
+        template = self.destination.key
+        if not self.renditions:
+            used = keys.placeholders(template) if template else set()
+            if used & keys.RENDITION_PLACEHOLDERS:
+                raise ValueError("destination.key: {name} and {width} need renditions")
+            return self
+        if self.output != Output():  # not model_fields_set: a dumped spec holds the default output
+            raise ValueError("set output or renditions, not both")
+        names = [rendition.name for rendition in self.renditions]
+        if len(set(names)) != len(names):
+            raise ValueError("renditions: names must not repeat")
+        outputs = [(r.name, width, out.format.value) for r in self.renditions for width, out in r.outputs()]
+        if len(outputs) > MAX_OUTPUTS_PER_INPUT:
+            raise ValueError(
+                f"renditions: {len(outputs)} outputs per input (widths × formats, summed), more than "
+                f"{MAX_OUTPUTS_PER_INPUT}"
+            )
+        problems = keys.collisions(template or keys.DEFAULT_RENDITION_KEY, outputs)
+        if problems:
+            raise ValueError("destination.key: " + "; ".join(problems))
+        return self
 
 
 # --- status ---------------------------------------------------------------------------------------
@@ -603,6 +743,20 @@ class WorkerCounts(_Model):
         "while the job runs.",
     )
     ready: int = Field(default=0, ge=0, description="Worker pods ready.")
+
+
+class RenditionCounts(_Model):
+    """With renditions: how each (input, rendition) ended."""
+
+    succeeded: int = Field(default=0, ge=0, description="Renditions stored (or found stored by this job).")
+    skipped: int = Field(
+        default=0, ge=0, description="Renditions skipped with a reason (exists, would_upscale, ...)."
+    )
+    failed: int = Field(default=0, ge=0, description="Renditions that failed with a reason.")
+    progress: str = Field(
+        default="0/0",
+        description="(succeeded+skipped)/(inputs found × outputs per input), for kubectl get -o wide.",
+    )
 
 
 class CompressionJobStatus(_Model):
@@ -645,6 +799,9 @@ class CompressionJobStatus(_Model):
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
     manifest: str | None = Field(
         default=None, description="s3:// URL of manifest.jsonl, one line per input and its outcome."
+    )
+    renditions: RenditionCounts | None = Field(
+        default=None, description="With spec.renditions: outputs counted one by one."
     )
 
 
@@ -753,6 +910,8 @@ def _value_rules(spec: dict[str, Any]) -> dict[str, Any]:
     props["source"]["oneOf"] = [{"required": ["s3"]}, {"required": ["urls"]}]
     props["source"]["properties"]["urls"]["oneOf"] = [{"required": ["manifest"]}, {"required": ["items"]}]
     props["output"]["not"] = {"required": ["quality", "targetSSIM"]}
+    props["renditions"]["items"]["not"] = {"required": ["quality", "targetSSIM"]}
+    spec["not"] = {"required": ["output", "renditions"]}
     return spec
 
 
@@ -768,6 +927,14 @@ PRINTER_COLUMNS = [
     {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.ready"},
     {"name": "Saved", "type": "string", "jsonPath": ".status.saved"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # Priority 1: only with `kubectl get -o wide`, so the default columns stay as they were.
+    {
+        "name": "Renditions",
+        "type": "string",
+        "jsonPath": ".status.renditions.progress",
+        "description": "with spec.renditions: (succeeded + skipped) / planned outputs",
+        "priority": 1,
+    },
 ]
 
 

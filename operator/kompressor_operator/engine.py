@@ -218,6 +218,11 @@ class JobEngine:
             bytes_in=tally.bytes_in,
             bytes_out=tally.bytes_out,
             failures_by_reason=tuple(tally.failures.items()),
+            renditions=(
+                tally.renditions[Outcome.done],
+                tally.renditions[Outcome.skipped],
+                tally.renditions[Outcome.failed],
+            ),
             listing_done=cursor.listing_done,
             listing_started=True,
         )

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kompressor.crd import CompressionJobSpec
-from kompressor.messages import JobRef, Outcome, Result
+from kompressor.messages import JobRef, Outcome, RenditionResult, Result
 
 log = logging.getLogger("kompressor.ledger")
 
@@ -81,7 +81,31 @@ def manifest_line(result: Result) -> dict:
         line["ssim"] = result.ssim
     if result.stored_original:
         line["storedOriginal"] = True
+    if result.frames is not None:
+        line["frames"] = result.frames
+    if result.renditions is not None:
+        line["renditions"] = [rendition_line(r) for r in result.renditions]
     return line
+
+
+def rendition_line(rendition: RenditionResult) -> dict:
+    """One rendition in a manifest line: camelCase as the rest of it, empty fields left out."""
+    line = {
+        "name": rendition.name,
+        "width": rendition.width,
+        "format": rendition.format,
+        "outcome": rendition.outcome.value,
+        "dest": rendition.dest,
+        "bytesOut": rendition.bytes_out,
+        "storedWidth": rendition.stored_width,
+        "storedHeight": rendition.stored_height,
+        "reason": rendition.reason,
+        "message": rendition.message,
+        "quality": rendition.quality,
+        "ssim": rendition.ssim,
+        "storedOriginal": rendition.stored_original or None,
+    }
+    return {key: value for key, value in line.items() if value not in (None, "")}
 
 
 class _Bits:
@@ -117,6 +141,8 @@ class Tally:
     bytes_in: int = 0
     bytes_out: int = 0
     failures: Counter = field(default_factory=Counter)
+    renditions: Counter = field(default_factory=Counter)
+    """With renditions: outputs by outcome."""
 
     @property
     def accounted(self) -> int:
@@ -132,6 +158,7 @@ class Tally:
             self.failures[result.reason or "unknown"] += 1
         self.bytes_in += result.bytes_in
         self.bytes_out += result.bytes_out if result.outcome is not Outcome.failed else 0
+        self.renditions.update(r.outcome for r in result.renditions or ())
 
 
 class Ledger:
@@ -318,9 +345,19 @@ def _ledger_result(line: str | bytes, published: int | None) -> Result | str:
             bytes_in=entry["bytesIn"],
             bytes_out=entry["bytesOut"],
             reason=entry["reason"],
+            renditions=[_counted_rendition(r) for r in entry["renditions"]]
+            if "renditions" in entry
+            else None,
         )
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValidationError is a ValueError
         return f"{type(exc).__name__}: {str(exc)[:200]}"
     if published is not None and result.id >= published:
         return f"id {result.id} was never published ({published} were)"
     return result
+
+
+def _counted_rendition(entry: dict) -> RenditionResult:
+    """A manifest line's rendition, read back as much as the tally counts."""
+    return RenditionResult(
+        name=entry["name"], width=entry["width"], format=entry["format"], outcome=Outcome(entry["outcome"])
+    )

@@ -219,6 +219,25 @@ def overall(renditions: list[RenditionResult]) -> tuple[Outcome, str]:
     return Outcome.skipped, ""
 
 
+def all_failed(task: Task, reason: str, message: str) -> list[RenditionResult] | None:
+    """Each rendition of a task that ended as a whole without a worker's word on each (it gave up
+    after its attempts, or the broker dead-lettered it): failed, with the task's reason. Outputs an
+    earlier attempt stored are found by a rerun. None for a one-output task."""
+    if not task.renditions:
+        return None
+    return [
+        RenditionResult(
+            name=r.name,
+            width=r.width,
+            format=r.output.format.value,
+            outcome=Outcome.failed,
+            reason=reason,
+            message=message,
+        )
+        for r in task.renditions
+    ]
+
+
 class Result(_Wire):
     """How one task ended; the last word on an input unless it is redelivered and ends again."""
 

@@ -98,7 +98,7 @@ import io
 import re
 import threading
 import warnings
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -261,6 +261,11 @@ def compress(
     (`never_larger.decide`), raising `NotSmaller` when it stores nothing.
     """
     prepared = prepare(data, output, limits, memory_budget_bytes, allowed_input_formats)
+    return finish(prepared, data, output)
+
+
+def finish(prepared: Prepared, data: bytes, output: Output) -> Compressed:
+    """The output of a prepared input (`data` its bytes): quality (fixed or searched), then neverLarger."""
     ssim: float | None = None
     reason = ""
     attempts: tuple[auto.Attempt, ...] = ()
@@ -412,14 +417,17 @@ def prepare(
     limits: Limits,
     memory_budget_bytes: int | None = None,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+    needs: MemoryEstimate | None = None,
 ) -> Prepared:
     """Identify and decode the input within the limits, then orient, resize and convert it for the
-    output format. Raises CodecError (never anything else) when the input cannot be used."""
+    output format. Raises CodecError (never anything else) when the input cannot be used.
+    `needs`: what the memory budget is checked against, instead of one output's `estimate_memory`
+    (renditions admit the whole set they make from this decode)."""
     if not data:
         raise CodecError("empty_input", "the input is empty (0 bytes)")
     try:
         with _pillow_limits(limits.max_pixels):
-            return _prepare(bytes(data), output, limits, memory_budget_bytes, allowed_input_formats)
+            return _prepare(bytes(data), output, limits, memory_budget_bytes, allowed_input_formats, needs)
     except CodecError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -498,6 +506,34 @@ def encode(
             "encode_error",
             f"the {fmt.value} encoder refused the {image.width}x{image.height} image: {_describe(exc)}",
         ) from None
+
+
+MemoryEstimate = Callable[[tuple[int, int], str, tuple[int, int]], int]
+"""Bytes to decode an image of (size, mode) and make its outputs from a prepared `target` size."""
+
+
+def derive(prepared: Prepared, output: Output, size: tuple[int, int]) -> Prepared:
+    """Another output of one decode: `prepared` (upright, in a PNG mode) at `size` (no larger) for
+    `output`'s format and metadata policy, as `prepare` would have made it from the input."""
+    image, icc = prepared.image, prepared.icc_profile
+    fmt = resolve_format(output.format, prepared.source_format)
+    resized = prepared.resized or size != image.size
+    if image.mode in ("P", "1") and (fmt is not Format.png or resized):
+        image, icc = _to_8bit(image, icc)  # a palette resizes with NEAREST only
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
+    image = _fit_mode(image, fmt)
+    keep = not output.strip_metadata
+    return dataclasses.replace(
+        prepared,
+        image=image,
+        format=fmt,
+        icc_profile=icc if icc is not None and _icc_matches(icc, image.mode) else None,
+        exif=prepared.exif if keep else None,
+        xmp=prepared.xmp if keep else None,
+        resized=resized,
+        source_subsampling=None if resized else prepared.source_subsampling,
+    )
 
 
 def estimate_memory(
@@ -603,6 +639,7 @@ def _prepare(
     limits: Limits,
     memory_budget_bytes: int | None,
     allowed_input_formats: Collection[InputFormat],
+    needs: MemoryEstimate | None = None,
 ) -> Prepared:
     image, source_format = _open(data, limits, allowed_input_formats)
     width, height = image.size
@@ -630,7 +667,8 @@ def _prepare(
         # Unknown orientation: budget for the larger of the two possible targets.
         targets = [target] if exif_in_header else [_stored_target((width, height), o, *box) for o in (1, 6)]
         searching = output.target_ssim is not None and fmt in _LOSSY
-        needed = max(estimate_memory(image.size, image.mode, t, searching, fmt=fmt) for t in targets)
+        estimate = needs or functools.partial(estimate_memory, auto_quality=searching, fmt=fmt)
+        needed = max(estimate(image.size, image.mode, t) for t in targets)
         if needed > memory_budget_bytes:
             raise CodecError(
                 "too_much_memory",

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from kompressor import index
 from kompressor.crd import CompressionJobSpec
 from kompressor.messages import JobRef, Outcome, RenditionResult, Result
 
@@ -168,6 +170,7 @@ class Ledger:
         self.bucket = spec.destination.s3.bucket
         self.prefix = f"{ledger_prefix(job, spec)}ledger/{job.uid8}/"
         self.manifest_key = manifest_key(job, spec)
+        self.renditions = bool(spec.renditions)
         self.tally = Tally()
         self.cursor = Cursor()
         self._seen = _Bits()
@@ -289,28 +292,24 @@ class Ledger:
         self.cursor = cursor
 
     def write_manifest(self) -> str:
-        """Concatenate the parts into manifest.jsonl (multipart, so its size is not bounded by memory)."""
+        """Concatenate the parts into manifest.jsonl (multipart, so its size is not bounded by memory);
+        with renditions, also index.json beside it (kompressor.index)."""
+        self._upload(self.manifest_key, "application/x-ndjson", self._manifest_bytes())
+        if self.renditions:
+            lines = (
+                json.loads(line) for chunk in self._manifest_bytes() for line in chunk.splitlines() if line
+            )
+            self._upload(
+                index_key_of(self.manifest_key), "application/json", (c.encode() for c in index.chunks(lines))
+            )
+        return f"s3://{self.bucket}/{self.manifest_key}"
+
+    def _manifest_bytes(self) -> Iterator[bytes]:
+        """The recorded lines, part by part (a damaged part's good lines only)."""
         keys = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}part-"):
             keys.extend(item["Key"] for item in page.get("Contents", []))
-        upload = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.manifest_key, ContentType="application/x-ndjson"
-        )
-        parts, buffer = [], bytearray()
-
-        def flush() -> None:
-            number = len(parts) + 1
-            answer = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=self.manifest_key,
-                PartNumber=number,
-                UploadId=upload["UploadId"],
-                Body=bytes(buffer),
-            )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            buffer.clear()
-
         for key in keys:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             if key in self._damaged:
@@ -318,18 +317,42 @@ class Ledger:
                 body = b"".join(
                     line for line in lines if isinstance(_ledger_result(line, self._bound), Result)
                 )
-            buffer.extend(body)
+            yield body
+
+    def _upload(self, key: str, content_type: str, pieces: Iterable[bytes]) -> None:
+        """Store `pieces` as one object, uploaded in parts of MULTIPART_CHUNK or more."""
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        parts, buffer = [], bytearray()
+
+        def flush() -> None:
+            number = len(parts) + 1
+            answer = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                PartNumber=number,
+                UploadId=upload["UploadId"],
+                Body=bytes(buffer),
+            )
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            buffer.clear()
+
+        for piece in pieces:
+            buffer.extend(piece)
             if len(buffer) >= MULTIPART_CHUNK:
                 flush()
         if buffer or not parts:
             flush()
         self.client.complete_multipart_upload(
             Bucket=self.bucket,
-            Key=self.manifest_key,
+            Key=key,
             UploadId=upload["UploadId"],
             MultipartUpload={"Parts": parts},
         )
-        return f"s3://{self.bucket}/{self.manifest_key}"
+
+
+def index_key_of(manifest: str) -> str:
+    """index.json beside a manifest.jsonl (key or URL)."""
+    return manifest.removesuffix("manifest.jsonl") + "index.json"
 
 
 def _ledger_result(line: str | bytes, published: int | None) -> Result | str:

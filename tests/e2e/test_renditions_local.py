@@ -113,9 +113,22 @@ def test_renditions_run_count_index_srcset_and_rerun(
         f'<img src="https://cdn.example/out/{name}-hero-480w.jpg"' in printed and 'alt="a photo"' in printed
     )
 
-    again = start_kompressor_run(_job(bucket), tmp_path, env)
+    # A rerun with one more width skips exactly what exists and makes only the new width.
+    job = _job(bucket)
+    job["spec"]["renditions"][1]["widths"] = [96, 120]
+    again = start_kompressor_run(job, tmp_path, env)
     out, err = again.communicate(timeout=180)
     assert again.returncode == 0, err
     status = json.loads(out)
-    assert (status["succeeded"], status["skipped"]) == (0, inputs)
-    assert status["renditions"]["skipped"] == inputs * PER_INPUT and status["renditions"]["succeeded"] == 0
+    assert (status["succeeded"], status["skipped"]) == (len(photos), 1)
+    assert (status["renditions"]["succeeded"], status["renditions"]["skipped"]) == (
+        len(photos),
+        inputs * PER_INPUT + 1,  # tiny.png's 120w: would_upscale
+    )
+    lines = [json.loads(line) for line in _get(s3, status["manifest"]).decode().splitlines()]
+    made = {(r["name"], r["width"]) for line in lines for r in line["renditions"] if r["outcome"] == "done"}
+    assert made == {("thumb", 120)}
+    assert {r["reason"] for line in lines for r in line["renditions"] if r["width"] != 120} == {
+        "exists",
+        "would_upscale",
+    }

@@ -38,7 +38,7 @@ from PIL import Image
 
 from kompressor.crd import Format, Limits, Output, Resize
 from kompressor_worker import codec, renditions
-from kompressor_worker import quality as ssim_lib
+from kompressor_worker import ssim as ssim_lib
 from tests.corpus import real_photos
 
 WIDTHS = (480, 320, 160)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Sequence
 
-from kompressor.crd import Format, InputFormat, Limits, Output, Resize
+from kompressor.crd import WEB_INPUT_FORMATS, Format, InputFormat, Limits, Output, Resize
 from kompressor.renditions import WOULD_UPSCALE
 from kompressor_worker import codec, memory
 from kompressor_worker.never_larger import NotSmaller
@@ -56,7 +56,7 @@ def make(
     outputs: Sequence[Output],
     limits: Limits,
     memory_budget_bytes: int | None = None,
-    allowed_input_formats: Collection[InputFormat] = codec.WEB_INPUT_FORMATS,
+    allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
 ) -> list[Made]:
     """Each output of `outputs` (a rendition each: format, resize.maxWidth, quality or targetSSIM,
     metadata, neverLarger) from one decode of `data`, in their order. Raises CodecError when the

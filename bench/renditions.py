@@ -19,6 +19,7 @@ one reference, the source decoded at full size and resized straight to the outpu
 
     python bench/renditions.py                  # ~3 minutes on a shared 2-core machine
     python bench/renditions.py --rounds 1 --photos 6
+    python bench/renditions.py --formats webp,jpeg     # without AVIF, whose encodes dominate
 
 Prints a table and writes bench/results/renditions.json.
 """
@@ -47,8 +48,8 @@ QUALITY = 80
 COLUMNS = ["output", "bytes separate", "bytes renditions", "ratio", "SSIM separate", "SSIM renditions"]
 
 
-def outputs() -> list[Output]:
-    return [Output(format=f, quality=QUALITY, resize=Resize(max_width=w)) for w in WIDTHS for f in FORMATS]
+def outputs(formats: tuple[Format, ...] = FORMATS) -> list[Output]:
+    return [Output(format=f, quality=QUALITY, resize=Resize(max_width=w)) for w in WIDTHS for f in formats]
 
 
 def _timed(function) -> tuple[float, float, object]:
@@ -71,11 +72,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--photos", type=int, default=None)
+    parser.add_argument("--formats", default=",".join(f.value for f in FORMATS), help="e.g. webp,jpeg")
     args = parser.parse_args()
+    formats = tuple(Format(f) for f in args.formats.split(","))
     photos = real_photos(limit=args.photos)
     if not photos:
         sys.exit("bench/renditions.py: opencv-doc's photos are not installed (scripts/setup.sh)")
-    wanted = outputs()
+    wanted = outputs(formats)
     limits = Limits()
     timings: dict[str, dict[str, list[tuple[float, float]]]] = {
         n: {"renditions": [], "separate": []} for n in photos
@@ -148,14 +151,14 @@ def main() -> None:
         )
     print(table(COLUMNS, output_rows))
     path = write_json(
-        "renditions.json",
+        "renditions.json" if formats == FORMATS else f"renditions-{'-'.join(f.value for f in formats)}.json",
         {
             "machine": machine(),
             "load_average_before": load_before,
             "photos": count,
             "rounds": args.rounds,
             "widths": WIDTHS,
-            "formats": [f.value for f in FORMATS],
+            "formats": [f.value for f in formats],
             "quality": QUALITY,
             "cpu_seconds": cpu,
             "wall_seconds": wall,

@@ -151,6 +151,7 @@ class PlannedRendition(BaseModel):
     width: int = Field(ge=1)
     key: str
     output: Output
+    keep_animation: bool = Field(default=False, description="An animated input's webp output stays animated.")
 
 
 class Task(_Wire):
@@ -169,12 +170,18 @@ class Task(_Wire):
     renditions: list[PlannedRendition] | None = None
     cache_control: str | None = None
     copy_metadata: bool = False
+    keep_animation: bool = False
 
     def for_rendition(self, rendition: PlannedRendition) -> Task:
         """The one-output task this rendition is: its key, its settings. The skip check, the write
         and the provenance of one rendition are a one-output task's."""
         return self.model_copy(
-            update={"dest_key": rendition.key, "output": rendition.output, "renditions": None}
+            update={
+                "dest_key": rendition.key,
+                "output": rendition.output,
+                "renditions": None,
+                "keep_animation": rendition.keep_animation,
+            }
         )
 
 

@@ -15,7 +15,7 @@ It must never do I/O: spec and source in, planned renditions out.
 from __future__ import annotations
 
 from kompressor import keys
-from kompressor.crd import CompressionJobSpec
+from kompressor.crd import Animation, CompressionJobSpec, Format
 from kompressor.messages import PlannedRendition, SourceObject, relative_name, templated_key
 
 WOULD_UPSCALE = "would_upscale"
@@ -42,6 +42,7 @@ def plan_renditions(
                 ext=keys.EXTENSIONS[output.format.value],
             ),
             output=output,
+            keep_animation=rendition.animation is Animation.keep and output.format is Format.webp,
         )
         for rendition in spec.renditions
         for width, output in rendition.outputs()

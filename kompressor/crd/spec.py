@@ -351,6 +351,11 @@ class RenditionFormat(StrEnum):
     png = "png"
 
 
+class Animation(StrEnum):
+    first_frame = "firstFrame"
+    keep = "keep"
+
+
 class Rendition(CamelModel):
     """A named set of outputs of each input: every width in every format, all from one decode."""
 
@@ -381,6 +386,12 @@ class Rendition(CamelModel):
     )
     strip_metadata: bool = Field(default=True, description="As output.stripMetadata.")
     never_larger: bool = Field(default=True, description="As output.neverLarger, per output.")
+    animation: Animation = Field(
+        default=Animation.first_frame,
+        description="firstFrame: an animated input (GIF, WebP) gives its first frame; keep: its webp "
+        "outputs are animated WebP, every frame resized (its other formats still take the first "
+        "frame). The manifest gives each input's frame count either way.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Rendition:

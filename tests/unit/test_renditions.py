@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kompressor import keys
@@ -134,6 +134,7 @@ def test_an_output_job_may_keep_the_source_extension_with_a_template():
     assert b"renditions" not in task.encode()
 
 
+@settings(deadline=None)  # a shared, loaded machine: parse_spec may take longer than 200 ms
 @given(
     names=st.lists(st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True), min_size=1, max_size=3, unique=True),
     widths=st.lists(st.integers(1, 4000), min_size=1, max_size=2, unique=True),
@@ -224,3 +225,19 @@ def test_the_ledger_counts_each_rendition_once_also_when_read_back():
             1,
             {Outcome.done: 1, Outcome.skipped: 1, Outcome.failed: 1},
         )
+
+
+def test_keep_animation_reaches_the_webp_outputs_only_and_changes_only_their_fingerprint():
+    from kompressor_worker.storage import settings_fingerprint
+
+    animated = {"name": "a", "widths": [320], "formats": ["webp", "jpeg"], "animation": "keep"}
+    task = plan_task(JOB, _spec(renditions=[animated]), 0, SourceObject(bucket="raw", key="products/x.gif"))
+    assert [(r.output.format.value, r.keep_animation) for r in task.renditions] == [
+        ("webp", True),
+        ("jpeg", False),
+    ]
+    still = plan_task(JOB, _spec(renditions=[{**animated, "animation": "firstFrame"}]), 0, task.source)
+    webp, jpeg = (task.for_rendition(r) for r in task.renditions)
+    webp_still, jpeg_still = (still.for_rendition(r) for r in still.renditions)
+    assert settings_fingerprint(webp) != settings_fingerprint(webp_still)
+    assert settings_fingerprint(jpeg) == settings_fingerprint(jpeg_still)

@@ -12,7 +12,7 @@ from PIL import Image
 from kompressor.crd import Format, Limits, Output, Resize
 from kompressor.renditions import WOULD_UPSCALE
 from kompressor_worker import codec, renditions
-from tests.corpus import exif_rotated_jpeg, palette_transparent_png, real_photos
+from tests.corpus import animated_gif, exif_rotated_jpeg, palette_transparent_png, real_photos
 
 
 def _outputs(widths, formats, **settings) -> list[Output]:
@@ -96,3 +96,26 @@ def test_an_input_that_cannot_be_decoded_fails_the_set():
     with pytest.raises(codec.CodecError) as caught:
         renditions.make(b"not an image", _outputs((64,), (Format.webp,)), Limits())
     assert caught.value.reason == "decode_error"
+
+
+def test_an_animation_is_kept_as_animated_webp_or_gives_its_first_frame():
+    gif = animated_gif()  # three 40x30 frames: red, green, blue
+    outputs = _outputs((20,), (Format.webp, Format.webp, Format.png), neverLarger=False)
+    kept, first, png = renditions.make(gif, outputs, Limits(), animated=[True, False, True])
+    with Image.open(io.BytesIO(kept.compressed.data)) as image:
+        assert (image.format, image.n_frames, image.size) == ("WEBP", 3, (20, 15))
+        image.seek(2)
+        assert image.convert("RGB").getpixel((10, 7))[2] > 200  # the last frame is blue
+    assert kept.compressed.frames == first.compressed.frames == png.compressed.frames == 3
+    for one in (first, png):  # firstFrame, and a format that has no animation here
+        with Image.open(io.BytesIO(one.compressed.data)) as image:
+            assert getattr(image, "n_frames", 1) == 1 and image.convert("RGB").getpixel((10, 7))[0] > 200
+
+
+def test_an_animation_over_the_memory_budget_fails_that_output_alone():
+    gif = animated_gif()
+    output = _outputs((20,), (Format.webp,), neverLarger=False)[0]
+    prepared = codec.prepare(gif, output, Limits())
+    assert renditions.animate(gif, prepared, output, (20, 15), None).compressed is not None
+    tight = renditions.animate(gif, prepared, output, (20, 15), memory_budget_bytes=100)
+    assert (tight.compressed, tight.reason) == (None, "too_much_memory")

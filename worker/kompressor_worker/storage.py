@@ -62,6 +62,8 @@ class OutputChanged(Exception):
 def settings_fingerprint(task: Task) -> str:
     """Identifies the output settings, so an output made with other settings is never skipped."""
     payload = task.output.model_dump_json() + task.limits.model_dump_json(include={"max_pixels"})
+    if task.keep_animation:  # only then: the fingerprints of outputs made before the setting stay
+        payload += "animation=keep"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

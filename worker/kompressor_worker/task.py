@@ -88,11 +88,16 @@ def encode(
 
 
 def encode_renditions(
-    data: bytes, outputs: list[Output], limits: Limits, allowed_input_formats: tuple[InputFormat, ...]
+    data: bytes,
+    outputs: list[tuple[Output, bool]],
+    limits: Limits,
+    allowed_input_formats: tuple[InputFormat, ...],
 ) -> list[Made]:
-    """Entry point in a child for a task with renditions: every output from one decode; raises
-    CodecError when the input cannot be decoded."""
-    return make(data, outputs, limits, _memory_budget, allowed_input_formats)
+    """Entry point in a child for a task with renditions: every output (its settings, whether it
+    keeps an animation) from one decode; raises CodecError when the input cannot be decoded."""
+    settings = [output for output, _ in outputs]
+    animated = [keep for _, keep in outputs]
+    return make(data, settings, limits, _memory_budget, allowed_input_formats, animated)
 
 
 # --- on the worker's I/O threads -------------------------------------------------------------------
@@ -182,6 +187,7 @@ class TaskRunner:
                 reason=compressed.reason,
                 message=_quality_message(task, compressed),
                 stored_original=compressed.stored_original,
+                frames=compressed.frames,
             )
         except (StorageError, FetchError) as exc:
             if exc.transient:
@@ -255,7 +261,7 @@ class TaskRunner:
             if todo:
                 data, etag, metadata = self._fetch(task, deadline)
                 bytes_in = len(data)
-                outputs = [planned[index].output for index in todo]
+                outputs = [(planned[index].output, planned[index].keep_animation) for index in todo]
                 try:
                     made = self._encode(task, data, deadline, on_encode, encode_renditions, outputs)
                 except CodecError as exc:  # the input cannot be decoded: none of them can be made

@@ -49,7 +49,12 @@ COLUMNS = ["output", "bytes separate", "bytes renditions", "ratio", "SSIM separa
 
 
 def outputs(formats: tuple[Format, ...] = FORMATS) -> list[Output]:
-    return [Output(format=f, quality=QUALITY, resize=Resize(max_width=w)) for w in WIDTHS for f in formats]
+    # neverLarger off: every output is encoded and compared (a small photo's AVIF may not be smaller).
+    return [
+        Output(format=f, quality=QUALITY, resize=Resize(max_width=w), never_larger=False)
+        for w in WIDTHS
+        for f in formats
+    ]
 
 
 def _timed(function) -> tuple[float, float, object]:

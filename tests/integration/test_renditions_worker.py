@@ -12,6 +12,7 @@ from PIL import Image
 from kompressor.crd import parse_spec
 from kompressor.messages import Outcome
 from testbed import RabbitMQ, S3Server
+from tests.corpus import animated_gif
 from tests.jobs import collect_results, new_job, publish_job, workers
 
 
@@ -75,3 +76,45 @@ def test_renditions_are_stored_as_s3_users_expect_and_fail_one_by_one(
     # The input is failed (one of its outputs is), with the failed rendition named.
     assert (tall.outcome, tall.reason) == (Outcome.failed, "encode_error")
     assert "rendition r 100w webp" in tall.message
+
+
+def test_an_animated_gif_kept_as_animated_webp_with_its_frames_in_the_result(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
+):
+    client = s3.client()
+    client.put_object(Bucket=bucket, Key="in/spin.gif", Body=animated_gif())  # 3 frames, 40x30
+    spec = parse_spec(
+        {
+            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "anim/"}},
+            "renditions": [
+                {
+                    "name": "a",
+                    "widths": [20],
+                    "formats": ["webp", "png"],
+                    "animation": "keep",
+                    "neverLarger": False,
+                }
+            ],
+        }
+    )
+    job = new_job("animated")
+    assert publish_job(rabbitmq, s3, job, spec) == 1
+    pool = workers(rabbitmq, s3, job, tmp_path)
+    pool.start_one()
+    try:
+        (result,) = collect_results(rabbitmq, job, 1, timeout=120).final().values()
+    finally:
+        pool.stop_all()
+    assert (result.outcome, result.frames) == (Outcome.done, 3)
+    webp, png = result.renditions
+    assert (webp.outcome, png.outcome, webp.stored_width) == (Outcome.done, Outcome.done, 20)
+    body = client.get_object(Bucket=bucket, Key="anim/spin.gif-a-20w.webp")["Body"].read()
+    with Image.open(io.BytesIO(body)) as image:
+        assert (image.n_frames, image.size) == (3, (20, 15))
+    body = client.get_object(Bucket=bucket, Key="anim/spin.gif-a-20w.png")["Body"].read()
+    with Image.open(io.BytesIO(body)) as image:  # png has no animation here: the first frame
+        assert getattr(image, "n_frames", 1) == 1
+    assert webp.bytes_out == len(
+        client.get_object(Bucket=bucket, Key="anim/spin.gif-a-20w.webp")["Body"].read()
+    )

@@ -172,6 +172,10 @@ class Task(_Wire):
     copy_metadata: bool = False
     keep_animation: bool = False
 
+    def dest_keys(self) -> list[str]:
+        """Every output key the task plans: its renditions' or its one."""
+        return [r.key for r in self.renditions] if self.renditions else [self.dest_key]
+
     def for_rendition(self, rendition: PlannedRendition) -> Task:
         """The one-output task this rendition is: its key, its settings. The skip check, the write
         and the provenance of one rendition are a one-output task's."""

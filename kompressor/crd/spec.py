@@ -213,6 +213,10 @@ class Destination(CamelModel):
     def _known_placeholders(cls, value: str | None) -> str | None:
         if value is not None:
             keys.placeholders(value)
+            if value.startswith("/") or ".." in value.split("/"):
+                raise ValueError(
+                    f"key template {value!r} must stay under the prefix: no leading '/', no '..'"
+                )
         return value
 
 

@@ -75,7 +75,12 @@ def _dry_run(job_file, settings, as_json: bool) -> int:
                     "processes": plan.processes,
                     "estimatedSeconds": round(figures.seconds(plan.processes), 1),
                     "first": [
-                        {"source": t.source.describe(), "dest": f"s3://{t.dest_bucket}/{t.dest_key}"}
+                        {
+                            "source": t.source.describe(),
+                            "dest": [f"s3://{t.dest_bucket}/{key}" for key in t.dest_keys()]
+                            if t.renditions
+                            else f"s3://{t.dest_bucket}/{t.dest_key}",
+                        }
                         for t in plan.first
                     ],
                 },

@@ -84,6 +84,8 @@ def test_a_template_that_gives_two_outputs_of_one_input_one_key_is_refused_namin
         ({"renditions": []}, "renditions"),
         ({"key": "{dir}/{nope}.{ext}"}, "unknown placeholder {nope}"),
         ({"key": "{dir}/{stem:>4}.{ext}"}, "no format spec"),
+        ({"key": "../{file}-{name}-{width}w.{ext}"}, "must stay under the prefix"),
+        ({"key": "/{file}-{name}-{width}w.{ext}"}, "must stay under the prefix"),
     ],
 )
 def test_renditions_out_of_bounds_are_refused(change, problem):
@@ -164,6 +166,7 @@ def test_a_task_with_renditions_is_a_one_output_task_per_rendition():
     spec = _spec()
     task = plan_task(JOB, spec, 7, SourceObject(bucket="raw", key="products/p.jpg", etag="e"))
     assert task.dest_key == "" and len(task.renditions) == 11
+    assert task.dest_keys() == [r.key for r in task.renditions]
     assert Task.decode(task.encode()) == task
     one = task.for_rendition(task.renditions[0])
     assert (one.dest_key, one.output, one.renditions) == (

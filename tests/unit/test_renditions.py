@@ -244,3 +244,22 @@ def test_keep_animation_reaches_the_webp_outputs_only_and_changes_only_their_fin
     webp_still, jpeg_still = (still.for_rendition(r) for r in still.renditions)
     assert settings_fingerprint(webp) != settings_fingerprint(webp_still)
     assert settings_fingerprint(jpeg) == settings_fingerprint(jpeg_still)
+
+
+def test_status_counts_inputs_and_renditions_against_the_planned_outputs():
+    from datetime import UTC, datetime
+
+    from kompressor.crd import CompressionJobStatus, WorkerCounts
+    from kompressor_operator.status import Counts, next_status
+
+    counts = Counts(total=4, published=4, succeeded=2, skipped=1, renditions=(20, 3, 1), listing_done=True)
+    status = next_status(CompressionJobStatus(), counts, _spec(), WorkerCounts(), datetime.now(UTC), 1, None)
+    assert (status.succeeded, status.skipped, status.progress) == (2, 1, "3/4")
+    assert status.renditions.model_dump() == {"succeeded": 20, "skipped": 3, "failed": 1, "progress": "23/44"}
+    one_output = parse_spec({"source": {"s3": {"bucket": "raw"}}, "destination": {"s3": {"bucket": "web"}}})
+    assert (
+        next_status(
+            CompressionJobStatus(), counts, one_output, WorkerCounts(), datetime.now(UTC), 1, None
+        ).renditions
+        is None
+    )

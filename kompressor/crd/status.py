@@ -68,13 +68,20 @@ class CompressionJobStatus(CamelModel):
     total: int = Field(default=0, ge=0, description="Inputs found so far.")
     published: int = Field(default=0, ge=0, description="Tasks published to the queue so far.")
     succeeded: int = Field(default=0, ge=0, description="Inputs compressed and stored.")
-    skipped: int = Field(default=0, ge=0, description="Inputs whose output already existed.")
+    skipped: int = Field(default=0, ge=0, description="Inputs skipped with a reason: exists, not_smaller.")
     failed: int = Field(default=0, ge=0, description="Inputs that failed with a reason.")
     outstanding: int = Field(default=0, ge=0, description="Tasks published and not yet accounted.")
     progress: str = Field(default="0/0", description="(succeeded+skipped)/total, for kubectl get.")
-    bytes_in: int = Field(default=0, ge=0, description="Bytes read from the inputs.")
-    bytes_out: int = Field(default=0, ge=0, description="Bytes written as outputs.")
-    saved: str = Field(default="", description="Share of bytes saved, for kubectl get.")
+    bytes_in: int = Field(
+        default=0,
+        ge=0,
+        description="Bytes of the inputs that have an output (made now or kept from an earlier run); "
+        "failed inputs and inputs skipped without an output (not_smaller) are not counted.",
+    )
+    bytes_out: int = Field(default=0, ge=0, description="Bytes of those outputs.")
+    saved: str = Field(
+        default="", description="Share of bytesIn the outputs save (1 - bytesOut/bytesIn), for kubectl get."
+    )
     images_per_second: float = Field(default=0.0, ge=0, description="Recent throughput.")
     estimated_seconds_remaining: int | None = Field(
         default=None, ge=0, description="At recent throughput; empty when unknown."

@@ -158,9 +158,19 @@ class Tally:
         else:
             self.failed += 1
             self.failures[result.reason or "unknown"] += 1
-        self.bytes_in += result.bytes_in
-        self.bytes_out += result.bytes_out if result.outcome is not Outcome.failed else 0
+        if has_output(result):
+            self.bytes_in += result.bytes_in
+            self.bytes_out += result.bytes_out
         self.renditions.update(r.outcome for r in result.renditions or ())
+
+
+def has_output(result: Result) -> bool:
+    """Whether an output stands for this input: made now, or kept from an earlier run. Only these count
+    in the status's bytes, so a failure or a `not_smaller` skip is never reported as 100 % saved.
+    With renditions: any rendition stored or kept (the result's bytes are those renditions')."""
+    if result.renditions is not None:
+        return any(r.dest for r in result.renditions if r.outcome is not Outcome.failed)
+    return result.outcome is Outcome.done or (result.outcome is Outcome.skipped and bool(result.dest))
 
 
 class Ledger:
@@ -365,6 +375,9 @@ def _ledger_result(line: str | bytes, published: int | None) -> Result | str:
             id=entry["id"],
             outcome=Outcome(entry["outcome"]),
             source=entry["source"],
+            dest=entry.get(
+                "dest", ""
+            ),  # has_output reads it: a kept output's bytes count after a restart too
             bytes_in=entry["bytesIn"],
             bytes_out=entry["bytesOut"],
             reason=entry["reason"],
@@ -382,5 +395,9 @@ def _ledger_result(line: str | bytes, published: int | None) -> Result | str:
 def _counted_rendition(entry: dict) -> RenditionResult:
     """A manifest line's rendition, read back as much as the tally counts."""
     return RenditionResult(
-        name=entry["name"], width=entry["width"], format=entry["format"], outcome=Outcome(entry["outcome"])
+        name=entry["name"],
+        width=entry["width"],
+        format=entry["format"],
+        outcome=Outcome(entry["outcome"]),
+        dest=entry.get("dest", ""),
     )

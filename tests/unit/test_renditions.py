@@ -201,6 +201,8 @@ def test_the_ledger_counts_each_rendition_once_also_when_read_back():
         outcome=Outcome.failed,
         source="s3://raw/p.jpg",
         reason="encode_error",
+        bytes_in=100,
+        bytes_out=10,
         renditions=[
             _rendition(Outcome.done, dest="s3://web/a", bytes_out=10, stored_width=640, stored_height=480),
             _rendition(Outcome.skipped, "would_upscale"),
@@ -228,6 +230,8 @@ def test_the_ledger_counts_each_rendition_once_also_when_read_back():
             1,
             {Outcome.done: 1, Outcome.skipped: 1, Outcome.failed: 1},
         )
+        # A failed input whose other renditions were stored counts their bytes, also after a restart.
+        assert (tally.bytes_in, tally.bytes_out) == (100, 10)
 
 
 def test_keep_animation_reaches_the_webp_outputs_only_and_changes_only_their_fingerprint():

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kompressor import keys
 from kompressor.crd import Destination, Existing, Format, Limits, Output
 
 SCHEMA_VERSION = 1
@@ -29,11 +30,13 @@ manifest's) loses precision, and an id past 2^63 cannot index anything at all.""
 MAX_OBJECT_BYTES = 5 * 2**40
 """The largest byte count a result may report: S3's largest object (5 TiB). A bound keeps a forged
 result from driving the status's byte totals negative or past int64."""
-MAX_RESULT_BYTES = 64 * 2**10
+MAX_RESULT_BYTES = 128 * 2**10
 """The largest result message read. A real one is a few hundred bytes (keys and URLs are at most
-2 KiB, a message is cut at MAX_MESSAGE_CHARS); the bound keeps a flood of huge forged results from
-filling the reader's memory."""
+2 KiB, a message is cut at MAX_MESSAGE_CHARS), one with renditions at most ~60 KiB (32 outputs, each
+a key of at most 1 KiB and a message cut at MAX_RENDITION_MESSAGE_CHARS); the bound keeps a flood of
+huge forged results from filling the reader's memory."""
 MAX_MESSAGE_CHARS = 2000
+MAX_RENDITION_MESSAGE_CHARS = 300
 
 
 class MessageError(ValueError):
@@ -138,8 +141,22 @@ class SourceObject(BaseModel):
         return f"s3://{self.bucket}/{self.key}" if self.key is not None else public_source(str(self.url))
 
 
+class PlannedRendition(BaseModel):
+    """One output of a task with renditions: which set, which width, its key and its settings (a
+    one-output task's `output`, with resize.maxWidth the width)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    width: int = Field(ge=1)
+    key: str
+    output: Output
+    keep_animation: bool = Field(default=False, description="An animated input's webp output stays animated.")
+
+
 class Task(_Wire):
-    """Compress one input into one output object."""
+    """Compress one input into one output object, or, with `renditions`, into each of them from one
+    decode (`dest_key` is then empty and `output` unused)."""
 
     v: Literal[1] = SCHEMA_VERSION
     job: JobRef
@@ -150,12 +167,86 @@ class Task(_Wire):
     existing: Existing
     output: Output
     limits: Limits
+    renditions: list[PlannedRendition] | None = None
+    cache_control: str | None = None
+    copy_metadata: bool = False
+    keep_animation: bool = False
+
+    def dest_keys(self) -> list[str]:
+        """Every output key the task plans: its renditions' or its one."""
+        return [r.key for r in self.renditions] if self.renditions else [self.dest_key]
+
+    def for_rendition(self, rendition: PlannedRendition) -> Task:
+        """The one-output task this rendition is: its key, its settings. The skip check, the write
+        and the provenance of one rendition are a one-output task's."""
+        return self.model_copy(
+            update={
+                "dest_key": rendition.key,
+                "output": rendition.output,
+                "renditions": None,
+                "keep_animation": rendition.keep_animation,
+            }
+        )
 
 
 class Outcome(StrEnum):
     done = "done"
     skipped = "skipped"
     failed = "failed"
+
+
+class RenditionResult(BaseModel):
+    """How one output of a task with renditions ended: each planned rendition has exactly one."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    width: int = Field(ge=1, description="The width asked for.")
+    format: str
+    outcome: Outcome
+    dest: str = Field(default="", description="s3://bucket/key, when an object holds it.")
+    bytes_out: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
+    stored_width: int | None = Field(default=None, description="The stored image's width and height.")
+    stored_height: int | None = None
+    reason: str = Field(default="", max_length=64)
+    message: str = ""
+    quality: int | None = None
+    ssim: float | None = None
+    stored_original: bool = False
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _cut(cls, message: Any) -> Any:
+        return message[:MAX_RENDITION_MESSAGE_CHARS] if isinstance(message, str) else message
+
+
+def overall(renditions: list[RenditionResult]) -> tuple[Outcome, str]:
+    """An input's outcome and reason from its renditions': failed when any failed (the first's
+    reason), else done when any was stored, else skipped (the first's reason)."""
+    for outcome in (Outcome.failed, Outcome.done, Outcome.skipped):
+        first = next((r for r in renditions if r.outcome is outcome), None)
+        if first is not None:
+            return outcome, "" if outcome is Outcome.done else first.reason
+    return Outcome.skipped, ""
+
+
+def all_failed(task: Task, reason: str, message: str) -> list[RenditionResult] | None:
+    """Each rendition of a task that ended as a whole without a worker's word on each (it gave up
+    after its attempts, or the broker dead-lettered it): failed, with the task's reason. Outputs an
+    earlier attempt stored are found by a rerun. None for a one-output task."""
+    if not task.renditions:
+        return None
+    return [
+        RenditionResult(
+            name=r.name,
+            width=r.width,
+            format=r.output.format.value,
+            outcome=Outcome.failed,
+            reason=reason,
+            message=message,
+        )
+        for r in task.renditions
+    ]
 
 
 class Result(_Wire):
@@ -177,6 +268,10 @@ class Result(_Wire):
     ssim: float | None = None
     stored_original: bool = Field(
         default=False, description="neverLarger kept the input's bytes as the output."
+    )
+    frames: int | None = Field(default=None, ge=1, description="Frames in the input, when decoded.")
+    renditions: list[RenditionResult] | None = Field(
+        default=None, max_length=64, description="With renditions: how each output ended."
     )
 
     @field_validator("source")
@@ -210,19 +305,42 @@ _KEEP_RENAMED = {
 }
 
 
-def output_key(source: SourceObject, source_prefix: str, destination: Destination, output: Output) -> str:
-    """The deterministic output key: the source path below its prefix, under the destination prefix,
-    with the output format's extension (the input's own extension for `keep`)."""
+def relative_name(source: SourceObject, source_prefix: str) -> str:
+    """The source's path below the source prefix: what output keys are made from."""
     name = source.name
     if source.key is not None and source_prefix and name.startswith(source_prefix):
         name = name[len(source_prefix) :]
-    name = name.lstrip("/")
+    return name.lstrip("/")
+
+
+def output_key(source: SourceObject, source_prefix: str, destination: Destination, output: Output) -> str:
+    """The deterministic output key: the source path below its prefix, under the destination prefix,
+    with the output format's extension (the input's own extension for `keep`); or, with
+    destination.key, that template's key under the prefix."""
+    name = relative_name(source, source_prefix)
     stem, ext = posixpath.splitext(name)
     ext = _KEEP_RENAMED.get(ext.lower(), ext) if output.format is Format.keep else _EXTENSIONS[output.format]
-    key = posixpath.join(destination.s3.prefix, stem + ext) if destination.s3.prefix else stem + ext
+    if destination.key is not None:
+        fmt = ext.lstrip(".") if output.format is Format.keep else output.format.value
+        return templated_key(destination, name, ext=ext.lstrip("."), format=fmt)
+    return bounded_key(destination, stem + ext, ext)
+
+
+def templated_key(destination: Destination, path: str, **values: str | int) -> str:
+    """destination.key (or the renditions' default) rendered for the source `path` below its
+    prefix, under the destination prefix."""
+    template = destination.key or keys.DEFAULT_RENDITION_KEY
+    key = keys.render(template, **keys.source_parts(path), **values)
+    return bounded_key(destination, key, "." + str(values["ext"]))
+
+
+def bounded_key(destination: Destination, relative: str, ext: str) -> str:
+    """`relative` under the destination prefix; a key over S3's 1024 bytes becomes a digest of it."""
+    prefix = destination.s3.prefix
+    key = posixpath.join(prefix, relative) if prefix else relative
     if len(key.encode()) > 1024:
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        key = posixpath.join(destination.s3.prefix, f"{digest}{ext}")
+        key = posixpath.join(prefix, f"{digest}{ext}")
     return key
 
 

@@ -93,6 +93,8 @@ def _value_rules(spec: dict[str, Any]) -> dict[str, Any]:
     props["source"]["oneOf"] = [{"required": ["s3"]}, {"required": ["urls"]}]
     props["source"]["properties"]["urls"]["oneOf"] = [{"required": ["manifest"]}, {"required": ["items"]}]
     props["output"]["not"] = {"required": ["quality", "targetSSIM"]}
+    props["renditions"]["items"]["not"] = {"required": ["quality", "targetSSIM"]}
+    spec["not"] = {"required": ["output", "renditions"]}
     return spec
 
 
@@ -108,6 +110,14 @@ PRINTER_COLUMNS = [
     {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.ready"},
     {"name": "Saved", "type": "string", "jsonPath": ".status.saved"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # Priority 1: only with `kubectl get -o wide`, so the default columns stay as they were.
+    {
+        "name": "Renditions",
+        "type": "string",
+        "jsonPath": ".status.renditions.progress",
+        "description": "with spec.renditions: (succeeded + skipped) / planned outputs",
+        "priority": 1,
+    },
 ]
 
 

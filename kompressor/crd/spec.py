@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kompressor import keys
 from kompressor.crd.base import CamelModel
 
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.tif", "*.tiff", "*.avif"]
@@ -182,6 +183,41 @@ class Destination(CamelModel):
         "and the input counted as skipped, so re-running a job does no work twice; overwrite: always "
         "compress again.",
     )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=keys.MAX_TEMPLATE_CHARS,
+        description="Output key template below s3.prefix, with placeholders {dir}, {file} (photo.png), "
+        "{stem} (photo), {srcext} (png), {format}, {ext} (jpg for jpeg) and, with renditions, {name} "
+        "and {width}; empty path segments are dropped. Empty: {dir}/{stem}.{ext} with output (the "
+        f"input's extension for keep), {keys.DEFAULT_RENDITION_KEY} with renditions (keeping the "
+        "source's extension, so photo.jpg and photo.png never share a key). Templates that give two "
+        "outputs of one input one key are refused.",
+    )
+    cache_control: str | None = Field(
+        default=None,
+        max_length=256,
+        pattern=r"^[ -~]+$",
+        description='Cache-Control stored with every output, e.g. "public, max-age=31536000, '
+        'immutable"; empty stores none.',
+    )
+    copy_metadata: bool = Field(
+        default=False,
+        description="Copy the S3 source's user metadata (x-amz-meta-*) onto its outputs; kompressor's "
+        "own kompressor-* keys win. Off by default: a source's metadata may be private and the "
+        "outputs public. URL sources have none.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _known_placeholders(cls, value: str | None) -> str | None:
+        if value is not None:
+            keys.placeholders(value)
+            if value.startswith("/") or ".." in value.split("/"):
+                raise ValueError(
+                    f"key template {value!r} must stay under the prefix: no leading '/', no '..'"
+                )
+        return value
 
 
 class Storage(CamelModel):
@@ -304,6 +340,91 @@ class Output(CamelModel):
     @property
     def effective_quality(self) -> int:
         return DEFAULT_QUALITY if self.quality is None else self.quality
+
+
+MAX_RENDITIONS = 8
+MAX_RENDITION_WIDTHS = 16
+MAX_OUTPUTS_PER_INPUT = 32
+MAX_RENDITION_WIDTH = 16383  # WebP's largest side; the widest any format here can encode
+
+
+class RenditionFormat(StrEnum):
+    jpeg = "jpeg"
+    webp = "webp"
+    avif = "avif"
+    png = "png"
+
+
+class Animation(StrEnum):
+    first_frame = "firstFrame"
+    keep = "keep"
+
+
+class Rendition(CamelModel):
+    """A named set of outputs of each input: every width in every format, all from one decode."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=32,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Names the set in keys ({name}) and the index, e.g. hero or thumb.",
+    )
+    widths: list[Annotated[int, Field(ge=1, le=MAX_RENDITION_WIDTH)]] = Field(
+        min_length=1,
+        max_length=MAX_RENDITION_WIDTHS,
+        description="Output widths in pixels, each with the source's aspect ratio. A width above the "
+        "source's (as displayed) is never upscaled: that output is skipped with reason would_upscale.",
+    )
+    formats: list[RenditionFormat] = Field(
+        min_length=1, max_length=len(RenditionFormat), description="Output formats, each at every width."
+    )
+    quality: int | None = Field(
+        default=None, ge=1, le=100, description=f"As output.quality (default {DEFAULT_QUALITY})."
+    )
+    target_ssim: float | None = Field(
+        default=None,
+        alias="targetSSIM",
+        ge=0.90,
+        le=0.999,
+        description="As output.targetSSIM, per width and format; only with lossy formats.",
+    )
+    strip_metadata: bool = Field(default=True, description="As output.stripMetadata.")
+    never_larger: bool = Field(default=True, description="As output.neverLarger, per output.")
+    animation: Animation = Field(
+        default=Animation.first_frame,
+        description="firstFrame: an animated input (GIF, WebP) gives its first frame; keep: its webp "
+        "outputs are animated WebP, every frame resized (its other formats still take the first "
+        "frame). The manifest gives each input's frame count either way.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rendition:
+        for what, values in (("widths", self.widths), ("formats", self.formats)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"rendition {self.name}: {what} must not repeat")
+        if self.quality is not None and self.target_ssim is not None:
+            raise ValueError(f"rendition {self.name}: set quality or targetSSIM, not both")
+        if self.target_ssim is not None and RenditionFormat.png in self.formats:
+            raise ValueError(f"rendition {self.name}: targetSSIM needs lossy formats: jpeg, webp or avif")
+        return self
+
+    def outputs(self) -> list[tuple[int, Output]]:
+        """Each (width, output settings) of the set, widest first, formats in their listed order."""
+        return [
+            (
+                width,
+                Output(
+                    format=Format(fmt.value),
+                    quality=self.quality,
+                    target_ssim=self.target_ssim,
+                    resize=Resize(max_width=width),
+                    strip_metadata=self.strip_metadata,
+                    never_larger=self.never_larger,
+                ),
+            )
+            for width in sorted(self.widths, reverse=True)
+            for fmt in self.formats
+        ]
 
 
 ByteQuantity = Annotated[
@@ -515,7 +636,16 @@ class CompressionJobSpec(CamelModel):
     source: Source = Field(description="Where the input images are.")
     destination: Destination = Field(description="Where the outputs go.")
     storage: Storage = Field(default_factory=Storage, description="How to reach S3.")
-    output: Output = Field(default_factory=Output, description="Output format and settings.")
+    output: Output = Field(
+        default_factory=Output, description="Output format and settings: one output per input."
+    )
+    renditions: list[Rendition] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_RENDITIONS,
+        description="Instead of output: many outputs per input (widths × formats per set), all from one "
+        f"decode; at most {MAX_OUTPUTS_PER_INPUT} outputs per input. See docs/renditions.md.",
+    )
     limits: Limits = Field(default_factory=Limits, description="Per-task and per-job bounds.")
     workers: Workers = Field(default_factory=Workers, description="Worker pods and autoscaling.")
     priority: int = Field(
@@ -533,6 +663,30 @@ class CompressionJobSpec(CamelModel):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the job this long after it finishes; empty keeps it."
     )
+
+    @model_validator(mode="after")
+    def _renditions_keys(self) -> CompressionJobSpec:
+        template = self.destination.key
+        if not self.renditions:
+            used = keys.placeholders(template) if template else set()
+            if used & keys.RENDITION_PLACEHOLDERS:
+                raise ValueError("destination.key: {name} and {width} need renditions")
+            return self
+        if self.output != Output():  # not model_fields_set: a dumped spec holds the default output
+            raise ValueError("set output or renditions, not both")
+        names = [rendition.name for rendition in self.renditions]
+        if len(set(names)) != len(names):
+            raise ValueError("renditions: names must not repeat")
+        outputs = [(r.name, width, out.format.value) for r in self.renditions for width, out in r.outputs()]
+        if len(outputs) > MAX_OUTPUTS_PER_INPUT:
+            raise ValueError(
+                f"renditions: {len(outputs)} outputs per input (widths × formats, summed), more than "
+                f"{MAX_OUTPUTS_PER_INPUT}"
+            )
+        problems = keys.collisions(template or keys.DEFAULT_RENDITION_KEY, outputs)
+        if problems:
+            raise ValueError("destination.key: " + "; ".join(problems))
+        return self
 
 
 class SpecError(ValueError):

@@ -45,6 +45,20 @@ class WorkerCounts(CamelModel):
     ready: int = Field(default=0, ge=0, description="Worker pods ready.")
 
 
+class RenditionCounts(CamelModel):
+    """With renditions: how each (input, rendition) ended."""
+
+    succeeded: int = Field(default=0, ge=0, description="Renditions stored (or found stored by this job).")
+    skipped: int = Field(
+        default=0, ge=0, description="Renditions skipped with a reason (exists, would_upscale, ...)."
+    )
+    failed: int = Field(default=0, ge=0, description="Renditions that failed with a reason.")
+    progress: str = Field(
+        default="0/0",
+        description="(succeeded+skipped)/(inputs found × outputs per input), for kubectl get -o wide.",
+    )
+
+
 class CompressionJobStatus(CamelModel):
     """Progress of the job, written by the operator (or local mode) only."""
 
@@ -92,4 +106,7 @@ class CompressionJobStatus(CamelModel):
     conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
     manifest: str | None = Field(
         default=None, description="s3:// URL of manifest.jsonl, one line per input and its outcome."
+    )
+    renditions: RenditionCounts | None = Field(
+        default=None, description="With spec.renditions: outputs counted one by one."
     )

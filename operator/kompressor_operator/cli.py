@@ -1,4 +1,5 @@
-"""The `kompressor` command: `run` a CompressionJob on this machine, or print the `crd` or its `reference`."""
+"""The `kompressor` command: `run` a CompressionJob on this machine, print the `crd` or its `reference`,
+or the `srcset` markup of one source from a job's renditions index."""
 
 from __future__ import annotations
 
@@ -74,7 +75,12 @@ def _dry_run(job_file, settings, as_json: bool) -> int:
                     "processes": plan.processes,
                     "estimatedSeconds": round(figures.seconds(plan.processes), 1),
                     "first": [
-                        {"source": t.source.describe(), "dest": f"s3://{t.dest_bucket}/{t.dest_key}"}
+                        {
+                            "source": t.source.describe(),
+                            "dest": [f"s3://{t.dest_bucket}/{key}" for key in t.dest_keys()]
+                            if t.renditions
+                            else f"s3://{t.dest_bucket}/{t.dest_key}",
+                        }
                         for t in plan.first
                     ],
                 },
@@ -83,6 +89,24 @@ def _dry_run(job_file, settings, as_json: bool) -> int:
         )
     else:
         progress.print_dry_run(progress.console(), job_file.name, plan)
+    return EXIT_SUCCEEDED
+
+
+def _srcset(args: argparse.Namespace) -> int:
+    from kompressor import index
+
+    text = sys.stdin.read() if args.index == "-" else Path(args.index).read_text()
+    stored = index.lookup(text, args.source)
+    if not stored:
+        print(f"kompressor: {args.source} has no stored renditions in {args.index}", file=sys.stderr)
+        return EXIT_FAILED
+    name = args.rendition or next(iter(stored))
+    if name not in stored:
+        print(
+            f"kompressor: {args.source} has no rendition {name}; it has {', '.join(stored)}", file=sys.stderr
+        )
+        return EXIT_FAILED
+    print(index.picture(stored, name, base_url=args.base_url, sizes=args.sizes, alt=args.alt))
     return EXIT_SUCCEEDED
 
 
@@ -106,7 +130,19 @@ def main(argv: list[str] | None = None) -> int:
         help="list the inputs and estimate the time; publish, declare and write nothing",
     )
     run.add_argument("--log-dir", help="where worker logs go (default: a new temporary directory)")
+    srcset = commands.add_parser(
+        "srcset",
+        help="print the <picture> element of one source from a job's index.json or manifest.jsonl",
+    )
+    srcset.add_argument("index", help="a downloaded index.json or manifest.jsonl ('-': standard input)")
+    srcset.add_argument("source", help="the source's S3 key (or URL, for URL sources)")
+    srcset.add_argument("--rendition", help="the rendition's name (default: the first of the job's)")
+    srcset.add_argument("--base-url", default="", help="put before each key, e.g. https://cdn.example/")
+    srcset.add_argument("--sizes", default="100vw", help="the sizes attribute (default 100vw)")
+    srcset.add_argument("--alt", default="", help="the img's alt text")
     args = parser.parse_args(argv)
+    if args.command == "srcset":
+        return _srcset(args)
     if args.command == "crd":
         sys.stdout.write(render_crd())
         return 0

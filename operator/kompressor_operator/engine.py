@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from kompressor.crd import CompressionJobSpec
 from kompressor.logs import reason
-from kompressor.messages import JobRef, MessageError, Outcome, Result, Task, task_queue
+from kompressor.messages import JobRef, MessageError, Outcome, Result, Task, all_failed, task_queue
 from kompressor_operator import broker
 from kompressor_operator.ledger import Cursor, Ledger
 from kompressor_operator.listing import list_s3_sources, url_sources
@@ -102,6 +102,7 @@ def dead_letter_result(task: Task, reason: str, recorded: bool, max_attempts: in
         reason=_DEAD_REASONS[reason],
         message=f"dead-lettered by the broker ({reason})",
         attempts=max_attempts,
+        renditions=all_failed(task, _DEAD_REASONS[reason], f"dead-lettered by the broker ({reason})"),
     )
 
 
@@ -218,6 +219,11 @@ class JobEngine:
             bytes_in=tally.bytes_in,
             bytes_out=tally.bytes_out,
             failures_by_reason=tuple(tally.failures.items()),
+            renditions=(
+                tally.renditions[Outcome.done],
+                tally.renditions[Outcome.skipped],
+                tally.renditions[Outcome.failed],
+            ),
             listing_done=cursor.listing_done,
             listing_started=True,
         )

@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from kompressor import index
 from kompressor.crd import CompressionJobSpec
-from kompressor.messages import JobRef, Outcome, Result
+from kompressor.messages import JobRef, Outcome, RenditionResult, Result
 
 log = logging.getLogger("kompressor.ledger")
 
@@ -81,7 +83,31 @@ def manifest_line(result: Result) -> dict:
         line["ssim"] = result.ssim
     if result.stored_original:
         line["storedOriginal"] = True
+    if result.frames is not None:
+        line["frames"] = result.frames
+    if result.renditions is not None:
+        line["renditions"] = [rendition_line(r) for r in result.renditions]
     return line
+
+
+def rendition_line(rendition: RenditionResult) -> dict:
+    """One rendition in a manifest line: camelCase as the rest of it, empty fields left out."""
+    line = {
+        "name": rendition.name,
+        "width": rendition.width,
+        "format": rendition.format,
+        "outcome": rendition.outcome.value,
+        "dest": rendition.dest,
+        "bytesOut": rendition.bytes_out,
+        "storedWidth": rendition.stored_width,
+        "storedHeight": rendition.stored_height,
+        "reason": rendition.reason,
+        "message": rendition.message,
+        "quality": rendition.quality,
+        "ssim": rendition.ssim,
+        "storedOriginal": rendition.stored_original or None,
+    }
+    return {key: value for key, value in line.items() if value not in (None, "")}
 
 
 class _Bits:
@@ -117,6 +143,8 @@ class Tally:
     bytes_in: int = 0
     bytes_out: int = 0
     failures: Counter = field(default_factory=Counter)
+    renditions: Counter = field(default_factory=Counter)
+    """With renditions: outputs by outcome."""
 
     @property
     def accounted(self) -> int:
@@ -133,11 +161,15 @@ class Tally:
         if has_output(result):
             self.bytes_in += result.bytes_in
             self.bytes_out += result.bytes_out
+        self.renditions.update(r.outcome for r in result.renditions or ())
 
 
 def has_output(result: Result) -> bool:
     """Whether an output stands for this input: made now, or kept from an earlier run. Only these count
-    in the status's bytes, so a failure or a `not_smaller` skip is never reported as 100 % saved."""
+    in the status's bytes, so a failure or a `not_smaller` skip is never reported as 100 % saved.
+    With renditions: any rendition stored or kept (the result's bytes are those renditions')."""
+    if result.renditions is not None:
+        return any(r.dest for r in result.renditions if r.outcome is not Outcome.failed)
     return result.outcome is Outcome.done or (result.outcome is Outcome.skipped and bool(result.dest))
 
 
@@ -148,6 +180,7 @@ class Ledger:
         self.bucket = spec.destination.s3.bucket
         self.prefix = f"{ledger_prefix(job, spec)}ledger/{job.uid8}/"
         self.manifest_key = manifest_key(job, spec)
+        self.renditions = bool(spec.renditions)
         self.tally = Tally()
         self.cursor = Cursor()
         self._seen = _Bits()
@@ -269,28 +302,24 @@ class Ledger:
         self.cursor = cursor
 
     def write_manifest(self) -> str:
-        """Concatenate the parts into manifest.jsonl (multipart, so its size is not bounded by memory)."""
+        """Concatenate the parts into manifest.jsonl (multipart, so its size is not bounded by memory);
+        with renditions, also index.json beside it (kompressor.index)."""
+        self._upload(self.manifest_key, "application/x-ndjson", self._manifest_bytes())
+        if self.renditions:
+            lines = (
+                json.loads(line) for chunk in self._manifest_bytes() for line in chunk.splitlines() if line
+            )
+            self._upload(
+                index_key_of(self.manifest_key), "application/json", (c.encode() for c in index.chunks(lines))
+            )
+        return f"s3://{self.bucket}/{self.manifest_key}"
+
+    def _manifest_bytes(self) -> Iterator[bytes]:
+        """The recorded lines, part by part (a damaged part's good lines only)."""
         keys = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{self.prefix}part-"):
             keys.extend(item["Key"] for item in page.get("Contents", []))
-        upload = self.client.create_multipart_upload(
-            Bucket=self.bucket, Key=self.manifest_key, ContentType="application/x-ndjson"
-        )
-        parts, buffer = [], bytearray()
-
-        def flush() -> None:
-            number = len(parts) + 1
-            answer = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=self.manifest_key,
-                PartNumber=number,
-                UploadId=upload["UploadId"],
-                Body=bytes(buffer),
-            )
-            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
-            buffer.clear()
-
         for key in keys:
             body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
             if key in self._damaged:
@@ -298,18 +327,42 @@ class Ledger:
                 body = b"".join(
                     line for line in lines if isinstance(_ledger_result(line, self._bound), Result)
                 )
-            buffer.extend(body)
+            yield body
+
+    def _upload(self, key: str, content_type: str, pieces: Iterable[bytes]) -> None:
+        """Store `pieces` as one object, uploaded in parts of MULTIPART_CHUNK or more."""
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, ContentType=content_type)
+        parts, buffer = [], bytearray()
+
+        def flush() -> None:
+            number = len(parts) + 1
+            answer = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=key,
+                PartNumber=number,
+                UploadId=upload["UploadId"],
+                Body=bytes(buffer),
+            )
+            parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+            buffer.clear()
+
+        for piece in pieces:
+            buffer.extend(piece)
             if len(buffer) >= MULTIPART_CHUNK:
                 flush()
         if buffer or not parts:
             flush()
         self.client.complete_multipart_upload(
             Bucket=self.bucket,
-            Key=self.manifest_key,
+            Key=key,
             UploadId=upload["UploadId"],
             MultipartUpload={"Parts": parts},
         )
-        return f"s3://{self.bucket}/{self.manifest_key}"
+
+
+def index_key_of(manifest: str) -> str:
+    """index.json beside a manifest.jsonl (key or URL)."""
+    return manifest.removesuffix("manifest.jsonl") + "index.json"
 
 
 def _ledger_result(line: str | bytes, published: int | None) -> Result | str:
@@ -322,12 +375,29 @@ def _ledger_result(line: str | bytes, published: int | None) -> Result | str:
             id=entry["id"],
             outcome=Outcome(entry["outcome"]),
             source=entry["source"],
+            dest=entry.get(
+                "dest", ""
+            ),  # has_output reads it: a kept output's bytes count after a restart too
             bytes_in=entry["bytesIn"],
             bytes_out=entry["bytesOut"],
             reason=entry["reason"],
+            renditions=[_counted_rendition(r) for r in entry["renditions"]]
+            if "renditions" in entry
+            else None,
         )
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValidationError is a ValueError
         return f"{type(exc).__name__}: {str(exc)[:200]}"
     if published is not None and result.id >= published:
         return f"id {result.id} was never published ({published} were)"
     return result
+
+
+def _counted_rendition(entry: dict) -> RenditionResult:
+    """A manifest line's rendition, read back as much as the tally counts."""
+    return RenditionResult(
+        name=entry["name"],
+        width=entry["width"],
+        format=entry["format"],
+        outcome=Outcome(entry["outcome"]),
+        dest=entry.get("dest", ""),
+    )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from kompressor.crd import CompressionJobSpec, Format
 from kompressor.messages import JobRef, SourceObject, Task, output_key
+from kompressor.renditions import plan_renditions
 
 MANIFEST_URL_COLUMN = "url"
 MAX_URL_CHARS = 2048  # as the CRD's inline `urls.items`: a task must stay a small message
@@ -23,15 +24,19 @@ MAX_URL_CHARS = 2048  # as the CRD's inline `urls.items`: a task must stay a sma
 
 def plan_task(job: JobRef, spec: CompressionJobSpec, index: int, source: SourceObject) -> Task:
     prefix = spec.source.s3.prefix if spec.source.s3 is not None else ""
+    renditions = plan_renditions(spec, source, prefix)
     return Task(
         job=job,
         id=index,
         source=source,
         dest_bucket=spec.destination.s3.bucket,
-        dest_key=output_key(source, prefix, spec.destination, spec.output),
+        dest_key="" if renditions else output_key(source, prefix, spec.destination, spec.output),
         existing=spec.destination.existing,
         output=spec.output,
         limits=spec.limits,
+        renditions=renditions or None,
+        cache_control=spec.destination.cache_control,
+        copy_metadata=spec.destination.copy_metadata,
     )
 
 
@@ -105,7 +110,6 @@ def estimate(spec: CompressionJobSpec, tasks: Iterable[Task]) -> Estimate:
     """Inputs, bytes and CPU seconds of `tasks` at the measured rates above."""
     inputs = total = unknown = 0
     cpu = 0.0
-    factor = TARGET_SSIM_FACTOR if spec.output.target_ssim is not None else 1.0
     for task in tasks:
         inputs += 1
         cpu += TASK_OVERHEAD_CPU_SECONDS
@@ -113,8 +117,12 @@ def estimate(spec: CompressionJobSpec, tasks: Iterable[Task]) -> Estimate:
             unknown += 1
             continue
         total += task.source.size
-        fmt = spec.output.format
-        if fmt is Format.keep:
-            fmt = _FORMAT_OF_EXTENSION.get(posixpath.splitext(task.dest_key)[1].lower(), Format.png)
-        cpu += task.source.size / 2**20 * CPU_SECONDS_PER_MIB[fmt] * factor
+        # Renditions: each output at the rate of a full-size one, an upper bound (smaller widths
+        # cost less; the decode is shared).
+        for output in [r.output for r in task.renditions or ()] or [task.output]:
+            factor = TARGET_SSIM_FACTOR if output.target_ssim is not None else 1.0
+            fmt = output.format
+            if fmt is Format.keep:
+                fmt = _FORMAT_OF_EXTENSION.get(posixpath.splitext(task.dest_key)[1].lower(), Format.png)
+            cpu += task.source.size / 2**20 * CPU_SECONDS_PER_MIB[fmt] * factor
     return Estimate(inputs=inputs, bytes=total, unknown_sizes=unknown, cpu_seconds=cpu)

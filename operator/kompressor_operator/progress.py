@@ -90,7 +90,9 @@ def print_dry_run(out: Console, name: str, plan) -> None:
     out.print(f"CompressionJob {name}: dry run, nothing published or written")
     for task in plan.first:
         size = f" ({_size(task.source.size)})" if task.source.size is not None else ""
-        out.print(f"  {task.source.describe()}{size} → s3://{task.dest_bucket}/{task.dest_key}")
+        first, *more = task.dest_keys()
+        others = f" (+{len(more)} more)" if more else ""
+        out.print(f"  {task.source.describe()}{size} → s3://{task.dest_bucket}/{first}{others}")
     if figures.inputs > len(plan.first):
         out.print(f"  ... and {figures.inputs - len(plan.first)} more")
     unknown = f", {figures.unknown_sizes} of unknown size (URLs)" if figures.unknown_sizes else ""

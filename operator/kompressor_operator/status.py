@@ -61,8 +61,10 @@ from kompressor.crd import (
     Condition,
     InputFormat,
     Phase,
+    RenditionCounts,
     WorkerCounts,
 )
+from kompressor.renditions import outputs_per_input
 
 FAILED_FRACTION_THRESHOLD = 0.01
 """A finished job Fails when more than this share of its inputs failed (see the module docstring)."""
@@ -90,6 +92,8 @@ class Counts:
     bytes_out: int = 0
     failures_by_reason: tuple[tuple[str, int], ...] = ()
     """(reason, count) pairs; kept sorted, so equal counts compare equal."""
+    renditions: tuple[int, int, int] = (0, 0, 0)
+    """With spec.renditions: (succeeded, skipped, failed) outputs."""
     listing_done: bool = False
     listing_started: bool = False
     """The lister has begun (also implied by anything found, published or listing_done)."""
@@ -212,6 +216,15 @@ def next_status(
         "observed_generation": generation,
         "start_time": start,
     }
+    if spec.renditions:
+        outputs = outputs_per_input(spec)
+        succeeded, skipped, failed = counts.renditions
+        numbers["renditions"] = RenditionCounts(
+            succeeded=succeeded,
+            skipped=skipped,
+            failed=failed,
+            progress=f"{succeeded + skipped}/{total * outputs}",
+        )
     if finished_before:
         return previous.model_copy(update=numbers)
     conditions = previous.conditions

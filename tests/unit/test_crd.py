@@ -61,7 +61,10 @@ def test_crd_names_status_and_printer_columns():
     assert definition["spec"]["names"]["shortNames"] == ["compjob"]
     version = definition["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == [
+    columns = version["additionalPrinterColumns"]
+    # Renditions only with -o wide (priority 1): the default columns stay as they were.
+    assert [c["name"] for c in columns if c.get("priority", 0) == 1] == ["Renditions"]
+    assert [c["name"] for c in columns if c.get("priority", 0) == 0] == [
         "Phase",
         "Done",
         "Failed",

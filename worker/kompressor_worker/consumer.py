@@ -41,6 +41,7 @@ from kompressor.messages import (
     Outcome,
     Result,
     Task,
+    all_failed,
     result_queue,
     retry_queue,
 )
@@ -333,6 +334,7 @@ class Consumer:
             reason=reason,
             message=f"gave up after {attempts} attempts: {message}",
             attempts=attempts,
+            renditions=all_failed(task, reason, message),
         )
 
     def _count(self, result: Result, inflight: _InFlight) -> None:

@@ -26,6 +26,8 @@ META_SOURCE_ETAG = "kompressor-source-etag"
 META_SETTINGS = "kompressor-settings"
 META_BYTES_IN = "kompressor-bytes-in"
 META_ORIGINAL = "kompressor-stored-original"
+# "<width>x<height>" of a rendition, for the index when a rerun skips it as existing.
+META_SIZE = "kompressor-size"
 
 _CHUNK = 1 << 20
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
@@ -60,11 +62,19 @@ class OutputChanged(Exception):
 def settings_fingerprint(task: Task) -> str:
     """Identifies the output settings, so an output made with other settings is never skipped."""
     payload = task.output.model_dump_json() + task.limits.model_dump_json(include={"max_pixels"})
+    if task.keep_animation:  # only then: the fingerprints of outputs made before the setting stay
+        payload += "animation=keep"
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def read_source(client, bucket: str, key: str, max_bytes: int) -> tuple[bytes, str]:
     """The object's bytes and ETag, refusing (`too_large`) as soon as more than max_bytes arrive."""
+    data, etag, _ = read_source_object(client, bucket, key, max_bytes)
+    return data, etag
+
+
+def read_source_object(client, bucket: str, key: str, max_bytes: int) -> tuple[bytes, str, dict[str, str]]:
+    """As `read_source`, with the object's user metadata (x-amz-meta-*, without the prefix)."""
     what = f"s3://{bucket}/{key}"
     try:
         response = client.get_object(Bucket=bucket, Key=key)
@@ -80,7 +90,7 @@ def read_source(client, bucket: str, key: str, max_bytes: int) -> tuple[bytes, s
                 response["Body"].close()
                 raise StorageError("too_large", f"{what} exceeds the {max_bytes}-byte limit", False)
             chunks.append(chunk)
-        return b"".join(chunks), response.get("ETag", "").strip('"')
+        return b"".join(chunks), response.get("ETag", "").strip('"'), dict(response.get("Metadata") or {})
     except (ClientError, BotoCoreError) as exc:
         raise _classify(exc, what) from None
 
@@ -96,6 +106,7 @@ class ExistingOutput:
     bytes_in: int
     bytes_out: int
     stored_original: bool
+    size: tuple[int, int] | None = None  # a rendition's stored width and height
 
 
 def existing_output(client, bucket: str, key: str) -> ExistingOutput | None:
@@ -119,7 +130,13 @@ def existing_output(client, bucket: str, key: str) -> ExistingOutput | None:
         bytes_in=int(meta.get(META_BYTES_IN, "0") or 0),
         bytes_out=int(head.get("ContentLength", 0)),
         stored_original=meta.get(META_ORIGINAL) == "true",
+        size=_size(meta.get(META_SIZE, "")),
     )
+
+
+def _size(text: str) -> tuple[int, int] | None:
+    width, _, height = text.partition("x")
+    return (int(width), int(height)) if width.isdigit() and height.isdigit() else None
 
 
 def write_output(
@@ -131,9 +148,16 @@ def write_output(
     bytes_in: int,
     stored_original: bool,
     replaces: ExistingOutput | None,
+    *,
+    source_metadata: dict[str, str] | None = None,
+    size: tuple[int, int] | None = None,
 ) -> None:
-    """Store the output, only if the key still holds `replaces` (None: nothing); else OutputChanged."""
+    """Store the output, only if the key still holds `replaces` (None: nothing); else OutputChanged.
+    With the task's Cache-Control; with `copy_metadata`, the source's user metadata under ours
+    (kompressor-* keys are always this output's own); `size`: a rendition's, recorded for the index."""
+    copied = {k: v for k, v in (source_metadata or {}).items() if not k.lower().startswith("kompressor-")}
     metadata = {
+        **(copied if task.copy_metadata else {}),
         META_JOB: task.job.uid,
         META_TASK: str(task.id),
         # Object metadata must be ASCII: URL-quote the source's key or URL (its public form: the
@@ -144,6 +168,9 @@ def write_output(
         META_BYTES_IN: str(bytes_in),
         META_ORIGINAL: "true" if stored_original else "false",
     }
+    if size is not None:
+        metadata[META_SIZE] = f"{size[0]}x{size[1]}"
+    extra = {"CacheControl": task.cache_control} if task.cache_control else {}
     condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces.etag}
     try:
         client.put_object(
@@ -152,6 +179,7 @@ def write_output(
             Body=body,
             ContentType=content_type,
             Metadata=metadata,
+            **extra,
             **condition,
         )
     except ClientError as exc:

@@ -29,18 +29,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing, InputFormat, Limits, Output
-from kompressor.messages import Outcome, Result, Task
+from kompressor.messages import Outcome, PlannedRendition, RenditionResult, Result, Task, overall
 from kompressor_s3 import s3_client
 from kompressor_worker.codec import CodecError, Compressed, compress
 from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
 from kompressor_worker.never_larger import NotSmaller
+from kompressor_worker.renditions import Made, make
 from kompressor_worker.settings import WorkerSettings
 from kompressor_worker.storage import (
     ExistingOutput,
     OutputChanged,
     StorageError,
     existing_output,
-    read_source,
+    read_source_object,
     settings_fingerprint,
     write_output,
 )
@@ -86,6 +87,19 @@ def encode(
     return dataclasses.replace(compressed, attempts=())
 
 
+def encode_renditions(
+    data: bytes,
+    outputs: list[tuple[Output, bool]],
+    limits: Limits,
+    allowed_input_formats: tuple[InputFormat, ...],
+) -> list[Made]:
+    """Entry point in a child for a task with renditions: every output (its settings, whether it
+    keeps an animation) from one decode; raises CodecError when the input cannot be decoded."""
+    settings = [output for output, _ in outputs]
+    animated = [keep for _, keep in outputs]
+    return make(data, settings, limits, _memory_budget, allowed_input_formats, animated)
+
+
 # --- on the worker's I/O threads -------------------------------------------------------------------
 
 
@@ -129,6 +143,8 @@ class TaskRunner:
         return result.model_copy(update={"attempts": attempts, "seconds": seconds})
 
     def _run(self, task: Task, deadline: float, on_encode: Callable[[Future], None]) -> Result:
+        if task.renditions:
+            return self._run_renditions(task, task.renditions, deadline, on_encode)
         problem = check_key(task.dest_key)
         if problem:
             return _result(task, Outcome.failed, reason="invalid_key", message=f"output key {problem}")
@@ -137,7 +153,7 @@ class TaskRunner:
             earlier = _earlier_result(task, found)
             if earlier is not None:
                 return earlier
-            data, etag = self._fetch(task, deadline)
+            data, etag, metadata = self._fetch(task, deadline)
             try:
                 compressed = self._encode(task, data, deadline, on_encode)
             except CodecError as exc:
@@ -157,6 +173,7 @@ class TaskRunner:
                     len(data),
                     compressed.stored_original,
                     replaces=found,
+                    source_metadata=metadata,
                 )
             except OutputChanged:
                 return self._raced(task)
@@ -170,6 +187,7 @@ class TaskRunner:
                 reason=compressed.reason,
                 message=_quality_message(task, compressed),
                 stored_original=compressed.stored_original,
+                frames=compressed.frames,
             )
         except (StorageError, FetchError) as exc:
             if exc.transient:
@@ -185,22 +203,30 @@ class TaskRunner:
             raise TransientError("output_changed", "the output was written by someone else meanwhile")
         return earlier
 
-    def _fetch(self, task: Task, deadline: float) -> tuple[bytes, str]:
+    def _fetch(self, task: Task, deadline: float) -> tuple[bytes, str, dict[str, str]]:
+        """The input's bytes, its ETag and (S3 sources) its user metadata."""
         source, limit = task.source, task.limits.max_input_bytes
         if source.key is not None:
-            return read_source(self.client, source.bucket or "", source.key, limit)
+            return read_source_object(self.client, source.bucket or "", source.key, limit)
         assert source.url is not None
         timeout = max(0.0, deadline - time.monotonic())
         data = fetch_url(source.url, limit, timeout, self.policy, self.limiter)
-        return data, source.etag or ""
+        return data, source.etag or "", {}
 
-    def _encode(self, task: Task, data: bytes, deadline: float, on_encode) -> Compressed:
+    def _encode(self, task: Task, data: bytes, deadline: float, on_encode, function=encode, settings=None):
+        """`function` (the one-output `encode` or `encode_renditions`) run in the pool on `data`
+        with `settings` (the task's output) within the task's deadline."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TransientError("timeout", f"fetching took all of {task.limits.task_timeout_seconds}s")
         try:
-            args = (data, task.output, task.limits, self.allowed_input_formats)
-            future = self.pool.schedule(encode, args=args, timeout=remaining)
+            args = (
+                data,
+                task.output if settings is None else settings,
+                task.limits,
+                self.allowed_input_formats,
+            )
+            future = self.pool.schedule(function, args=args, timeout=remaining)
         except RuntimeError:  # the pool is broken; the consumer restarts the worker
             raise TransientError("worker_crashed", "the process pool is broken") from None
         on_encode(future)
@@ -208,6 +234,150 @@ class TaskRunner:
             if self._closing.is_set():
                 raise TransientError("worker_stopping", "the worker stopped before the encode finished")
         return future.result()
+
+    def _run_renditions(
+        self, task: Task, planned: list[PlannedRendition], deadline: float, on_encode
+    ) -> Result:
+        """Every rendition of one input, each ending once: found stored (this job's earlier
+        delivery, or `existing: skip`), else made from one fetch and one decode and written; a
+        rendition that fails does not stop the others. A transient storage error retries the task:
+        what it stored is then found as this job's."""
+        ends: dict[int, RenditionResult] = {}
+        found: dict[int, ExistingOutput | None] = {}
+        bytes_in, frames = 0, None
+        try:
+            for index, rendition in enumerate(planned):
+                one = task.for_rendition(rendition)
+                problem = check_key(one.dest_key)
+                if problem:
+                    ends[index] = _ended(rendition, Outcome.failed, "invalid_key", f"output key {problem}")
+                    continue
+                found[index] = existing_output(self.client, one.dest_bucket, one.dest_key)
+                earlier = _earlier_result(one, found[index])
+                if earlier is not None:
+                    ends[index] = _from_result(rendition, earlier, found[index])
+                    bytes_in = max(bytes_in, earlier.bytes_in)
+            todo = [index for index in found if index not in ends]
+            if todo:
+                data, etag, metadata = self._fetch(task, deadline)
+                bytes_in = len(data)
+                outputs = [(planned[index].output, planned[index].keep_animation) for index in todo]
+                try:
+                    made = self._encode(task, data, deadline, on_encode, encode_renditions, outputs)
+                except CodecError as exc:  # the input cannot be decoded: none of them can be made
+                    made = [Made(reason=exc.reason, message=str(exc)) for _ in todo]
+                for index, one_made in zip(todo, made, strict=True):
+                    ends[index] = self._store(
+                        task, planned[index], one_made, data, etag, metadata, found[index]
+                    )
+                    frames = one_made.compressed.frames if one_made.compressed else frames
+        except (StorageError, FetchError) as exc:
+            if exc.transient:
+                retry_after = exc.retry_after if isinstance(exc, FetchError) else None
+                raise TransientError(exc.reason, str(exc), retry_after) from None
+            for index, rendition in enumerate(planned):
+                ends.setdefault(index, _ended(rendition, Outcome.failed, exc.reason, str(exc)))
+        renditions = [ends[index] for index in range(len(planned))]
+        outcome, reason = overall(renditions)
+        failed = next((r for r in renditions if r.outcome is Outcome.failed), None)
+        return Result(
+            job=task.job,
+            id=task.id,
+            outcome=outcome,
+            source=task.source.describe(),
+            bytes_in=bytes_in,
+            bytes_out=sum(r.bytes_out for r in renditions if r.outcome is not Outcome.failed),
+            reason=reason,
+            message=f"rendition {failed.name} {failed.width}w {failed.format}: {failed.message}"
+            if failed
+            else "",
+            frames=frames,
+            renditions=renditions,
+        )
+
+    def _store(
+        self,
+        task: Task,
+        rendition: PlannedRendition,
+        made: Made,
+        data: bytes,
+        etag: str,
+        metadata: dict[str, str],
+        found: ExistingOutput | None,
+    ) -> RenditionResult:
+        """Write one made rendition (a permanent storage error fails it alone); its end."""
+        compressed = made.compressed
+        if compressed is None:
+            return _ended(
+                rendition, Outcome.skipped if made.skipped else Outcome.failed, made.reason, made.message
+            )
+        one = task.for_rendition(rendition)
+        try:
+            write_output(
+                self.client,
+                one,
+                compressed.data,
+                CONTENT_TYPES[compressed.format],
+                etag,
+                len(data),
+                compressed.stored_original,
+                replaces=found,
+                source_metadata=metadata,
+                size=(compressed.width, compressed.height),
+            )
+        except OutputChanged:
+            return _from_result(rendition, self._raced(one), None)
+        except StorageError as exc:
+            if exc.transient:
+                raise
+            return _ended(rendition, Outcome.failed, exc.reason, str(exc))
+        return RenditionResult(
+            name=rendition.name,
+            width=rendition.width,
+            format=compressed.format,
+            outcome=Outcome.done,
+            dest=f"s3://{one.dest_bucket}/{one.dest_key}",
+            bytes_out=len(compressed.data),
+            stored_width=compressed.width,
+            stored_height=compressed.height,
+            reason=compressed.reason,
+            message=_quality_message(one, compressed),
+            quality=compressed.quality,
+            ssim=compressed.ssim,
+            stored_original=compressed.stored_original,
+        )
+
+
+def _ended(rendition: PlannedRendition, outcome: Outcome, reason: str, message: str) -> RenditionResult:
+    """A rendition that ended without an object of its own."""
+    return RenditionResult(
+        name=rendition.name,
+        width=rendition.width,
+        format=rendition.output.format.value,
+        outcome=outcome,
+        reason=reason,
+        message=message,
+    )
+
+
+def _from_result(
+    rendition: PlannedRendition, result: Result, found: ExistingOutput | None
+) -> RenditionResult:
+    """A rendition whose one-output task ended as `result` without making it (found stored)."""
+    size = found.size if found is not None else None
+    return RenditionResult(
+        name=rendition.name,
+        width=rendition.width,
+        format=rendition.output.format.value,
+        outcome=result.outcome,
+        dest=result.dest if result.outcome is not Outcome.failed else "",
+        bytes_out=result.bytes_out,
+        stored_width=size[0] if size else None,
+        stored_height=size[1] if size else None,
+        reason=result.reason,
+        message=result.message,
+        stored_original=result.stored_original,
+    )
 
 
 def _earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:

@@ -103,7 +103,9 @@ from kompressor_worker.codec.decoding import (
     AUTO_QUALITY_BYTES_PER_PIXEL,
     RESIZE_REDUCING_GAP,
     TIFF_PAGES_COUNTED,
+    MemoryEstimate,
     Prepared,
+    derive,
     estimate_memory,
     fit_inside,
     prepare,
@@ -131,11 +133,14 @@ __all__ = [
     "WEBP_METHOD",
     "CodecError",
     "Compressed",
+    "MemoryEstimate",
     "Prepared",
     "choose_quality",
     "compress",
+    "derive",
     "encode",
     "estimate_memory",
+    "finish",
     "fit_inside",
     "jpeg_measures_exactly",
     "prepare",
@@ -176,6 +181,11 @@ def compress(
     (`never_larger.decide`), raising `NotSmaller` when it stores nothing.
     """
     prepared = prepare(data, output, limits, memory_budget_bytes, allowed_input_formats)
+    return finish(prepared, data, output)
+
+
+def finish(prepared: Prepared, data: bytes, output: Output) -> Compressed:
+    """The output of a prepared input (`data` its bytes): quality (fixed or searched), then neverLarger."""
     ssim: float | None = None
     reason = ""
     attempts: tuple[auto.Attempt, ...] = ()

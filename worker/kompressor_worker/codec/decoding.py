@@ -3,10 +3,11 @@ orient, resize and convert it for the output format; and the memory that takes."
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
@@ -61,14 +62,17 @@ def prepare(
     limits: Limits,
     memory_budget_bytes: int | None = None,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+    needs: MemoryEstimate | None = None,
 ) -> Prepared:
     """Identify and decode the input within the limits, then orient, resize and convert it for the
-    output format. Raises CodecError (never anything else) when the input cannot be used."""
+    output format. Raises CodecError (never anything else) when the input cannot be used.
+    `needs`: what the memory budget is checked against, instead of one output's `estimate_memory`
+    (renditions admit the whole set they make from this decode)."""
     if not data:
         raise CodecError("empty_input", "the input is empty (0 bytes)")
     try:
         with pillow_limits(limits.max_pixels):
-            return _prepare(bytes(data), output, limits, memory_budget_bytes, allowed_input_formats)
+            return _prepare(bytes(data), output, limits, memory_budget_bytes, allowed_input_formats, needs)
     except CodecError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -81,6 +85,34 @@ def prepare(
         raise CodecError("too_much_memory", "decoding the image ran out of memory") from None
     except Exception as exc:
         raise CodecError("decode_error", f"the image cannot be decoded: {describe(exc)}") from None
+
+
+MemoryEstimate = Callable[[tuple[int, int], str, tuple[int, int]], int]
+"""Bytes to decode an image of (size, mode) and make its outputs from a prepared `target` size."""
+
+
+def derive(prepared: Prepared, output: Output, size: tuple[int, int]) -> Prepared:
+    """Another output of one decode: `prepared` (upright, in a PNG mode) at `size` (no larger) for
+    `output`'s format and metadata policy, as `prepare` would have made it from the input."""
+    image, icc = prepared.image, prepared.icc_profile
+    fmt = resolve_format(output.format, prepared.source_format)
+    resized = prepared.resized or size != image.size
+    if image.mode in ("P", "1") and (fmt is not Format.png or resized):
+        image, icc = to_8bit(image, icc)  # a palette resizes with NEAREST only
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
+    image = fit_mode(image, fmt)
+    keep = not output.strip_metadata
+    return dataclasses.replace(
+        prepared,
+        image=image,
+        format=fmt,
+        icc_profile=icc if icc is not None and metadata.icc_matches(icc, image.mode) else None,
+        exif=prepared.exif if keep else None,
+        xmp=prepared.xmp if keep else None,
+        resized=resized,
+        source_subsampling=None if resized else prepared.source_subsampling,
+    )
 
 
 def estimate_memory(
@@ -171,6 +203,7 @@ def _prepare(
     limits: Limits,
     memory_budget_bytes: int | None,
     allowed_input_formats: Collection[InputFormat],
+    needs: MemoryEstimate | None = None,
 ) -> Prepared:
     image, source_format = _open(data, limits, allowed_input_formats)
     width, height = image.size
@@ -198,7 +231,8 @@ def _prepare(
         # Unknown orientation: budget for the larger of the two possible targets.
         targets = [target] if exif_in_header else [_stored_target((width, height), o, *box) for o in (1, 6)]
         searching = output.target_ssim is not None and fmt in LOSSY
-        needed = max(estimate_memory(image.size, image.mode, t, searching, fmt=fmt) for t in targets)
+        estimate = needs or functools.partial(estimate_memory, auto_quality=searching, fmt=fmt)
+        needed = max(estimate(image.size, image.mode, t) for t in targets)
         if needed > memory_budget_bytes:
             raise CodecError(
                 "too_much_memory",

@@ -197,6 +197,12 @@ class JobEngine:
 
     def _reset(self) -> None:
         self.close()
+        self._drop_sources()
+
+    def _drop_sources(self) -> None:
+        close = getattr(self._sources, "close", None)
+        if close is not None:
+            close()  # stops an S3 listing's prefetching thread
         self._sources = None
 
     def _step(self) -> Progress:
@@ -289,7 +295,7 @@ class JobEngine:
                 published += len(sources)
                 room -= len(sources)
                 if cursor.listing_done:
-                    self._sources = None
+                    self._drop_sources()
                     break
                 if time.monotonic() >= deadline:
                     break

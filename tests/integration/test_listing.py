@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from botocore.exceptions import ClientError
+
 from kompressor.crd import S3Source
 from kompressor_operator.listing import list_s3_sources
 from testbed import S3Server
+
+# Keys that S3 returns URL-encoded (botocore asks for EncodingType=url) or XML-escaped.
+ODD_KEYS = ["in/a b&c.jpg", "in/é €.jpg", "in/x<y>'\".jpg", "in/plus+sign.jpg"]
 
 
 def test_a_jobs_area_beside_the_source_prefix_is_never_listed(s3: S3Server, bucket: str):
@@ -13,3 +22,73 @@ def test_a_jobs_area_beside_the_source_prefix_is_never_listed(s3: S3Server, buck
         client.put_object(Bucket=bucket, Key=key, Body=b"x")
     listed = [source.key for source in list_s3_sources(client, S3Source(bucket=bucket, prefix="sr"))]
     assert listed == ["sr/a.jpg"]
+
+
+@pytest.fixture(scope="module")
+def three_pages(s3: S3Server) -> tuple[str, list[str]]:
+    """A bucket of 2,300 inputs (three listing pages of 1000), with odd keys and sizes."""
+    client = s3.client()
+    bucket = f"pages-{time.monotonic_ns()}"
+    client.create_bucket(Bucket=bucket)
+    keys = [f"in/{i:05d}.jpg" for i in range(2300 - len(ODD_KEYS))] + ODD_KEYS
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: client.put_object(Bucket=bucket, Key=k, Body=b"x" * (len(k) % 7)), keys))
+    return bucket, keys
+
+
+def _botocore_listing(client, bucket: str, start_after: str = "") -> list[tuple[str, str, int]]:
+    """The same listing through botocore's own parser, in this thread (the reference)."""
+    arguments = {"Bucket": bucket, "Prefix": "in/", **({"StartAfter": start_after} if start_after else {})}
+    pages = client.get_paginator("list_objects_v2").paginate(**arguments)
+    return [(o["Key"], o["ETag"].strip('"'), o["Size"]) for page in pages for o in page.get("Contents", [])]
+
+
+def test_the_prefetched_lean_listing_is_botocores_listing_in_order(s3: S3Server, three_pages):
+    bucket, keys = three_pages
+    client = s3.client()
+    listing = list_s3_sources(client, S3Source(bucket=bucket, prefix="in/"))
+    listed = [(source.key, source.etag, source.size) for source in listing]
+    assert len(listed) == len(keys)
+    assert [key for key, _, _ in listed] == sorted(keys, key=lambda k: k.encode())  # S3's order
+    assert listed == _botocore_listing(client, bucket)
+    assert all(etag for _, etag, _ in listed)
+    # the lean parse is for the listing's own thread: the client's other listings keep every field
+    assert "LastModified" in client.list_objects_v2(Bucket=bucket, Prefix="in/", MaxKeys=1)["Contents"][0]
+    _wait_stopped(listing)
+
+
+def test_a_listing_resumes_after_a_key(s3: S3Server, three_pages):
+    bucket, keys = three_pages
+    client = s3.client()
+    after = sorted(keys)[1500]
+    listed = [source.key for source in list_s3_sources(client, S3Source(bucket=bucket, prefix="in/"), after)]
+    assert listed == [key for key, _, _ in _botocore_listing(client, bucket, after)]
+    assert len(listed) == len(keys) - 1501
+
+
+def test_closing_a_listing_part_way_stops_its_thread(s3: S3Server, three_pages):
+    bucket, _ = three_pages
+    listing = list_s3_sources(s3.client(), S3Source(bucket=bucket, prefix="in/"))
+    first = [next(listing).key for _ in range(10)]
+    assert first == [f"in/{i:05d}.jpg" for i in range(10)]
+    listing.close()
+    _wait_stopped(listing)
+    with pytest.raises(StopIteration):
+        next(listing)
+
+
+def test_a_storage_error_is_raised_by_the_listing_and_stops_it(s3: S3Server):
+    listing = list_s3_sources(s3.client(), S3Source(bucket="no-such-bucket-here", prefix="in/"))
+    with pytest.raises(ClientError) as raised:
+        next(listing)
+    assert raised.value.response["Error"]["Code"] == "NoSuchBucket"
+    _wait_stopped(listing)
+    with pytest.raises(StopIteration):
+        next(listing)
+
+
+def _wait_stopped(listing, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while listing.running:
+        assert time.monotonic() < deadline, "the listing's thread did not stop"
+        time.sleep(0.05)

@@ -3,6 +3,7 @@ back from a ledger part count (a damaged one is skipped, never a reason to fail 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -111,10 +112,10 @@ def test_live_spans_drop_the_parts_another_holds(raw):
     spans = [(first, first + width) for first, width in raw]
     live, covered = live_spans(spans)
     assert sorted(set(live) | set(covered)) == sorted(set(spans))
-    for a, b in zip(live, live[1:], strict=False):
+    for a, b in itertools.pairwise(live):
         assert a[1] < b[1] and a[0] < b[0]
     for first, last in covered:
-        assert any(f <= first and last <= l for f, l in live)
+        assert any(start <= first and last <= end for start, end in live)
 
 
 @given(st.sets(st.integers(min_value=0, max_value=3_000_000), max_size=200), st.integers(0, 3))

@@ -153,12 +153,18 @@ class JobEngine:
         return self
 
     def close(self) -> None:
+        """Close the broker connection and stop the listing (the next step lists again from the
+        saved cursor)."""
         if self._connection is not None and self._connection.is_open:
             try:
                 self._connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 pass
         self._connection = self._channel = None
+        close = getattr(self._sources, "close", None)
+        if close is not None:
+            close()  # stops an S3 listing's prefetching thread
+        self._sources = None
 
     def delete_queues(self) -> None:
         channel = self._ensure_channel()
@@ -197,13 +203,6 @@ class JobEngine:
 
     def _reset(self) -> None:
         self.close()
-        self._drop_sources()
-
-    def _drop_sources(self) -> None:
-        close = getattr(self._sources, "close", None)
-        if close is not None:
-            close()  # stops an S3 listing's prefetching thread
-        self._sources = None
 
     def _step(self) -> Progress:
         channel = self._ensure_channel()
@@ -295,7 +294,7 @@ class JobEngine:
                 published += len(sources)
                 room -= len(sources)
                 if cursor.listing_done:
-                    self._drop_sources()
+                    self._sources = None  # an S3 listing's thread ended with the listing
                     break
                 if time.monotonic() >= deadline:
                     break

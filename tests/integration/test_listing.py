@@ -1,16 +1,21 @@
-"""Listing a job's inputs on the real S3 server."""
+"""Listing a job's inputs on the real S3 server, and the engine's fan-out from it."""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pika
 import pytest
 from botocore.exceptions import ClientError
 
-from kompressor.crd import S3Source
+from kompressor.crd import S3Source, parse_spec
+from kompressor.messages import Task, task_queue
+from kompressor_operator import engine as engine_module
+from kompressor_operator.engine import JobEngine
 from kompressor_operator.listing import list_s3_sources
-from testbed import S3Server
+from testbed import RabbitMQ, S3Server
+from tests.jobs import new_job
 
 # Keys that S3 returns URL-encoded (botocore asks for EncodingType=url) or XML-escaped.
 ODD_KEYS = ["in/a b&c.jpg", "in/é €.jpg", "in/x<y>'\".jpg", "in/plus+sign.jpg"]
@@ -92,3 +97,57 @@ def _wait_stopped(listing, timeout: float = 10.0) -> None:
     while listing.running:
         assert time.monotonic() < deadline, "the listing's thread did not stop"
         time.sleep(0.05)
+
+
+def test_the_engines_fan_out_over_steps_and_a_restart_publishes_each_input_once_in_order(
+    rabbitmq: RabbitMQ, s3: S3Server, three_pages, monkeypatch
+):
+    """The prefetched listing lives across the engine's steps (one batch each here) and stops with
+    the engine; a new engine resumes from the saved cursor. The task queue then holds every input
+    once, ids in listing order."""
+    bucket, keys = three_pages
+    monkeypatch.setattr(engine_module, "FAN_OUT_SECONDS", 0.0)  # a batch of 1000 per step
+    job = new_job("overlap")
+    spec = parse_spec(
+        {
+            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
+            "output": {"format": "webp"},
+        }
+    )
+    first = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
+    try:
+        assert first.step().published_now == 1000
+        listing = first._sources
+        assert listing is not None and listing.running  # the next page is being read meanwhile
+        assert first.step().published_now == 1000
+    finally:
+        first.close()
+    _wait_stopped(listing)
+    second = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
+    try:
+        assert second.ledger.cursor.next_id == 2000
+        progress = second.step()
+        assert (progress.published_now, progress.counts.listing_done, progress.counts.total) == (
+            300,
+            True,
+            2300,
+        )
+        tasks = _drain(rabbitmq, task_queue(job))
+    finally:
+        second.delete_queues()
+        second.close()
+    assert [task.id for task in tasks] == list(range(len(keys)))
+    assert [task.source.key for task in tasks] == sorted(keys, key=lambda k: k.encode())
+
+
+def _drain(rabbitmq: RabbitMQ, queue: str) -> list[Task]:
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    try:
+        channel = connection.channel()
+        tasks = []
+        while (message := channel.basic_get(queue, auto_ack=True))[0] is not None:
+            tasks.append(Task.decode(message[2]))
+        return tasks
+    finally:
+        connection.close()

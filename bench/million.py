@@ -282,6 +282,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rss, hwm = rss_kb(operator.process.pid)
                 peak_kb = max(peak_kb, hwm)
                 for line in operator.poll():
+                    if args.verbose:
+                        print(line, file=sys.stderr, flush=True)
                     if line["event"] == "opened" and restarts:
                         restarts[-1].update(
                             load_seconds=line["load_seconds"], objects_read=line["objects_read"]
@@ -299,9 +301,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 flush=True,
                             )
                         fan_out.setdefault("first_step", line["t"] - line["seconds"])
-                        if not line["listing_done"]:
+                        if "seconds" not in fan_out:
                             fan_out["step_seconds"] = fan_out.get("step_seconds", 0) + line["seconds"]
-                        if line["listing_done"] and "seconds" not in fan_out:
+                        # with maxOutstanding = N the listing's end shows once results free room:
+                        # the fan-out is over when all N are published
+                        if line["published"] >= count and "seconds" not in fan_out:
                             fan_out["seconds"] = round(line["t"] - fan_out["first_step"], 1)
                             fan_out["published"] = line["published"]
                             print(f"fan-out: {line['published']} in {fan_out['seconds']} s", flush=True)
@@ -315,12 +319,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 if finished is None and operator.process.poll() is not None:
                     raise RuntimeError(f"the operator exited with {operator.process.returncode}")
-                if last["listing_done"] and publisher is None:
+                if "seconds" in fan_out and publisher is None:
                     publisher = subprocess.Popen([*me, "results", str(job_file), found.broker_url], env=env)
                 resumed = not restarts or "resume_seconds" in restarts[-1]
                 if pending and resumed and finished is None:
                     label, published, accounted = pending[0]
-                    if published < 1.0 and last["listing_done"]:
+                    if published < 1.0 and "seconds" in fan_out:
                         pending.pop(0)  # the fan-out ended between two samples
                     elif last["published"] >= published * count and last["accounted"] >= accounted * count:
                         pending.pop(0)
@@ -467,11 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     child.add_argument("job_file", type=Path)
     child.add_argument("broker_url")
     parser.add_argument("--inputs", type=int, default=1_000_000)
+    parser.add_argument("--verbose", action="store_true", help="print the operator's lines")
     args = parser.parse_args(argv)
     if args.mode == "operator":
         return operator_main(args.job_file, args.broker_url)
     if args.mode == "results":
         return results_main(args.job_file, args.broker_url)
+    # stopped with SIGTERM: stop the test bed's services too (the `services` context's finally)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = run(args)
     report["load_average_after"] = load_average()
     path = write_json(f"million-{args.inputs}.json", report)

@@ -38,6 +38,10 @@ PUBLISH_BATCH = 1000
 # after the whole first fan-out (50,000 tasks by default, ~9 s at the ~5,700 tasks/s measured by
 # bench/fanout.py).
 FAN_OUT_SECONDS = 2.0
+# A step records results for at most about this long (at least one batch of 1000): while results
+# arrive faster than one `basic_get` each can take them (a million, bench/million.py), a step that
+# drained until empty never ended, and neither status nor fan-out moved.
+COLLECT_SECONDS = 2.0
 # Dead-letter reasons that mean no worker published a result for the task.
 _DEAD_REASONS = {"delivery_limit": "attempts_exhausted", "expired": "expired", "maxlen": "queue_overflow"}
 # A broker restart or a short storage outage: the step is tried again after each delay (~30 s in all).
@@ -228,10 +232,12 @@ class JobEngine:
         )
 
     def _collect(self, channel) -> tuple[int, Counter[str]]:
-        """Results first, then dead letters: a worker confirms a failure's result before rejecting
-        the task, so a rejected dead letter's result is always read before the dead letter.
+        """Results first (for up to COLLECT_SECONDS), then dead letters: a worker confirms a
+        failure's result before rejecting the task, so a rejected dead letter's result is always
+        read before the dead letter, when the results are drained first.
         Returns how many were new and how many were dropped unrecorded (by reason)."""
         new, refused = 0, Counter[str]()
+        deadline = time.monotonic() + COLLECT_SECONDS
         while True:
             # Tags and decoded results only: an undecodable body is not kept past its decode.
             batch = [(tag, result) for tag, result, _body in broker.drain_results(channel, self.job)]
@@ -245,6 +251,10 @@ class JobEngine:
             new += recorded.new
             refused += recorded.refused
             channel.basic_ack(batch[-1][0], multiple=True)
+            if time.monotonic() >= deadline:
+                # The rest in the next steps, the dead letters too: one read now could have its
+                # result among those left (and be counted as the broker's failure, not the worker's).
+                return new, refused
         dead: list[Result] = []
         last_tag = None
         for tag, letter in broker.drain_dead_letters(channel, self.job):

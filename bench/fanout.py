@@ -55,10 +55,10 @@ from proc import Meter
 from services import Services, put_empty_objects, running
 
 from kompressor.crd import CompressionJobSpec, parse_spec
-from kompressor.messages import JobRef, task_queue
+from kompressor.messages import JobRef, SourceObject, task_queue
 from kompressor_operator import broker
 from kompressor_operator.engine import PUBLISH_BATCH, JobEngine
-from kompressor_operator.listing import list_s3_sources
+from kompressor_operator.listing import kompressor_key, list_s3_sources
 from kompressor_operator.planning import plan_task
 from kompressor_s3 import s3_client
 
@@ -122,11 +122,24 @@ def botocore_timestamps_client(found: Services):
 # --- the parts ------------------------------------------------------------------------------------
 
 
-def measure_listing(found: Services, client, spec: CompressionJobSpec) -> tuple[Meter, list]:
+def botocore_listing(client, source) -> list:
+    """The listing as it was before issue 21: botocore's paginator and parser, in this thread."""
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=source.bucket, Prefix=source.prefix)
+    return [
+        SourceObject(bucket=source.bucket, key=o["Key"], etag=o["ETag"].strip('"'), size=o["Size"])
+        for page in pages
+        for o in page.get("Contents", [])
+        if not o["Key"].endswith("/") and not kompressor_key(o["Key"]) and source.matches(o["Key"])
+    ]
+
+
+def measure_listing(
+    found: Services, client, spec: CompressionJobSpec, lister=list_s3_sources
+) -> tuple[Meter, list]:
     client.list_buckets()  # connect and load the service model outside the timing
     assert spec.source.s3 is not None
     with Meter(found.pids).measure() as meter:
-        sources = list(list_s3_sources(client, spec.source.s3))
+        sources = list(lister(client, spec.source.s3))
     return meter, sources
 
 
@@ -322,6 +335,20 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(
             [
                 "listing (list_s3_sources, product client)",
+                count,
+                meter.wall,
+                rate(count, meter),
+                meter.describe(),
+            ]
+        )
+        meter, before = measure_listing(found, product_client, spec, botocore_listing)
+        if before != sources:
+            raise AssertionError("botocore's listing differs from list_s3_sources")
+        del before
+        report["listing_botocore_parser"] = {**meter.as_dict(), "rate_per_s": round(rate(count, meter))}
+        rows.append(
+            [
+                "listing, botocore's parser, no prefetch (before issue 21)",
                 count,
                 meter.wall,
                 rate(count, meter),

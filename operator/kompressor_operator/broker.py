@@ -266,17 +266,31 @@ class DeadLetter:
     reason: str
 
 
-def drain_results(channel, job: JobRef, limit: int = 1000) -> Iterator[tuple[int, Result | None, bytes]]:
+def drain_results(
+    channel, job: JobRef, limit: int = 1000, idle_seconds: float = 0.2
+) -> Iterator[tuple[int, Result | None, bytes]]:
     """Up to `limit` results (delivery tag, decoded result or None when undecodable, raw body),
-    without acking: the caller acks once what they feed is persisted."""
-    for _ in range(limit):
-        method, _properties, body = channel.basic_get(result_queue(job), auto_ack=False)
-        if method is None:
-            return
-        try:
-            yield method.delivery_tag, Result.decode(body), body
-        except ValueError:
-            yield method.delivery_tag, None, body
+    without acking: the caller acks once what they feed is persisted. Delivered to a consumer with
+    a prefetch of `limit` (a round trip per batch: a `basic_get` per result was 85 % of the
+    operator's time accounting 100,000 results, bench/million.py); ends at `limit` or when none
+    came for `idle_seconds`. Deliveries not yet yielded go back to the queue when it ends."""
+    channel.basic_qos(prefetch_count=limit)
+    count = 0
+    try:
+        for method, _properties, body in channel.consume(
+            result_queue(job), auto_ack=False, inactivity_timeout=idle_seconds
+        ):
+            if method is None:
+                return
+            try:
+                yield method.delivery_tag, Result.decode(body), body
+            except ValueError:
+                yield method.delivery_tag, None, body
+            count += 1
+            if count >= limit:
+                return
+    finally:
+        channel.cancel()
 
 
 def drain_dead_letters(channel, job: JobRef, limit: int = 1000) -> Iterator[tuple[int, DeadLetter]]:

@@ -38,6 +38,10 @@ PUBLISH_BATCH = 1000
 # after the whole first fan-out (50,000 tasks by default, ~9 s at the ~5,700 tasks/s measured by
 # bench/fanout.py).
 FAN_OUT_SECONDS = 2.0
+# A step records results for at most about this long (at least one batch of 1000): while results
+# arrive faster than one `basic_get` each can take them (a million, bench/million.py), a step that
+# drained until empty never ended, and neither status nor fan-out moved.
+COLLECT_SECONDS = 2.0
 # Dead-letter reasons that mean no worker published a result for the task.
 _DEAD_REASONS = {"delivery_limit": "attempts_exhausted", "expired": "expired", "maxlen": "queue_overflow"}
 # A broker restart or a short storage outage: the step is tried again after each delay (~30 s in all).
@@ -154,12 +158,18 @@ class JobEngine:
         return self
 
     def close(self) -> None:
+        """Close the broker connection and stop the listing (the next step lists again from the
+        saved cursor)."""
         if self._connection is not None and self._connection.is_open:
             try:
                 self._connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 pass
         self._connection = self._channel = None
+        close = getattr(self._sources, "close", None)
+        if close is not None:
+            close()  # stops an S3 listing's prefetching thread
+        self._sources = None
 
     def delete_queues(self) -> None:
         channel = self._ensure_channel()
@@ -198,7 +208,6 @@ class JobEngine:
 
     def _reset(self) -> None:
         self.close()
-        self._sources = None
 
     def _step(self) -> Progress:
         channel = self._ensure_channel()
@@ -229,10 +238,12 @@ class JobEngine:
         )
 
     def _collect(self, channel) -> tuple[int, Counter[str]]:
-        """Results first, then dead letters: a worker confirms a failure's result before rejecting
-        the task, so a rejected dead letter's result is always read before the dead letter.
+        """Results first (for up to COLLECT_SECONDS), then dead letters: a worker confirms a
+        failure's result before rejecting the task, so a rejected dead letter's result is always
+        read before the dead letter, when the results are drained first.
         Returns how many were new and how many were dropped unrecorded (by reason)."""
         new, refused = 0, Counter[str]()
+        deadline = time.monotonic() + COLLECT_SECONDS
         while True:
             # Tags and decoded results only: an undecodable body is not kept past its decode.
             batch = [(tag, result) for tag, result, _body in broker.drain_results(channel, self.job)]
@@ -246,6 +257,10 @@ class JobEngine:
             new += recorded.new
             refused += recorded.refused
             channel.basic_ack(batch[-1][0], multiple=True)
+            if time.monotonic() >= deadline:
+                # The rest in the next steps, the dead letters too: one read now could have its
+                # result among those left (and be counted as the broker's failure, not the worker's).
+                return new, refused
         dead: list[Result] = []
         last_tag = None
         for tag, letter in broker.drain_dead_letters(channel, self.job):
@@ -295,7 +310,7 @@ class JobEngine:
                 published += len(sources)
                 room -= len(sources)
                 if cursor.listing_done:
-                    self._sources = None
+                    self._sources = None  # an S3 listing's thread ended with the listing
                     break
                 if time.monotonic() >= deadline:
                     break

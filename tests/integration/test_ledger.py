@@ -156,3 +156,37 @@ def test_a_damaged_ledger_part_does_not_stop_a_reload_and_stays_out_of_the_manif
     key = manifest.removeprefix(f"s3://{bucket}/")
     lines = s3.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines()
     assert sorted(json.loads(line)["id"] for line in lines) == list(range(TOTAL))
+
+
+def test_a_step_records_results_for_a_bounded_time_and_leaves_dead_letters_until_they_are_read(
+    rabbitmq: RabbitMQ, s3: S3Server, bucket: str, monkeypatch
+):
+    """A step used to drain the results queue until empty: with results arriving faster than it
+    reads them (bench/million.py) it never ended. Now each records for COLLECT_SECONDS (at least
+    one batch of 1000), and reads dead letters only once the results are drained."""
+    from kompressor_operator import engine as engine_module
+
+    total = 2500
+    upload_parallel(s3, bucket, {f"in/{i:05d}.jpg": b"x" for i in range(total)})
+    job = new_job("bounded")
+    spec = job_spec(bucket, output={"format": "webp", "quality": 70})
+    engine = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
+    try:
+        while engine.step().counts.published < total:
+            pass
+        results = [
+            Result(job=job, id=n, outcome=Outcome.done, source=f"s3://{bucket}/in/{n:05d}.jpg", bytes_in=1)
+            for n in range(total)
+        ]
+        _publish(rabbitmq, result_queue(job), [result.encode() for result in results])
+        letter = plan_task(job, spec, 2400, SourceObject(bucket=bucket, key="in/02400.jpg")).encode()
+        _publish(rabbitmq, dead_queue(job), [letter], headers={"x-death": [{"reason": "delivery_limit"}]})
+        monkeypatch.setattr(engine_module, "COLLECT_SECONDS", 0.0)
+        assert [engine.step().accounted_now for _ in range(4)] == [1000, 1000, 500, 0]
+        counts = engine.counts()
+        # the dead letter of task 2400 came after its result (read by the third step): counted once,
+        # as the worker's result
+        assert (counts.succeeded, counts.failed) == (total, 0)
+    finally:
+        engine.delete_queues()
+        engine.close()

@@ -3,6 +3,7 @@ back from a ledger part count (a damaged one is skipped, never a reason to fail 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -86,3 +87,89 @@ def test_only_inputs_with_an_output_count_in_the_bytes_saved():
     assert (tally.succeeded, tally.skipped, tally.failed) == (1, 2, 1)
     # Before: 40 in, 8 out (80 % "saved") though two inputs had no output at all.
     assert (tally.bytes_in, tally.bytes_out) == (20, 8)
+
+
+# --- compaction: which parts merge, which a restart reads -------------------------------------------
+
+
+def _grow(batches: int, fanin: int) -> list[tuple[int, int]]:
+    """The live parts after `batches` records with compaction (the ledger's loop, without S3)."""
+    from kompressor_operator.ledger import compaction
+
+    spans: list[tuple[int, int]] = []
+    for n in range(1, batches + 1):
+        spans.append((n, n))
+        while (merge := compaction(spans, fanin)) is not None:
+            inside = [s for s in spans if merge[0] <= s[0] and s[1] <= merge[1]]
+            at = spans.index(inside[0])
+            assert spans[at : at + len(inside)] == inside  # a merge takes a run of neighbours
+            spans[at : at + len(inside)] = [merge]
+    return spans
+
+
+@given(st.integers(min_value=1, max_value=5000), st.integers(min_value=2, max_value=20))
+def test_compaction_keeps_every_batch_once_and_the_parts_few(batches: int, fanin: int):
+    import math
+
+    spans = _grow(batches, fanin)
+    covered = [n for first, last in spans for n in range(first, last + 1)]
+    assert covered == list(range(1, batches + 1))  # in order, each batch once
+    levels = math.floor(math.log(batches, fanin)) + 1
+    assert len(spans) <= (fanin - 1) * levels
+
+
+def test_a_million_results_in_batches_of_1000_leave_few_parts():
+    from kompressor_operator.ledger import COMPACT_FANIN
+
+    assert len(_grow(1000, COMPACT_FANIN)) <= 45
+
+
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(0, 20)), max_size=30))
+def test_live_spans_drop_the_parts_another_holds(raw):
+    from kompressor_operator.ledger import live_spans
+
+    spans = [(first, first + width) for first, width in raw]
+    live, covered = live_spans(spans)
+    assert sorted(set(live) | set(covered)) == sorted(set(spans))
+    for a, b in itertools.pairwise(live):
+        assert a[1] < b[1] and a[0] < b[0]
+    for first, last in covered:
+        assert any(start <= first and last <= end for start, end in live)
+
+
+@given(st.sets(st.integers(min_value=0, max_value=3_000_000), max_size=200), st.integers(0, 3))
+def test_a_summary_round_trips_and_merges(ids: set[int], failed_every: int):
+    from kompressor_operator.ledger import Summary
+
+    results = [
+        Result(
+            job=JOB,
+            id=n,
+            outcome=Outcome.failed if failed_every and n % (failed_every + 1) == 0 else Outcome.done,
+            source="s3://raw/a.jpg",
+            reason="decode_error",
+            bytes_in=n % 97,
+            bytes_out=n % 13,
+        )
+        for n in sorted(ids)
+    ]
+    half = len(results) // 2
+    merged = Summary.of(results[:half])
+    merged.merge(Summary.of(results[half:]))
+    whole = Summary.of(results)
+    assert merged.ids == whole.ids == sum(1 << n for n in ids)
+    assert merged.tally == whole.tally
+    decoded = Summary.decode(whole.encode())
+    assert (decoded.ids, decoded.tally) == (whole.ids, whole.tally)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"succeeded": -1}, {"succeeded": 5}, {"bits": "not base64!"}, {"base": "0"}, {"failures": {"x": 9}}],
+)
+def test_a_damaged_summary_is_refused(change: dict):
+    from kompressor_operator.ledger import Summary
+
+    good = json.loads(Summary.of([_result(id=3), _result(id=9)]).encode())
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        Summary.decode(json.dumps(good | change).encode())

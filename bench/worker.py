@@ -271,7 +271,7 @@ def job_spec(bucket: str, prefix: str, dest_prefix: str, output: dict[str, Any])
 
 def upload(storage: Storage, bucket: str, prefix: str, keys, photos: dict[str, bytes]) -> float:
     started = time.monotonic()
-    client = s3_client(storage)
+    client = storage.client()
 
     def put(item: tuple[str, str]) -> None:
         key, name = item
@@ -676,7 +676,7 @@ def breakdown(services: Services, setting: Setting, bucket: str, source_prefix: 
     encode, PUT, encode the result; then the latency of one confirmed result publish to a quorum
     results queue (what the worker's parent waits for before it acks). The client is built as the
     worker builds it (StorageSettings.client)."""
-    client = s3_client(services.storage)
+    client = services.storage.client()
     job = new_job("bench-breakdown")
     spec = job_spec(bucket, source_prefix, f"out/{job.uid8}/", setting.output)
     assert spec.source.s3 is not None
@@ -965,7 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         bucket = f"bench-{uuid.uuid4().hex[:10]}"
-        s3_client(services.storage).create_bucket(Bucket=bucket)
+        services.storage.client().create_bucket(Bucket=bucket)
         prepared = []
         for index, setting in enumerate(settings):
             prefix = f"in{index}/"

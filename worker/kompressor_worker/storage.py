@@ -7,6 +7,8 @@ work again; `existing: skip` finds another run's output for the same source and 
 Writes are conditional on what the task saw before it started (nothing: If-None-Match *; an older
 output: If-Match its ETag), so of two tasks racing for one key (a duplicate delivery, two sources
 of one job with the same output key) exactly one writes; the other learns it from `OutputChanged`.
+A task that did not look first (task.OutputLookups) learns of an existing output the same way, so
+`conditional_writes_honoured` checks once per bucket that the server does not ignore the condition.
 """
 
 from __future__ import annotations
@@ -160,6 +162,23 @@ def write_output(
         raise _output_error(exc, task) from None
     except BotoCoreError as exc:
         raise _output_error(exc, task) from None
+
+
+def conditional_writes_honoured(
+    client, task: Task, body: bytes, content_type: str, source_etag: str, bytes_in: int, stored_original: bool
+) -> bool | None:
+    """Whether the server refuses a write conditional on "no object" over an object that exists;
+    None when it could not be told (a storage error). Called right after this task wrote its output
+    with `replaces=None`: the same write again must fail. A server that ignores If-None-Match stores
+    the same bytes and metadata again, which changes nothing but the object's date (and adds a
+    version in a versioned bucket), once per bucket and worker."""
+    try:
+        write_output(client, task, body, content_type, source_etag, bytes_in, stored_original, replaces=None)
+    except OutputChanged:
+        return True
+    except StorageError:
+        return None
+    return False
 
 
 def _output_error(exc: Exception, task: Task) -> StorageError:

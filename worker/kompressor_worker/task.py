@@ -116,7 +116,7 @@ LOOK_STREAK = 16
 def look_first(delivered_before: bool, conditional_writes: bool | None, absent_in_a_row: int) -> bool:
     """Whether a task looks for an output at its key (a HEAD) before its work, rather than writing
     with the condition "no object" and looking only when that fails. Both find an existing output
-    and end in the same Result; looking costs a request per task (a sixth of the worker's own CPU
+    and end in the same Result; looking costs a request per task (14-20 % of the worker's own CPU
     per task, bench/README.md), not looking costs the fetch and encode of a task whose output turns
     out to exist. So a task looks first when the bucket's server is not known to honour the
     condition (`conditional_writes` None or False: only a look finds the output there), when it was

@@ -271,7 +271,9 @@ def run_worker(
     log_dir: Path,
     extra_env: dict[str, str],
     py_spy: Path | None,
+    source: Path | None = None,
 ) -> dict[str, Any]:
+    """`source`: run the worker from this source tree (`--baseline`) instead of the installed one."""
     job = new_job(f"bench-p{processes}")
     spec = job_spec(bucket, source_prefix, f"out/{job.uid8}/", setting.output)
     published_at = time.monotonic()
@@ -287,6 +289,9 @@ def run_worker(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"worker-{job.name}.log"
     command = worker_command()
+    if source is not None:  # its packages first; -m puts the working directory first on sys.path
+        command = [sys.executable, "-m", "kompressor_worker"]
+        env["PYTHONPATH"] = os.pathsep.join([str(source / "worker"), str(source)])
     if py_spy is not None:
         py_spy.mkdir(parents=True, exist_ok=True)
         profile = py_spy / f"{setting.name.split()[0]}-p{processes}-{job.uid8}.txt"
@@ -310,7 +315,7 @@ def run_worker(
         started = time.monotonic()
         process = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, cwd=source,
         )  # fmt: skip
     worker_pid = process.pid
     if py_spy is not None:  # the worker is py-spy's child
@@ -544,6 +549,17 @@ def summarise(runs: list[dict[str, Any]], settings: list[Setting], process_count
                 "worker_cpu_wait_ms_per_image": spread(
                     [_group_ms(run["worker"].get("cpu_wait_ms_per_image", {}), WORKER_GROUPS) for run in use]
                 ),
+                "worker_parent_cpu_ms_per_image": spread(
+                    [run["worker"]["cpu_ms_per_image"].get("worker parent", 0.0) for run in use]
+                ),
+                # The worker's own CPU besides the encode: all of its processes less the bare pool's.
+                "overhead_cpu_ms_per_image": spread(
+                    [
+                        _group_ms(run["worker"]["cpu_ms_per_image"], WORKER_GROUPS)
+                        - _group_ms(run["bare"]["cpu_ms_per_image"], BARE_GROUPS)
+                        for run in use
+                    ]
+                ),
                 "other_cores": spread([other_cores(run) for run in use]),
             }
         scaling = {}
@@ -555,6 +571,12 @@ def summarise(runs: list[dict[str, Any]], settings: list[Setting], process_count
 
 
 def print_report(report: dict[str, Any]) -> None:
+    for variant, summary in report["summaries"].items():
+        print_summary(report, summary, variant)
+    print_breakdown(report)
+
+
+def print_summary(report: dict[str, Any], summary: dict[str, Any], variant: str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -568,7 +590,7 @@ def print_report(report: dict[str, Any]) -> None:
 
     m = report["machine"]
     title = (
-        f"kompressor-worker vs the bare encoder — {describe_machine(m)}; median [min–max]; "
+        f"kompressor-worker ({variant}) vs the bare encoder — {describe_machine(m)}; median [min–max]; "
         f"target ratio ≥ {TARGET_RATIO}"
     )
     table = Table(title=escape(title))
@@ -578,7 +600,7 @@ def print_report(report: dict[str, Any]) -> None:
     ]  # fmt: skip
     for header in headers:
         table.add_column(header, justify="left" if header == "setting" else "right")
-    for name, entry in report["summary"].items():
+    for name, entry in summary.items():
         for n, s in entry["per_processes"].items():
             mark = "" if s["ratio"]["median"] >= TARGET_RATIO else " ✗"
             table.add_row(
@@ -592,24 +614,31 @@ def print_report(report: dict[str, Any]) -> None:
             table.add_row(name, "2/1", "", f"×{sc['bare']:.2f}", f"×{sc['worker']:.2f}", *[""] * 8)
     console.print(table)
 
-    cpu = Table(title="CPU ms per image in the steady window (from /proc)")
+    cpu = Table(title=f"CPU ms per image in the steady window (from /proc), {variant}")
     for header in (
-        "setting", "N", "bare pool", "worker (parent+pool)", "rabbitmq + s3",
-        "bare / worker", "bare / (worker + services)", "bare waited for CPU", "worker waited for CPU",
+        "setting", "N", "bare pool", "worker (parent+pool)", "worker parent", "worker − bare",
+        "rabbitmq + s3", "bare / worker", "bare / (worker + services)", "bare waited for CPU",
+        "worker waited for CPU",
     ):  # fmt: skip
         cpu.add_column(header, justify="left" if header == "setting" else "right")
-    for name, entry in report["summary"].items():
+    for name, entry in summary.items():
         for n, s in entry["per_processes"].items():
             bare, worker = s["bare_cpu_ms_per_image"]["median"], s["worker_cpu_ms_per_image"]["median"]
             services = s["services_cpu_ms_per_image"]["median"]
             cpu.add_row(
                 name, n, fmt(s["bare_cpu_ms_per_image"]), fmt(s["worker_cpu_ms_per_image"]),
+                fmt(s["worker_parent_cpu_ms_per_image"]), fmt(s["overhead_cpu_ms_per_image"]),
                 fmt(s["services_cpu_ms_per_image"]), f"{bare / worker:.3f}" if worker else "",
                 f"{bare / (worker + services):.3f}" if worker else "",
                 fmt(s["bare_cpu_wait_ms_per_image"]), fmt(s["worker_cpu_wait_ms_per_image"]),
             )  # fmt: skip
     console.print(cpu)
 
+
+def print_breakdown(report: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(width=max(170, shutil.get_terminal_size().columns))
     for item in report.get("breakdown", []):
         steps = ", ".join(
             f"{step} {item['wall_ms'][step]} / {item['cpu_ms'][step]}" for step in item["wall_ms"]
@@ -651,6 +680,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--quiet-patience", type=float, default=30, help="longest wait for a quiet machine (s)"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="also run the worker from this source tree (e.g. `git archive` of an older commit), "
+        "interleaved with the installed one, against the same bare runs",
     )
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--run-dir", type=Path, default=None, help="test bed directory (default: temp)")
@@ -708,31 +744,46 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             print(f"{setting.name}: {len(keys)} images uploaded in {seconds:.1f}s", file=sys.stderr)
 
+        variants: list[tuple[str, Path | None]] = [("current", None)]
+        if args.baseline is not None:
+            variants.append(("baseline", args.baseline.resolve()))
         for repeat in range(args.repeat):
             for setting, prefix, spec, names in prepared:
                 for n in process_counts:
                     warmup = args.warmup_per_process * n
                     background = wait_for_quiet(args.quiet_cores, args.quiet_patience)
                     bare = run_bare(services, spec, photos, names, n, warmup)
-                    worker = run_worker(
-                        services, setting, bucket, prefix, n, warmup, log_dir, extra_env, args.py_spy
-                    )
-                    ratio = worker["rate"] / bare["rate"]
-                    report["runs"].append(
-                        {"repeat": repeat, "setting": setting.name, "processes": n, "warmup": warmup,
-                         "background_cores_before": round(background, 3), "bare": bare, "worker": worker,
-                         "ratio": ratio}
-                    )  # fmt: skip
-                    print(
-                        f"[{repeat + 1}/{args.repeat}] {setting.name} N={n}: bare {bare['rate']:.1f}/s, "
-                        f"worker {worker['rate']:.1f}/s, ratio {ratio:.3f} "
-                        f"(start-up bare {bare['startup_seconds']:.2f}s, "
-                        f"worker {worker['startup_seconds']:.2f}s; "
-                        f"other processes {bare['cpu_cores_used'].get('other', 0):.2f} / "
-                        f"{worker['cpu_cores_used'].get('other', 0):.2f} cores)",
-                        file=sys.stderr,
-                    )
-        report["summary"] = summarise(report["runs"], settings, process_counts, args.quiet_cores)
+                    # Alternate which variant follows the bare run, so neither always gets that slot.
+                    for variant, source in variants if repeat % 2 == 0 else variants[::-1]:
+                        worker = run_worker(
+                            services, setting, bucket, prefix, n, warmup, log_dir, extra_env, args.py_spy,
+                            source,
+                        )  # fmt: skip
+                        ratio = worker["rate"] / bare["rate"]
+                        report["runs"].append(
+                            {"repeat": repeat, "variant": variant, "setting": setting.name, "processes": n,
+                             "warmup": warmup, "background_cores_before": round(background, 3), "bare": bare,
+                             "worker": worker, "ratio": ratio}
+                        )  # fmt: skip
+                        print(
+                            f"[{repeat + 1}/{args.repeat}] {setting.name} N={n} {variant}: "
+                            f"bare {bare['rate']:.1f}/s, worker {worker['rate']:.1f}/s, ratio {ratio:.3f} "
+                            f"(start-up bare {bare['startup_seconds']:.2f}s, "
+                            f"worker {worker['startup_seconds']:.2f}s; "
+                            f"other processes {bare['cpu_cores_used'].get('other', 0):.2f} / "
+                            f"{worker['cpu_cores_used'].get('other', 0):.2f} cores)",
+                            file=sys.stderr,
+                        )
+        report["summaries"] = {
+            variant: summarise(
+                [run for run in report["runs"] if run["variant"] == variant],
+                settings,
+                process_counts,
+                args.quiet_cores,
+            )
+            for variant, _source in variants
+        }
+        report["summary"] = report["summaries"]["current"]
         if args.breakdown_samples:
             report["breakdown"] = [
                 breakdown(services, setting, bucket, prefix, args.breakdown_samples)

@@ -55,10 +55,11 @@ def parse_timestamp(value):
     if isinstance(value, str):
         parsed = None
         try:
-            if "T" in value:
-                parsed = datetime.fromisoformat(value)
-            elif "," in value:
+            # The comma first: an RFC 7231 date has a T in "GMT" (and in "Tue", "Thu").
+            if "," in value:
                 parsed = email.utils.parsedate_to_datetime(value)
+            elif "T" in value:
+                parsed = datetime.fromisoformat(value)
         except (TypeError, ValueError):
             parsed = None
         if parsed is not None:

@@ -39,6 +39,19 @@ def test_s3_timestamps_parse_as_botocore_parses_them(moment: datetime):
         assert parse_timestamp(text).utcoffset() == timedelta(0)
 
 
+def test_header_dates_never_reach_botocores_parser(monkeypatch: pytest.MonkeyPatch):
+    """Every GET's Last-Modified header ("Tue, 01 Dec 2026 10:00:00 GMT") is parsed here: its T
+    once sent it to the ISO branch, which failed, and on to dateutil (0.3 ms per GET)."""
+    import kompressor_s3
+
+    def refuse(value):
+        raise AssertionError(f"botocore's parser called for {value!r}")
+
+    monkeypatch.setattr(kompressor_s3, "botocore_parse_timestamp", refuse)
+    for text in ("Tue, 01 Dec 2026 10:00:00 GMT", "Thu, 03 Dec 2026 02:10:00 GMT", "2026-12-01T10:00:00Z"):
+        assert parse_timestamp(text).utcoffset() == timedelta(0)
+
+
 def _fields(model, prefix=""):
     for name, info in model.model_fields.items():
         yield prefix + name, name

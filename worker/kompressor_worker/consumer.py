@@ -240,7 +240,11 @@ class Consumer:
         inflight = _InFlight(task, body, attempt_number(properties.headers), time.monotonic())
         self._inflight[method.delivery_tag] = inflight
         future = self.threads.submit(
-            self.runner.run, task, inflight.attempts, partial(setattr, inflight, "encoding")
+            self.runner.run,
+            task,
+            inflight.attempts,
+            partial(setattr, inflight, "encoding"),
+            redelivered=bool(method.redelivered),
         )
         settle = partial(self._settle, channel, method.delivery_tag)
 

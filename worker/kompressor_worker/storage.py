@@ -7,11 +7,14 @@ work again; `existing: skip` finds another run's output for the same source and 
 Writes are conditional on what the task saw before it started (nothing: If-None-Match *; an older
 output: If-Match its ETag), so of two tasks racing for one key (a duplicate delivery, two sources
 of one job with the same output key) exactly one writes; the other learns it from `OutputChanged`.
+A task that did not look first (task.OutputLookups) learns of an existing output the same way, so
+`conditional_writes_honoured` checks once per bucket that the server does not ignore the condition.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
@@ -188,6 +191,22 @@ def write_output(
         raise _output_error(exc, task) from None
     except BotoCoreError as exc:
         raise _output_error(exc, task) from None
+
+
+def conditional_writes_honoured(write: Callable[..., None]) -> bool | None:
+    """Whether the server refuses a write conditional on "no object" over an object that exists;
+    None when it could not be told (a storage error). Called right after this task wrote its output
+    with `replaces=None` (`write`: that write_output call, all but `replaces`): the same write again
+    must fail. A server that ignores If-None-Match stores
+    the same bytes and metadata again, which changes nothing but the object's date (and adds a
+    version in a versioned bucket), once per bucket and worker."""
+    try:
+        write(replaces=None)
+    except OutputChanged:
+        return True
+    except StorageError:
+        return None
+    return False
 
 
 def _output_error(exc: Exception, task: Task) -> StorageError:

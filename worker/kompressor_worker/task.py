@@ -15,17 +15,23 @@ attempt), or an exception of the pool (timeout, a killed child) that the consume
 `limits.taskTimeoutSeconds` bounds the fetch and the encode together: the encode is given what is
 left and its child is killed when it runs over. Storage calls are bounded by the S3 client's own
 connect/read timeouts and retries.
+
+An output already at the task's key is found either by looking first (a HEAD) or by the write,
+which is conditional on what the task saw (storage.write_output); `look_first` decides which, and
+`earlier_result` decides what a found output means. Either way the same Result comes out.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import posixpath
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from functools import partial
 
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing, InputFormat, Limits, Output
@@ -40,11 +46,14 @@ from kompressor_worker.storage import (
     ExistingOutput,
     OutputChanged,
     StorageError,
+    conditional_writes_honoured,
     existing_output,
     read_source_object,
     settings_fingerprint,
     write_output,
 )
+
+log = logging.getLogger("kompressor.worker")
 
 CONTENT_TYPES = {
     "jpeg": "image/jpeg",
@@ -114,6 +123,50 @@ def check_key(key: str) -> str | None:
     return None
 
 
+# Tasks in a row that found no output at their key, after which a bucket's tasks stop looking first.
+LOOK_STREAK = 16
+
+
+def look_first(delivered_before: bool, conditional_writes: bool | None, absent_in_a_row: int) -> bool:
+    """Whether a task looks for an output at its key (a HEAD) before its work, rather than writing
+    with the condition "no object" and looking only when that fails. Both find an existing output
+    and end in the same Result; looking costs a request per task (14-20 % of the worker's own CPU
+    per task, bench/README.md), not looking costs the fetch and encode of a task whose output turns
+    out to exist. So a task looks first when the bucket's server is not known to honour the
+    condition (`conditional_writes` None or False: only a look finds the output there), when it was
+    delivered before (its own output may be stored), and until LOOK_STREAK tasks in a row found
+    none (a re-run with `existing: skip` finds one at every key)."""
+    return delivered_before or conditional_writes is not True or absent_in_a_row < LOOK_STREAK
+
+
+class OutputLookups:
+    """What the worker's tasks learned about their destination buckets, for `look_first`: whether
+    the server honours conditional writes, and how many tasks in a row found no output. Thread-safe."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._conditional: dict[str, bool] = {}
+        self._absent: dict[str, int] = {}
+
+    def look_first(self, bucket: str, delivered_before: bool) -> bool:
+        with self._lock:
+            return look_first(delivered_before, self._conditional.get(bucket), self._absent.get(bucket, 0))
+
+    def saw(self, bucket: str, found: bool) -> None:
+        with self._lock:
+            self._absent[bucket] = 0 if found else self._absent.get(bucket, 0) + 1
+
+    def unknown(self, bucket: str) -> bool:
+        with self._lock:
+            return bucket not in self._conditional
+
+    def learned(self, bucket: str, honoured: bool | None) -> None:
+        if honoured is None:
+            return  # a storage error: ask again after the next write
+        with self._lock:
+            self._conditional[bucket] = honoured
+
+
 class TaskRunner:
     """Runs tasks on the caller's thread, sending the encode to `pool`. Thread-safe: one S3 client
     (boto3 clients are) and one URL rate limiter, shared by all of the worker's tasks, so an origin
@@ -129,30 +182,45 @@ class TaskRunner:
             rate=settings.url_requests_per_second, burst=max(1, int(settings.url_requests_per_second))
         )
         self.allowed_input_formats = tuple(settings.allowed_input_formats)
+        self.lookups = OutputLookups()
         self._closing = threading.Event()
 
     def close(self) -> None:
         """Stop waiting for encodes: a stuck pool may never finish or cancel them."""
         self._closing.set()
 
-    def run(self, task: Task, attempts: int, on_encode: Callable[[Future], None] = lambda _: None) -> Result:
-        """The task's Result; `on_encode` receives the pool's future once the encode is scheduled."""
+    def run(
+        self,
+        task: Task,
+        attempts: int,
+        on_encode: Callable[[Future], None] = lambda _: None,
+        redelivered: bool = False,
+    ) -> Result:
+        """The task's Result; `on_encode` receives the pool's future once the encode is scheduled.
+        `redelivered`: the broker delivered this task before (its output may be stored already)."""
         started = time.monotonic()
-        result = self._run(task, started + task.limits.task_timeout_seconds, on_encode)
+        deadline = started + task.limits.task_timeout_seconds
+        result = self._run(task, deadline, on_encode, delivered_before=redelivered or attempts > 1)
         seconds = round(time.monotonic() - started, 4)
         return result.model_copy(update={"attempts": attempts, "seconds": seconds})
 
-    def _run(self, task: Task, deadline: float, on_encode: Callable[[Future], None]) -> Result:
+    def _run(
+        self, task: Task, deadline: float, on_encode: Callable[[Future], None], delivered_before: bool
+    ) -> Result:
         if task.renditions:
             return self._run_renditions(task, task.renditions, deadline, on_encode)
         problem = check_key(task.dest_key)
         if problem:
             return _result(task, Outcome.failed, reason="invalid_key", message=f"output key {problem}")
         try:
-            found = existing_output(self.client, task.dest_bucket, task.dest_key)
-            earlier = _earlier_result(task, found)
-            if earlier is not None:
-                return earlier
+            looked = self.lookups.look_first(task.dest_bucket, delivered_before)
+            found = None
+            if looked:
+                found = existing_output(self.client, task.dest_bucket, task.dest_key)
+                self.lookups.saw(task.dest_bucket, found is not None)
+                earlier = earlier_result(task, found)
+                if earlier is not None:
+                    return earlier
             data, etag, metadata = self._fetch(task, deadline)
             try:
                 compressed = self._encode(task, data, deadline, on_encode)
@@ -163,20 +231,29 @@ class TaskRunner:
                     task, Outcome.skipped, bytes_in=len(data), reason=exc.reason, message=exc.message
                 )
                 return skipped.model_copy(update={"dest": ""})
-            try:
-                write_output(
-                    self.client,
-                    task,
-                    compressed.data,
-                    CONTENT_TYPES[compressed.format],
-                    etag,
-                    len(data),
-                    compressed.stored_original,
-                    replaces=found,
-                    source_metadata=metadata,
-                )
-            except OutputChanged:
-                return self._raced(task)
+            write = partial(
+                write_output,
+                self.client,
+                task,
+                compressed.data,
+                CONTENT_TYPES[compressed.format],
+                etag,
+                len(data),
+                compressed.stored_original,
+                source_metadata=metadata,
+            )
+            there = self._store(task, write, found, looked)
+            if there is not None:
+                return there
+            if found is None and self.lookups.unknown(task.dest_bucket):
+                honoured = conditional_writes_honoured(write)
+                if honoured is False:
+                    log.warning(
+                        "s3://%s ignores writes conditional on If-None-Match: every task looks for its "
+                        "output first (two tasks racing for one key are not told apart)",
+                        task.dest_bucket,
+                    )
+                self.lookups.learned(task.dest_bucket, honoured)
             return _result(
                 task,
                 Outcome.done,
@@ -195,13 +272,32 @@ class TaskRunner:
                 raise TransientError(exc.reason, str(exc), retry_after) from None
             return _result(task, Outcome.failed, reason=exc.reason, message=str(exc))
 
-    def _raced(self, task: Task) -> Result:
-        """Another task wrote the output key while this one worked: say what it holds now."""
-        found = existing_output(self.client, task.dest_bucket, task.dest_key)
-        earlier = _earlier_result(task, found)
-        if earlier is None:  # another job or run wrote it: start over with what is there now
-            raise TransientError("output_changed", "the output was written by someone else meanwhile")
-        return earlier
+    def _store(
+        self, task: Task, write: Callable[..., None], found: ExistingOutput | None, looked: bool
+    ) -> Result | None:
+        """Write the output over `found` (what the task saw; None: nothing). None once written;
+        else the Result of the output at the key, when it is one to report."""
+        try:
+            write(replaces=found)
+            if not looked:
+                self.lookups.saw(task.dest_bucket, False)
+            return None
+        except OutputChanged:
+            pass
+        there = existing_output(self.client, task.dest_bucket, task.dest_key)
+        self.lookups.saw(task.dest_bucket, True)
+        earlier = earlier_result(task, there)
+        if earlier is not None:
+            return earlier
+        if looked:  # another job or run wrote it since the task looked: start over with what is there
+            raise _output_changed()
+        # The task did not look: `there` is what looking first would have found, and not this job's
+        # to report (existing: overwrite, or other settings or source), so it is replaced, as then.
+        try:
+            write(replaces=there)
+        except OutputChanged:
+            raise _output_changed() from None
+        return None
 
     def _fetch(self, task: Task, deadline: float) -> tuple[bytes, str, dict[str, str]]:
         """The input's bytes, its ETag and (S3 sources) its user metadata."""
@@ -253,7 +349,7 @@ class TaskRunner:
                     ends[index] = _ended(rendition, Outcome.failed, "invalid_key", f"output key {problem}")
                     continue
                 found[index] = existing_output(self.client, one.dest_bucket, one.dest_key)
-                earlier = _earlier_result(one, found[index])
+                earlier = earlier_result(one, found[index])
                 if earlier is not None:
                     ends[index] = _from_result(rendition, earlier, found[index])
                     bytes_in = max(bytes_in, earlier.bytes_in)
@@ -267,7 +363,7 @@ class TaskRunner:
                 except CodecError as exc:  # the input cannot be decoded: none of them can be made
                     made = [Made(reason=exc.reason, message=str(exc)) for _ in todo]
                 for index, one_made in zip(todo, made, strict=True):
-                    ends[index] = self._store(
+                    ends[index] = self._store_rendition(
                         task, planned[index], one_made, data, etag, metadata, found[index]
                     )
                     frames = one_made.compressed.frames if one_made.compressed else frames
@@ -295,7 +391,14 @@ class TaskRunner:
             renditions=renditions,
         )
 
-    def _store(
+    def _raced(self, task: Task) -> Result:
+        """Another task wrote a rendition's key while this one worked: say what it holds now."""
+        earlier = earlier_result(task, existing_output(self.client, task.dest_bucket, task.dest_key))
+        if earlier is None:  # another job or run wrote it: start over with what is there now
+            raise _output_changed()
+        return earlier
+
+    def _store_rendition(
         self,
         task: Task,
         rendition: PlannedRendition,
@@ -380,9 +483,15 @@ def _from_result(
     )
 
 
-def _earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
-    """The Result when the output key already holds this task's output (an earlier delivery
-    stored it, or `existing: skip` finds it from another run) or another source's of this job."""
+def earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
+    """What an output found at the task's key means, before or after the task's work (pure):
+    - another source of this job wrote it: the task failed, `output_collision`;
+    - this job wrote it from this input with these settings (an earlier delivery died before its
+      result was confirmed): done, reported from the output's metadata;
+    - `existing: skip`, and another run wrote it from the same source version (ETag) with the same
+      settings: skipped, `exists`;
+    - otherwise (nothing there, `existing: overwrite`, other settings or another source version):
+      None, and the task writes its own output over it."""
     if found is None:
         return None
     settings = settings_fingerprint(task)
@@ -423,6 +532,10 @@ def _same_input(task: Task, found: ExistingOutput) -> bool:
     if found.source != task.source.describe():
         return False
     return task.source.url is None or found.task in ("", str(task.id))
+
+
+def _output_changed() -> TransientError:
+    return TransientError("output_changed", "the output was written by someone else meanwhile")
 
 
 def _result(task: Task, outcome: Outcome, **fields) -> Result:

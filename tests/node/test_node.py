@@ -38,6 +38,8 @@ NAMESPACE = "shop"
 POOL_LINE = re.compile(
     r"pool of (\d+) processes \(cpu quota ([\d.]+|None)\), memory budget per process (\d+|None) bytes"
 )
+# The reasons a task gets when its pool child died under it (the kernel's OOM kill among them).
+CHILD_DIED = ("worker_crashed", "timeout")
 # Run inside a worker container by `kubectl exec`: who it runs as, with which capabilities, and
 # whether its root filesystem takes a write.
 PROBE = """
@@ -367,11 +369,15 @@ def test_bombs_end_with_a_reason_and_no_worker_is_oom_killed(installed: Installe
         "apply", "-f", "-", input=job_manifest(name, bucket, s3, workers=workers, output=output)
     )
     states: list[dict[str, Any]] = []
+    logs: dict[str, str] = {}  # the latest log of each worker pod: what a failure shows
 
     def finished() -> bool:
         if installed.kubectl("get", "deployment", f"{name}-workers", check=False).returncode == 0:
             for pod in _worker_pods(installed, name):
                 states.extend(pod.get("status", {}).get("containerStatuses", []))
+                pod_name = pod["metadata"]["name"]
+                latest = installed.kubectl("logs", pod_name, check=False).stdout
+                logs[pod_name] = latest or logs.get(pod_name, "")
         return installed.job_status(name).get("phase") in ("Succeeded", "Failed")
 
     wait_until(finished, 500, f"job {name} finished", interval=1)
@@ -382,6 +388,9 @@ def test_bombs_end_with_a_reason_and_no_worker_is_oom_killed(installed: Installe
     assert set(lines) == set(inputs)
     for source, line in lines.items():
         assert line["outcome"] == "done" or line["reason"], (source, line)
+        # A pool child the kernel killed (its container survives, so restartCount stays 0) ends its
+        # task as worker_crashed once its attempts are spent: admission must have refused it instead.
+        assert line["reason"] not in CHILD_DIED, (source, line, "\n".join(logs.values())[-3000:])
     assert lines["claims-60000.jpg"]["reason"] == "too_many_pixels"
     assert lines["gigapixel.png"]["reason"] == "too_many_pixels"
     photo = next(n for n in inputs if not n.startswith(("flat-", "claims-", "gigapixel")))

@@ -1,10 +1,10 @@
 """Shared helpers of the benchmarks (fanout.py, scaling.py, codec_defaults.py, quality.py, worker.py,
 pipeline.py).
 
-The machine a figure comes from, the services it ran against (the test bed's RabbitMQ and SeaweedFS
-in a temp dir, or those named by KOMPRESSOR_BROKER__URL and KOMPRESSOR_STORAGE__*), a plain-text
-table, the JSON file in bench/results/, a py-spy profile of this process, and a line plot drawn
-with Pillow (matplotlib is not a dependency).
+The machine a figure comes from, a plain-text table, the JSON file in bench/results/, the bare
+encoder's pool, a py-spy profile of this process, and a line plot drawn with Pillow (matplotlib is
+not a dependency). The services a benchmark runs against are bench/services.py's, its CPU
+accounting bench/proc.py's.
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,167 +121,6 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     return path
 
 
-# --- services -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Services:
-    """A broker URL and S3 settings, with what to stop afterwards."""
-
-    broker_url: str
-    storage_env: dict[str, str]
-    source: str  # "testbed" or "environment"
-    startup_seconds: dict[str, float] = field(default_factory=dict)
-    run_dir: Path | None = None
-    filer_url: str | None = None  # the test bed's SeaweedFS filer (fast bulk uploads)
-    pids: dict[str, int] = field(default_factory=dict)  # test bed service processes, for CPU accounting
-    _stoppers: list = field(default_factory=list)
-
-    def storage_settings(self):
-        from kompressor.settings import StorageSettings
-
-        env = self.storage_env
-        return StorageSettings.model_validate(
-            {
-                "endpoint_url": env.get("KOMPRESSOR_STORAGE__ENDPOINT_URL"),
-                "access_key_id": env.get("KOMPRESSOR_STORAGE__ACCESS_KEY_ID"),
-                "secret_access_key": env.get("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY"),
-                "region": env.get("KOMPRESSOR_STORAGE__REGION", "us-east-1"),
-            }
-        )
-
-    def s3_client(self, pool: int = 10):
-        """A boto3 client like the product's, with `pool` connections (for threaded uploads)."""
-        import boto3
-        from botocore.config import Config
-
-        settings = self.storage_settings()
-        return boto3.client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            aws_access_key_id=settings.access_key_id.get_secret_value() if settings.access_key_id else None,
-            aws_secret_access_key=(
-                settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
-            ),
-            config=Config(
-                retries={"mode": "standard", "max_attempts": 5},
-                s3={"addressing_style": "path"},
-                max_pool_connections=pool,
-            ),
-        )
-
-    def operator_settings(self):
-        from kompressor_operator.settings import OperatorSettings
-
-        return OperatorSettings.model_validate(
-            {"broker": {"url": self.broker_url}, "storage": self.storage_settings().model_dump()}
-        )
-
-
-def _start_retrying(start, path: Path, attempts: int = 3):
-    """The test bed picks free ports by binding and releasing them; a port taken meanwhile makes
-    the service fail at start: try again with new ports."""
-    for attempt in range(attempts):
-        try:
-            return start(path)
-        except (RuntimeError, TimeoutError) as exc:
-            if attempt == attempts - 1:
-                raise
-            print(f"retrying {start.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
-    raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def services(keep: bool = False) -> Iterator[Services]:
-    """The broker and S3 server named in the environment, or the test bed's, started in a temp dir."""
-    broker_url = os.environ.get("KOMPRESSOR_BROKER__URL")
-    endpoint = os.environ.get("KOMPRESSOR_STORAGE__ENDPOINT_URL")
-    if broker_url and endpoint:
-        env = {key: value for key, value in os.environ.items() if key.startswith("KOMPRESSOR_STORAGE__")}
-        yield Services(broker_url, env, "environment")
-        return
-    from testbed import start_rabbitmq, start_s3
-
-    run_dir = Path(tempfile.mkdtemp(prefix="kompressor-bench-"))
-    found = Services(broker_url or "", {}, "testbed", run_dir=run_dir)
-    try:
-        if not broker_url:
-            started = time.monotonic()
-            rabbitmq = _start_retrying(start_rabbitmq, run_dir / "rabbitmq")
-            found._stoppers.append(rabbitmq.stop)
-            found.startup_seconds["rabbitmq"] = round(time.monotonic() - started, 1)
-            found.broker_url = rabbitmq.url
-            if rabbitmq.service.process is not None:
-                found.pids["rabbitmq"] = rabbitmq.service.process.pid
-        if endpoint:
-            found.storage_env = {
-                key: value for key, value in os.environ.items() if key.startswith("KOMPRESSOR_STORAGE__")
-            }
-        else:
-            started = time.monotonic()
-            s3 = _start_retrying(start_s3, run_dir / "s3")
-            found._stoppers.append(s3.stop)
-            found.startup_seconds["s3"] = round(time.monotonic() - started, 1)
-            found.storage_env = s3.env()
-            if s3.service.process is not None:
-                found.pids["s3"] = s3.service.process.pid
-            filer = [arg.split("=", 1)[1] for arg in s3.service.argv if arg.startswith("-filer.port=")]
-            found.filer_url = f"http://127.0.0.1:{filer[0]}" if filer else None
-        yield found
-    finally:
-        for stop in reversed(found._stoppers):
-            try:
-                stop()
-            except Exception as exc:  # a teardown error must not hide the figures
-                print(f"warning: stopping a service failed: {exc}", file=sys.stderr)
-        if not keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def put_empty_objects(
-    found: Services, bucket: str, keys: Sequence[str], threads: int = 64
-) -> tuple[float, str]:
-    """Create the bucket and an empty object at each key; returns (seconds, how). Through the test
-    bed's SeaweedFS filer when there is one (~2,000 objects/s here; boto3's put_object costs ~2.5 ms
-    of client CPU each), else with boto3."""
-    import concurrent.futures
-    import http.client
-    import threading
-    import urllib.parse
-
-    client = found.s3_client(pool=threads)
-    try:
-        client.create_bucket(Bucket=bucket)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
-    started = time.monotonic()
-    if found.filer_url:
-        parsed = urllib.parse.urlsplit(found.filer_url)
-        local = threading.local()
-
-        def put(key: str) -> None:
-            connection = getattr(local, "connection", None)
-            if connection is None:
-                connection = local.connection = http.client.HTTPConnection(parsed.hostname, parsed.port)
-            connection.request("PUT", f"/buckets/{bucket}/{urllib.parse.quote(key)}", body=b"")
-            response = connection.getresponse()
-            response.read()
-            if response.status not in (200, 201):
-                raise RuntimeError(f"filer PUT {key}: HTTP {response.status}")
-
-        how = f"SeaweedFS filer PUT, {threads} threads"
-    else:
-
-        def put(key: str) -> None:
-            client.put_object(Bucket=bucket, Key=key, Body=b"")
-
-        how = f"boto3 put_object, {threads} threads"
-    with concurrent.futures.ThreadPoolExecutor(threads) as executor:
-        list(executor.map(put, keys))
-    return time.monotonic() - started, how
-
-
 # --- the bare encoder ----------------------------------------------------------------------------
 
 _BARE: dict[str, Any] = {}
@@ -310,83 +148,6 @@ def bare_encodes(photos: dict[str, bytes], names: Sequence[str], output, limits,
     with context.Pool(processes, initializer=_bare_init, initargs=(photos, output, limits)) as pool:
         for seconds in pool.imap_unordered(_bare_encode, names, chunksize=1):
             yield time.monotonic(), seconds
-
-
-# --- CPU accounting from /proc -------------------------------------------------------------------
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry.name))
-    return children
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and every live process below it."""
-    children, total, todo = _children(), 0, [pid]
-    while todo:
-        current = todo.pop()
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, ValueError, IndexError):
-            pass
-        todo.extend(children.get(current, []))
-    return total / CLK_TCK
-
-
-def machine_busy_seconds() -> float:
-    """Busy CPU seconds of the whole machine (all CPUs): everything but idle and iowait."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
-def own_cpu_seconds() -> float:
-    times = os.times()
-    return times.user + times.system
-
-
-@dataclass
-class Meter:
-    """Wall time and CPU seconds over a block: this process, each service, and the rest of the
-    machine ("other": every process not named, e.g. other people's work on a shared machine)."""
-
-    pids: dict[str, int]
-    wall: float = 0.0
-    cpu: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def measure(self) -> Iterator[Meter]:
-        start_own, start_busy = own_cpu_seconds(), machine_busy_seconds()
-        start_services = {name: tree_cpu_seconds(pid) for name, pid in self.pids.items()}
-        started = time.monotonic()
-        try:
-            yield self
-        finally:
-            self.wall = time.monotonic() - started
-            self.cpu = {"bench": own_cpu_seconds() - start_own}
-            for name, pid in self.pids.items():
-                self.cpu[name] = tree_cpu_seconds(pid) - start_services[name]
-            busy = machine_busy_seconds() - start_busy
-            self.cpu["other"] = max(0.0, busy - sum(self.cpu.values()))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "wall_seconds": round(self.wall, 3),
-            "cpu_seconds": {k: round(v, 2) for k, v in self.cpu.items()},
-        }
-
-    def describe(self) -> str:
-        return ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.cpu.items())
 
 
 # --- profiling ------------------------------------------------------------------------------------

@@ -43,18 +43,16 @@ from unittest import mock
 
 from common import (
     RESULTS,
-    Meter,
-    Services,
     describe_machine,
     load_average,
     machine,
     profiled,
-    put_empty_objects,
-    services,
     summarize_profile,
     table,
     write_json,
 )
+from proc import Meter
+from services import Services, put_empty_objects, running
 
 from kompressor.crd import CompressionJobSpec, parse_spec
 from kompressor.messages import JobRef, task_queue
@@ -307,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": info, "tasks": count, "target_seconds": TARGET_SECONDS}
     rows: list[list[Any]] = []
 
-    with services(keep=args.keep) as found:
+    with running(keep=args.keep) as found:
         report["services"] = {"source": found.source, "startup_seconds": found.startup_seconds}
         print(f"services: {found.source} {found.startup_seconds}", flush=True)
         setup = create_inputs(found, count)

@@ -37,18 +37,17 @@ from typing import Any
 
 from common import (
     RESULTS,
-    Meter,
     Series,
-    Services,
     bare_encodes,
     describe_machine,
     line_plot,
     load_average,
     machine,
-    services,
     table,
     write_json,
 )
+from proc import Meter
+from services import Services, running
 
 from kompressor.crd import parse_spec
 from kompressor_operator.local import JobFile, run_job
@@ -188,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         "setting": f"{args.format} q{args.quality} fit 1600x1600",
         "runs": {},
     }
-    with services(keep=args.keep) as found:
+    with running(keep=args.keep) as found:
         report["services"] = {"source": found.source, "startup_seconds": found.startup_seconds}
         prefix = f"in/{uuid.uuid4().hex[:8]}/"
         names = upload(found, photos, prefix, args.images)

@@ -66,7 +66,7 @@ from common import describe_machine, load_average, machine  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from kompressor.crd import Format, Limits, Output  # noqa: E402
-from kompressor_worker import quality  # noqa: E402
+from kompressor_worker import quality, ssim  # noqa: E402
 from kompressor_worker.codec import Prepared, compress, encode, prepare  # noqa: E402
 from tests.corpus import OPENCV_DATA, real_photos  # noqa: E402
 
@@ -106,12 +106,12 @@ def output_for(fmt: str, max_side: int, **fields: Any) -> Output:
 
 
 def measured_ssim(photo: Photo, data: bytes) -> float:
-    return quality.ssim(photo.reference, quality.decode_luma(data))
+    return ssim.ssim(photo.reference, ssim.decode_luma(data))
 
 
 def measured_chroma(photo: Photo, data: bytes) -> float:
     """Chroma SSIM of encoded bytes against the prepared image (1 for a grey image)."""
-    return quality.Target(photo.prepared.image).measure(data)[1]
+    return ssim.Target(photo.prepared.image).measure(data)[1]
 
 
 PILLOW_NAME = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         photos = []
         for name, data in photos_raw.items():
             prepared = prepare(data, output, LIMITS)
-            photos.append(Photo(name, data, prepared, quality.luma(prepared.image)))
+            photos.append(Photo(name, data, prepared, ssim.luma(prepared.image)))
         for floor in [] if args.jpegli_only else args.floors:
             print(f"{fmt} floor {floor}: searching, scanning fixed qualities, timing ...", flush=True)
             run = run_setting(photos, fmt, floor, args)

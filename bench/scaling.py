@@ -41,11 +41,10 @@ from common import (
     line_plot,
     load_average,
     machine,
-    put_empty_objects,
-    services,
     table,
     write_json,
 )
+from services import put_empty_objects, running
 
 from kompressor.crd import CompressionJobSpec, parse_spec
 from kompressor_operator import engine as engine_module
@@ -335,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_average(),
         "corpus": f"tests.corpus.real_photos(): {len(photos)} photos, repeated to {args.images} images",
     }
-    with services(keep=args.keep) as found:
+    with running(keep=args.keep) as found:
         report["services"] = {"source": found.source, "startup_seconds": found.startup_seconds}
         prefix = f"run-{int(time.time())}/"
         upload(found, photos, args.images, prefix)

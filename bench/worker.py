@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,154 +54,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from common import bare_encodes, describe_machine, machine  # noqa: E402
+from proc import CLK_TCK, CpuMeter, cmdline, parent_pids, system_busy_ticks  # noqa: E402
+from services import Services, Storage, start  # noqa: E402
 
 from kompressor.crd import CompressionJobSpec, parse_spec  # noqa: E402
 from kompressor.messages import JobRef, Result, Task, result_queue  # noqa: E402
-from kompressor.settings import StorageSettings  # noqa: E402
 from kompressor_operator import broker as broker_adapter  # noqa: E402
 from kompressor_operator.listing import list_s3_sources  # noqa: E402
 from kompressor_operator.planning import plan_tasks  # noqa: E402
 from kompressor_operator.workerprocs import worker_command  # noqa: E402
-from kompressor_s3 import s3_client  # noqa: E402
 from kompressor_worker.codec import compress  # noqa: E402
 from kompressor_worker.storage import existing_output, read_source, write_output  # noqa: E402
 from kompressor_worker.task import CONTENT_TYPES  # noqa: E402
 from tests.corpus import OPENCV_DATA, real_photos  # noqa: E402
-from tests.jobs import new_job, process_tree, publish_job, worker_env  # noqa: E402
+from tests.jobs import new_job, publish_job, worker_env  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "worker.json"
 TARGET_RATIO = 0.95
 # Images per setting, rounded up to whole repetitions of the corpus. JPEG encodes ~4x faster than
 # WebP method 4 here, so it gets more images for a run of similar length.
 DEFAULT_IMAGES = {"webp": 200, "jpeg": 600}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --- services -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Broker:
-    """What tests.jobs needs of a broker (`url`), and the pids to account CPU to (test bed only)."""
-
-    url: str
-    pid: int | None = None
-
-
-@dataclass
-class Storage:
-    """What tests.jobs needs of an S3 server (`client()`, `env()`)."""
-
-    endpoint_url: str
-    access_key: str
-    secret_key: str
-    region: str
-    pid: int | None = None
-
-    def env(self) -> dict[str, str]:
-        return {
-            "KOMPRESSOR_STORAGE__ENDPOINT_URL": self.endpoint_url,
-            "KOMPRESSOR_STORAGE__ACCESS_KEY_ID": self.access_key,
-            "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": self.secret_key,
-            "KOMPRESSOR_STORAGE__REGION": self.region,
-        }
-
-    def settings(self) -> StorageSettings:
-        return StorageSettings.model_validate(
-            {
-                "endpoint_url": self.endpoint_url,
-                "access_key_id": self.access_key,
-                "secret_access_key": self.secret_key,
-                "region": self.region,
-            }
-        )
-
-    def client(self):
-        return s3_client(self.settings())
-
-
-@dataclass
-class Services:
-    broker: Broker
-    storage: Storage
-    source: str  # "testbed" or "environment"
-    startup_seconds: dict[str, float] = field(default_factory=dict)
-    stoppers: list = field(default_factory=list)
-    run_dir: Path | None = None
-
-    def stop(self, keep: bool) -> None:
-        for stop in reversed(self.stoppers):
-            try:
-                stop()
-            except Exception as exc:  # a bench must not hide its figures behind a teardown error
-                print(f"warning: stopping a service failed: {exc}", file=sys.stderr)
-        if self.run_dir is not None and not keep:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def _start(start, path: Path, attempts: int = 3):
-    """The test bed picks free ports by binding and releasing them, so a port can be taken again
-    before the service binds it (seen with SeaweedFS's gRPC ports): try again with new ports."""
-    for attempt in range(attempts):
-        try:
-            return start(path)
-        except RuntimeError as exc:
-            if attempt == attempts - 1:
-                raise
-            print(f"retrying {start.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
-    raise AssertionError("unreachable")
-
-
-def start_services(run_dir: Path | None) -> Services:
-    env = os.environ
-    external_broker = env.get("KOMPRESSOR_BROKER__URL")
-    external_s3 = env.get("KOMPRESSOR_STORAGE__ENDPOINT_URL")
-    if external_broker and external_s3:
-        return Services(
-            broker=Broker(external_broker),
-            storage=Storage(
-                external_s3,
-                env.get("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", ""),
-                env.get("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", ""),
-                env.get("KOMPRESSOR_STORAGE__REGION", "us-east-1"),
-            ),
-            source="environment",
-        )
-    from testbed import start_rabbitmq, start_s3
-
-    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="kompressor-bench-"))
-    services = Services(broker=Broker(""), storage=Storage("", "", "", ""), source="testbed", run_dir=run_dir)
-    try:
-        if external_broker:
-            services.broker = Broker(external_broker)
-        else:
-            started = time.monotonic()
-            rabbitmq = _start(start_rabbitmq, run_dir / "rabbitmq")
-            services.stoppers.append(rabbitmq.stop)
-            services.startup_seconds["rabbitmq"] = round(time.monotonic() - started, 2)
-            assert rabbitmq.service.process is not None
-            services.broker = Broker(rabbitmq.url, rabbitmq.service.process.pid)
-        if external_s3:
-            services.storage = Storage(
-                external_s3,
-                env.get("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", ""),
-                env.get("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", ""),
-                env.get("KOMPRESSOR_STORAGE__REGION", "us-east-1"),
-            )
-        else:
-            started = time.monotonic()
-            s3 = _start(start_s3, run_dir / "s3")
-            services.stoppers.append(s3.stop)
-            services.startup_seconds["s3"] = round(time.monotonic() - started, 2)
-            assert s3.service.process is not None
-            services.storage = Storage(
-                s3.endpoint_url, s3.access_key, s3.secret_key, s3.region, s3.service.process.pid
-            )
-    except BaseException:
-        services.stop(keep=True)
-        print(f"service start-up failed; logs in {run_dir}", file=sys.stderr)
-        raise
-    return services
 
 
 # --- machine and corpus ---------------------------------------------------------------------------
@@ -271,7 +143,7 @@ def job_spec(bucket: str, prefix: str, dest_prefix: str, output: dict[str, Any])
 
 def upload(storage: Storage, bucket: str, prefix: str, keys, photos: dict[str, bytes]) -> float:
     started = time.monotonic()
-    client = s3_client(storage)
+    client = storage.client()
 
     def put(item: tuple[str, str]) -> None:
         key, name = item
@@ -282,158 +154,14 @@ def upload(storage: Storage, bucket: str, prefix: str, keys, photos: dict[str, b
     return time.monotonic() - started
 
 
-# --- CPU accounting from /proc --------------------------------------------------------------------
-
-
-def _cpu_ticks(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime of the process itself
-
-
-def _run_delay_ns(pid: int) -> int | None:
-    """Time the process's threads spent runnable but waiting for a CPU (/proc/<pid>/task/*/schedstat):
-    the part of a wall-clock figure that other work on the same cores added."""
-    total, found = 0, False
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return None
-    for task in tasks:
-        try:
-            total += int((task / "schedstat").read_text().split()[1])
-            found = True
-        except (OSError, IndexError, ValueError):
-            continue
-    return total if found else None
-
-
-def _system_busy_ticks() -> int:
-    """Busy CPU time of the whole machine (all CPUs): everything but idle and iowait."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields[:8]) - fields[3] - fields[4]
-
-
-def _parents() -> dict[int, int]:
-    return {child: parent for parent, children in process_tree().items() for child in children}
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-class CpuMeter:
-    """CPU seconds used by this process's tree, grouped, between `start()` and the last `sample()`,
-    and by everything else on the machine ("other": /proc/stat's busy time less the tree's).
-
-    Groups: a process under one of `roots` (name -> pid) belongs to that name, the rest of the tree
-    to "bench"; under the worker, its parent, forkserver and pool children are told apart. Each
-    pid's own utime + stime is read at every sample; a pid that exits between two samples loses at
-    most what it used since the last one (pool children are recycled). The tree is re-scanned at
-    most every `rescan` seconds.
-    """
-
-    def __init__(self, roots: dict[str, int | None], rescan: float = 0.5):
-        self.roots = {pid: name for name, pid in roots.items() if pid is not None}
-        self.rescan = rescan
-        self.groups: dict[int, str] = {}
-        self.first: dict[int, int] = {}
-        self.last: dict[int, int] = {}
-        self.wait_first: dict[int, int] = {}
-        self.wait_last: dict[int, int] = {}
-        self.system_first = self.system_last = 0
-        self.started = False
-        self._scanned = 0.0
-
-    def add_root(self, name: str, pid: int) -> None:
-        self.roots[pid] = name
-
-    def _scan(self) -> None:
-        parents = _parents()
-        me = os.getpid()
-        for pid in parents:
-            if pid in self.groups:
-                continue
-            chain, node = [], pid
-            while node and node != me and node not in self.roots:
-                chain.append(node)
-                node = parents.get(node, 0)
-            if node == 0:
-                continue  # not in this process's tree
-            root_name = self.roots.get(node, "bench")
-            self.groups[pid] = self._classify(root_name, pid, depth=len(chain))
-        self._scanned = time.monotonic()
-
-    def _classify(self, root_name: str, pid: int, depth: int) -> str:
-        """depth: 0 for the root itself, 1 for its children (forkserver, resource tracker), 2 and
-        more for what the forkserver forks (pool children inherit its command line)."""
-        if root_name not in ("worker", "bench"):
-            return root_name
-        if depth == 0:
-            return "worker parent" if root_name == "worker" else "bench"
-        if depth == 1 and ("forkserver" in _cmdline(pid) or "resource_tracker" in _cmdline(pid)):
-            return f"{root_name} forkserver"
-        return "worker pool" if root_name == "worker" else "bare pool"
-
-    def start(self) -> None:
-        self._scan()
-        self.first, self.last, self.wait_first, self.wait_last = {}, {}, {}, {}
-        for pid in self.groups:
-            ticks, wait = _cpu_ticks(pid), _run_delay_ns(pid)
-            if ticks is not None:
-                self.first[pid] = self.last[pid] = ticks
-            if wait is not None:
-                self.wait_first[pid] = self.wait_last[pid] = wait
-        self.system_first = self.system_last = _system_busy_ticks()
-        self.started = True
-
-    def sample(self) -> None:
-        if not self.started:
-            return
-        if time.monotonic() - self._scanned > self.rescan:
-            self._scan()
-        for pid in self.groups:
-            ticks, wait = _cpu_ticks(pid), _run_delay_ns(pid)
-            if ticks is not None:
-                self.first.setdefault(pid, 0)  # born after start: all of its CPU counts
-                self.last[pid] = ticks
-            if wait is not None:
-                self.wait_first.setdefault(pid, 0)
-                self.wait_last[pid] = wait
-        self.system_last = _system_busy_ticks()
-
-    def seconds(self) -> dict[str, float]:
-        totals: dict[str, float] = {}
-        for pid, last in self.last.items():
-            group = self.groups[pid]
-            totals[group] = totals.get(group, 0.0) + (last - self.first.get(pid, 0)) / CLK_TCK
-        system = (self.system_last - self.system_first) / CLK_TCK
-        totals["other"] = max(0.0, system - sum(totals.values()))
-        return totals
-
-    def run_delay(self) -> dict[str, float]:
-        """Seconds each group's threads waited for a CPU while runnable."""
-        totals: dict[str, float] = {}
-        for pid, last in self.wait_last.items():
-            group = self.groups[pid]
-            totals[group] = totals.get(group, 0.0) + (last - self.wait_first.get(pid, 0)) / 1e9
-        return totals
-
-
 def wait_for_quiet(limit: float, patience: float) -> float:
     """Wait (up to `patience` s) until the machine's busy CPU, sampled over 2 s, is under `limit`
     cores; returns the last figure. Other work on the same cores skews every rate measured here."""
     deadline = time.monotonic() + patience
     while True:
-        before = _system_busy_ticks()
+        before = system_busy_ticks()
         time.sleep(2.0)
-        busy = (_system_busy_ticks() - before) / CLK_TCK / 2.0
+        busy = (system_busy_ticks() - before) / CLK_TCK / 2.0
         if busy < limit or time.monotonic() > deadline:
             return busy
         print(f"machine busy ({busy:.2f} cores used by others); waiting", file=sys.stderr)
@@ -660,8 +388,8 @@ def _child_running(pid: int, command: str, timeout: float) -> int:
     """The child of `pid` whose command line has `command` (py-spy starts helpers of its own)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for child, parent in sorted(_parents().items()):
-            if parent == pid and command in _cmdline(child):
+        for child, parent in sorted(parent_pids().items()):
+            if parent == pid and command in cmdline(child):
                 return child
         time.sleep(0.01)
     raise TimeoutError(f"process {pid} started no {command} in {timeout}s")
@@ -675,8 +403,8 @@ def breakdown(services: Services, setting: Setting, bucket: str, source_prefix: 
     wall and in this process's CPU time: decode the task, S3 HEAD (the output is absent), GET,
     encode, PUT, encode the result; then the latency of one confirmed result publish to a quorum
     results queue (what the worker's parent waits for before it acks). The client is built as the
-    worker builds it (StorageSettings.client)."""
-    client = s3_client(services.storage)
+    worker builds it (kompressor_s3.s3_client)."""
+    client = services.storage.client()
     job = new_job("bench-breakdown")
     spec = job_spec(bucket, source_prefix, f"out/{job.uid8}/", setting.output)
     assert spec.source.s3 is not None
@@ -941,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_for(formats, args.images)
     extra_env = dict(item.split("=", 1) for item in args.worker_env)
 
-    services = start_services(args.run_dir)
+    services = start(args.run_dir)
     log_dir = (services.run_dir or Path(tempfile.mkdtemp(prefix="kompressor-bench-"))) / "workers"
     print(
         f"services ({services.source}) {services.startup_seconds}; worker logs in {log_dir}", file=sys.stderr
@@ -965,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         bucket = f"bench-{uuid.uuid4().hex[:10]}"
-        s3_client(services.storage).create_bucket(Bucket=bucket)
+        services.storage.client().create_bucket(Bucket=bucket)
         prepared = []
         for index, setting in enumerate(settings):
             prefix = f"in{index}/"

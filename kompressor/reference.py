@@ -86,7 +86,7 @@ def reference() -> str:
     parts = [
         f"# {KIND} field reference ({API_VERSION})",
         "",
-        "Generated from `kompressor/crd.py` by `kompressor reference > docs/reference.md`; a test keeps "
+        "Generated from `kompressor/crd/` by `kompressor reference > docs/reference.md`; a test keeps "
         "it up to date. `kubectl explain compjob.spec` prints the same descriptions.",
     ]
     for part in ("spec", "status"):

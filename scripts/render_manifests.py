@@ -6,7 +6,7 @@ verify-codegen.sh): without arguments it writes the files; with `--check` it wri
 unified diff of every file that differs from a fresh render, and exits 1.
 
 Written:
-  charts/kompressor/crds/compressionjobs.kompressor.dev.yaml   the CRD, from kompressor/crd.py
+  charts/kompressor/crds/compressionjobs.kompressor.dev.yaml   the CRD, from kompressor/crd/
   manifests/crd.yaml        the same CRD
   manifests/rbac.yaml       ServiceAccount, (Cluster)Roles and their bindings
   manifests/operator.yaml   everything else the default values render (Deployment, Service)
@@ -186,7 +186,7 @@ def crd_text(note: str = "") -> str:
     from kompressor.crd import crd
 
     header = (
-        f"{GENERATED} from kompressor/crd.py; do not edit.\n"
+        f"{GENERATED} from kompressor/crd/; do not edit.\n"
         "# Helm installs this CRD on the first install and never upgrades it: before upgrading the\n"
         f"# chart, run `kubectl apply --server-side -f` on {note or 'this file'}.\n"
     )

@@ -199,7 +199,8 @@ class Controller:
 
     def _missing_secrets(self, job: JobRef, spec: CompressionJobSpec) -> list[str]:
         missing = []
-        for need in required_secrets(spec):
+        workers = self.settings.worker
+        for need in required_secrets(spec, workers.broker_secret, workers.storage_secret):
             try:
                 for key in need.keys:
                     self.kube.secret_value(job.namespace, need.name, key)

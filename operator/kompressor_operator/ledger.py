@@ -130,8 +130,15 @@ class Tally:
         else:
             self.failed += 1
             self.failures[result.reason or "unknown"] += 1
-        self.bytes_in += result.bytes_in
-        self.bytes_out += result.bytes_out if result.outcome is not Outcome.failed else 0
+        if has_output(result):
+            self.bytes_in += result.bytes_in
+            self.bytes_out += result.bytes_out
+
+
+def has_output(result: Result) -> bool:
+    """Whether an output stands for this input: made now, or kept from an earlier run. Only these count
+    in the status's bytes, so a failure or a `not_smaller` skip is never reported as 100 % saved."""
+    return result.outcome is Outcome.done or (result.outcome is Outcome.skipped and bool(result.dest))
 
 
 class Ledger:

@@ -569,17 +569,24 @@ class SecretNeed:
     keys: tuple[str, ...]
 
 
-def required_secrets(spec: CompressionJobSpec) -> list[SecretNeed]:
-    """The Secrets the spec names that must exist (with their keys) before the job starts."""
+def required_secrets(
+    spec: CompressionJobSpec, broker_secret: str = "", storage_secret: str = ""
+) -> list[SecretNeed]:
+    """The Secrets that must exist (with their keys) in the job's namespace before the job starts:
+    those the spec names, and the installation's worker Secrets (`broker_secret`, and
+    `storage_secret` when the job names no credentials) that the worker pods read. Without this
+    check a missing worker Secret left the pods stuck in CreateContainerConfigError and the job
+    Running with nothing to show for it."""
     needs = []
+    if broker_secret:
+        needs.append(SecretNeed("the chart's worker.brokerSecret", broker_secret, ("url",)))
+    storage_keys = ("accessKeyId", "secretAccessKey")
     if spec.storage.credentials_secret:
         needs.append(
-            SecretNeed(
-                "spec.storage.credentialsSecret",
-                spec.storage.credentials_secret,
-                ("accessKeyId", "secretAccessKey"),
-            )
+            SecretNeed("spec.storage.credentialsSecret", spec.storage.credentials_secret, storage_keys)
         )
+    elif storage_secret:
+        needs.append(SecretNeed("the chart's worker.storageSecret", storage_secret, storage_keys))
     if spec.notify is not None and spec.notify.secret_ref:
         needs.append(SecretNeed("spec.notify.secretRef", spec.notify.secret_ref, ("hmacKey",)))
     return needs

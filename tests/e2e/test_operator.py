@@ -480,6 +480,35 @@ def test_a_job_waits_for_a_missing_secret_and_starts_when_it_appears(cluster: Cl
     assert waiting()["status"] == "True"
 
 
+def test_a_job_waits_for_the_worker_secret_of_the_installation(cluster: Cluster, s3: S3Server):
+    """The chart's worker.storageSecret missing in the job's namespace: the job waits, Pending, instead
+    of worker pods stuck in CreateContainerConfigError under a Running job."""
+    bucket = _photos_bucket(s3, 3)
+    cluster.kubectl("delete", "secret", "kompressor-storage")
+    try:
+        cluster.kubectl("apply", "-f", "-", input=job_manifest("defaults", bucket, s3))
+
+        def condition() -> dict | None:
+            found = {c["type"]: c for c in cluster.job_status("defaults").get("conditions", [])}
+            return found.get("SecretsReady")
+
+        wait_until(lambda: condition() is not None, 60, "the SecretsReady condition")
+        assert (condition()["status"], condition()["reason"]) == ("False", "SecretMissing")
+        assert "worker.storageSecret" in condition()["message"]
+        assert cluster.job_status("defaults")["phase"] == "Pending"
+    finally:
+        cluster.kubectl(
+            "create",
+            "secret",
+            "generic",
+            "kompressor-storage",
+            f"--from-literal=accessKeyId={s3.access_key}",
+            f"--from-literal=secretAccessKey={s3.secret_key}",
+        )
+    status = cluster.wait_phase("defaults", {"Succeeded", "Failed"}, 180)
+    assert (status["phase"], status["succeeded"]) == ("Succeeded", 3)
+
+
 def test_the_operator_role_is_enough_and_no_more(cluster: Cluster, kube: KubeAPI):
     def can(*args: str) -> bool:
         result = kube.kubectl("auth", "can-i", *args, kubeconfig=cluster.operator_kubeconfig, check=False)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
 from kompressor.crd import Format, InputFormat, Limits, Output, Resize
-from kompressor_worker import codec, memory, quality
+from kompressor_worker import codec, memory, quality, ssim
 from kompressor_worker.codec import CodecError, Compressed, compress, encode, prepare
 from kompressor_worker.never_larger import NotSmaller
 from tests import corpus
@@ -810,8 +810,8 @@ def test_mutated_images_never_raise_anything_but_codec_error(
 
 def stored_ssim(data: bytes, output: Output, result: Compressed) -> float:
     """SSIM of the stored bytes against the prepared source, measured from scratch."""
-    reference = quality.luma(prepare(data, output, LIMITS).image)
-    return quality.ssim(reference, quality.luma(decode(result)))
+    reference = ssim.luma(prepare(data, output, LIMITS).image)
+    return ssim.ssim(reference, ssim.luma(decode(result)))
 
 
 @pytest.mark.parametrize("fmt", [Format.jpeg, Format.webp, Format.avif], ids=str)

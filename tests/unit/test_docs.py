@@ -35,7 +35,7 @@ def test_kompressor_reference_prints_it(capsys: pytest.CaptureFixture[str]):
 
 
 def _operator_source() -> str:
-    files = [*(ROOT / "operator" / "kompressor_operator").glob("*.py"), *(ROOT / "kompressor").glob("*.py")]
+    files = [*(ROOT / "operator" / "kompressor_operator").glob("*.py"), *(ROOT / "kompressor").rglob("*.py")]
     return "\n".join(path.read_text() for path in files)
 
 

@@ -67,3 +67,22 @@ def test_a_ledger_line_reads_back_as_the_result_it_recorded():
 def test_a_damaged_ledger_line_is_named_not_raised(line: str, published: int, problem: str):
     found = _ledger_result(line, published)
     assert isinstance(found, str) and problem in found
+
+
+def test_only_inputs_with_an_output_count_in_the_bytes_saved():
+    from kompressor_operator.ledger import Tally
+
+    tally = Tally()
+    tally.add(_result(id=1))  # done: 10 -> 4
+    tally.add(
+        _result(id=2).model_copy(
+            update={"outcome": Outcome.skipped, "reason": "exists", "dest": "s3://out/a.webp"}
+        )
+    )
+    not_smaller = {"outcome": Outcome.skipped, "reason": "not_smaller", "dest": "", "bytes_out": 0}
+    tally.add(_result(id=3).model_copy(update=not_smaller))
+    failed = {"outcome": Outcome.failed, "reason": "decode", "bytes_out": 0}
+    tally.add(_result(id=4).model_copy(update=failed))
+    assert (tally.succeeded, tally.skipped, tally.failed) == (1, 2, 1)
+    # Before: 40 in, 8 out (80 % "saved") though two inputs had no output at all.
+    assert (tally.bytes_in, tally.bytes_out) == (20, 8)

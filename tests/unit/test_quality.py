@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, JpegImagePlugin
 
 from kompressor.crd import Format, Limits, Output
-from kompressor_worker import quality
+from kompressor_worker import quality, ssim
 from kompressor_worker.codec import compress, encode
 from kompressor_worker.metrics import Metrics
 from kompressor_worker.quality import CHROMA_FLOOR, UNREACHABLE, Choice, Settings, choose_quality
@@ -106,7 +106,7 @@ def check(
     full = {(a.quality, a.subsampling): a for a in choice.attempts if a.full}
     assert (choice.quality, choice.subsampling) in full
     # The stored bytes, measured again from scratch at full size: luma and chroma.
-    measured, chroma = quality.Target(image).measure(choice.data)
+    measured, chroma = ssim.Target(image).measure(choice.data)
     assert measured == pytest.approx(choice.ssim, abs=1e-9)
     assert chroma == pytest.approx(choice.chroma, abs=1e-9)
     met = [a for a in full.values() if a.ssim >= floor and a.chroma >= chroma_floor]
@@ -119,7 +119,7 @@ def check(
         assert not met
         # The highest quality was tried before giving up; at the fullest subsampling when only
         # chroma was missing.
-        fullest = search.subsamplings[-1] if quality.chroma(image) is not None else search.subsamplings[0]
+        fullest = search.subsamplings[-1] if ssim.chroma(image) is not None else search.subsamplings[0]
         if any(a.ssim >= floor for a in full.values()):
             assert (search.highest, fullest) in full
         else:
@@ -154,7 +154,7 @@ SKIMAGE = [
 
 @pytest.mark.parametrize(("planes", "expected"), SKIMAGE)
 def test_ssim_matches_recorded_scikit_image_values(planes, expected: float) -> None:
-    assert quality.ssim(*planes) == pytest.approx(expected, abs=2e-6)
+    assert ssim.ssim(*planes) == pytest.approx(expected, abs=2e-6)
 
 
 @settings(max_examples=40, deadline=None)
@@ -170,64 +170,64 @@ def test_ssim_matches_scikit_image(height: int, width: int, seed: int, amplitude
     x = rng.integers(0, 256, (height, width)).astype(np.float64)
     y = np.clip(x + rng.normal(0.0, amplitude + 1e-3, x.shape), 0, 255).round()
     expected = metrics.structural_similarity(x, y, data_range=255)
-    assert quality.ssim(x, y) == pytest.approx(expected, abs=2e-6)
+    assert ssim.ssim(x, y) == pytest.approx(expected, abs=2e-6)
 
 
 def test_ssim_in_strips_equals_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = pattern(300, 50, 4)
-    whole = quality.ssim(x, y)
-    monkeypatch.setattr(quality, "STRIP_ROWS", 17)
-    assert quality.ssim(x, y) == pytest.approx(whole, abs=1e-9)
+    whole = ssim.ssim(x, y)
+    monkeypatch.setattr(ssim, "STRIP_ROWS", 17)
+    assert ssim.ssim(x, y) == pytest.approx(whole, abs=1e-9)
 
 
 def test_ssim_of_an_image_with_itself_is_one_and_shapes_must_match() -> None:
     x, _ = pattern(20, 30, 5)
-    assert quality.ssim(x, x) == pytest.approx(1.0, abs=1e-9)
+    assert ssim.ssim(x, x) == pytest.approx(1.0, abs=1e-9)
     with pytest.raises(ValueError, match="shapes differ"):
-        quality.ssim(x, x[:, :-1])
+        ssim.ssim(x, x[:, :-1])
 
 
 def test_images_smaller_than_the_window_are_padded() -> None:
     tiny = np.array([[10.0, 200.0], [30.0, 90.0]])
-    assert quality.ssim(tiny, tiny) == pytest.approx(1.0)
-    assert 0.0 < quality.ssim(tiny, tiny + 40) < 1.0
+    assert ssim.ssim(tiny, tiny) == pytest.approx(1.0)
+    assert 0.0 < ssim.ssim(tiny, tiny + 40) < 1.0
 
 
 def test_a_cached_reference_measures_the_same_every_time() -> None:
     x, y = pattern(90, 70, 6)
-    reference = quality.Reference(x, cache=True)
-    assert reference.ssim(y) == reference.ssim(y) == pytest.approx(quality.ssim(x, y), abs=1e-9)
+    reference = ssim.Reference(x, cache=True)
+    assert reference.ssim(y) == reference.ssim(y) == pytest.approx(ssim.ssim(x, y), abs=1e-9)
 
 
 def test_luma_is_bt601_and_alpha_sits_on_white() -> None:
     rgb = Image.new("RGB", (2, 1), (200, 100, 50))
-    assert quality.luma(rgb)[0, 0] == pytest.approx(0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=1e-3)
-    assert quality.luma(Image.new("L", (1, 1), 77))[0, 0] == 77
+    assert ssim.luma(rgb)[0, 0] == pytest.approx(0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=1e-3)
+    assert ssim.luma(Image.new("L", (1, 1), 77))[0, 0] == 77
     transparent = Image.new("RGBA", (1, 1), (0, 0, 0, 0))
-    assert quality.luma(transparent)[0, 0] == pytest.approx(255)
+    assert ssim.luma(transparent)[0, 0] == pytest.approx(255)
     half = Image.new("LA", (1, 1), (0, 128))
-    assert quality.luma(half)[0, 0] == pytest.approx(255 * (1 - 128 / 255), abs=1e-3)
+    assert ssim.luma(half)[0, 0] == pytest.approx(255 * (1 - 128 / 255), abs=1e-3)
     palette = rgb.convert("P")
-    assert quality.luma(palette).shape == (1, 2)
+    assert ssim.luma(palette).shape == (1, 2)
 
 
 def test_chroma_is_jpegs_cb_cr_with_alpha_on_white_and_none_for_grey() -> None:
-    cb, cr = quality.chroma(Image.new("RGB", (2, 1), (200, 100, 50)))
+    cb, cr = ssim.chroma(Image.new("RGB", (2, 1), (200, 100, 50)))
     assert cb[0, 0] == pytest.approx(128 - 0.168736 * 200 - 0.331264 * 100 + 0.5 * 50, abs=0.5)
     assert cr[0, 0] == pytest.approx(128 + 0.5 * 200 - 0.418688 * 100 - 0.081312 * 50, abs=0.5)
     for image in (Image.new("RGB", (1, 1), "white"), Image.new("RGBA", (1, 1), (255, 0, 0, 0))):
-        assert [float(p[0, 0]) for p in quality.chroma(image)] == [128, 128]
-    half_red = quality.chroma(Image.new("RGBA", (1, 1), (255, 0, 0, 128)))
-    assert 128 < half_red[1][0, 0] < quality.chroma(Image.new("RGB", (1, 1), (255, 0, 0)))[1][0, 0]
-    assert quality.chroma(Image.new("L", (3, 3))) is None
-    assert quality.chroma(Image.new("LA", (3, 3))) is None
+        assert [float(p[0, 0]) for p in ssim.chroma(image)] == [128, 128]
+    half_red = ssim.chroma(Image.new("RGBA", (1, 1), (255, 0, 0, 128)))
+    assert 128 < half_red[1][0, 0] < ssim.chroma(Image.new("RGB", (1, 1), (255, 0, 0)))[1][0, 0]
+    assert ssim.chroma(Image.new("L", (3, 3))) is None
+    assert ssim.chroma(Image.new("LA", (3, 3))) is None
 
 
 def test_4_2_0_keeps_a_photographs_chroma_and_loses_red_text_on_blue() -> None:
     """The chroma check sees what luma SSIM cannot: 4:2:0 and 4:4:4 have the same luma SSIM on
     both images, but only red text on blue loses its chroma to 4:2:0."""
     for image, loses in ((photo(), False), (red_text_on_blue(), True)):
-        target = quality.Target(image)
+        target = ssim.Target(image)
         (luma_420, chroma_420), (luma_444, chroma_444) = (
             target.measure(jpeg(image, 90, s)) for s in (quality.SUBSAMPLING_420, quality.SUBSAMPLING_444)
         )
@@ -266,14 +266,14 @@ def test_the_jpeg_probe_measures_exactly_what_the_full_image_shows_in_its_tiles(
     tile = quality.TILE
     tops = quality._tile_starts(image.height, probe.image.height // tile)
     lefts = quality._tile_starts(image.width, probe.image.width // tile)
-    reference = quality.luma(image)
+    reference = ssim.luma(image)
     total = count = 0.0
     for r, top in enumerate(tops):
         for c, left in enumerate(lefts):
             piece = full[top : top + tile, left : left + tile]
             assert np.array_equal(piece, mosaic[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile])
-            windows = (tile - quality.WINDOW + 1) ** 2
-            total += quality.ssim(reference[top : top + tile, left : left + tile], piece) * windows
+            windows = (tile - ssim.WINDOW + 1) ** 2
+            total += ssim.ssim(reference[top : top + tile, left : left + tile], piece) * windows
             count += windows
     assert probe.target.luma.ssim(mosaic.astype(np.float32)) == pytest.approx(total / count, abs=1e-6)
 

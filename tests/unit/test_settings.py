@@ -62,7 +62,7 @@ def test_every_setting_is_read_somewhere():
                 "operator/kompressor_operator",
                 "worker/kompressor_worker",
             )
-            for path in (root / folder).glob("*.py")
+            for path in (root / folder).rglob("*.py")
             if path.name != "settings.py"
         )
         + (root / "kompressor" / "settings.py").read_text().split("def for_job", 1)[1]

@@ -561,6 +561,21 @@ def test_the_secrets_a_job_needs_are_named_with_their_field_and_keys():
     ]
 
 
+def test_the_worker_secrets_of_the_installation_are_needed_too():
+    needs = [(n.name, n.keys) for n in required_secrets(SPEC, "kompressor-broker", "kompressor-storage")]
+    assert needs == [
+        ("kompressor-broker", ("url",)),
+        ("kompressor-storage", ("accessKeyId", "secretAccessKey")),
+    ]
+    # A job naming its own credentials does not need the default ones; IRSA (no storage Secret) needs none.
+    spec = SPEC.model_copy(update={"storage": SPEC.storage.model_copy(update={"credentials_secret": "mine"})})
+    assert [n.name for n in required_secrets(spec, "kompressor-broker", "kompressor-storage")] == [
+        "kompressor-broker",
+        "mine",
+    ]
+    assert [n.name for n in required_secrets(SPEC, "kompressor-broker", "")] == ["kompressor-broker"]
+
+
 @pytest.mark.parametrize("phase", [Phase.pending, Phase.running])
 def test_a_missing_secret_is_a_false_condition_naming_it_and_never_moves_the_phase(phase):
     previous = CompressionJobStatus(phase=phase)

@@ -1,47 +1,26 @@
-"""The CompressionJob contract: the spec and status models, and the CRD generated from them.
+"""The CompressionJob spec: what a user asks for, validated as the operator and local mode both read it.
 
-This module is the only source of the CRD's schema: `kompressor crd` prints what `crd()` returns, and
-the chart and manifests hold copies that a test compares with it. Every field carries a description
-(it becomes `kubectl explain`), its default and its bounds. What a structural schema cannot say is
-checked by the model validators here, so the operator and local mode refuse the same specs.
-
-It must never import a Kubernetes, broker or storage client.
+Every field carries a description (it becomes `kubectl explain`), its default and its bounds. What a
+structural schema cannot say is checked by the model validators here, so the operator and local
+mode refuse the same specs; `parse_spec` turns a refusal into one line per field.
 """
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import ipaddress
 import posixpath
 import re
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-GROUP = "kompressor.dev"
-VERSION = "v1alpha1"
-KIND = "CompressionJob"
-PLURAL = "compressionjobs"
-SINGULAR = "compressionjob"
-SHORT_NAMES = ["compjob"]
-API_VERSION = f"{GROUP}/{VERSION}"
+from kompressor.crd.base import CamelModel
 
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.tif", "*.tiff", "*.avif"]
 DEFAULT_QUALITY = 80
-
 _BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 _DECIMAL_SUFFIXES = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
@@ -74,6 +53,8 @@ _PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4
 REQUESTABLE_URL_PATTERN = (
     rf"^https?://(?:\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\]|{_LABEL}(?:\.{_LABEL})*\.?)(?::{_PORT})?(?:[/?][!-~]*)?$"
 )
+
+
 """An http(s) URL a client can request: a host name of DNS labels or a bracketed IPv6 address, no
 user info, a port from 1 to 65535, and a path and query of printable ASCII without spaces (a
 space, a control character or a byte beyond ASCII makes http.client refuse the request line)."""
@@ -101,20 +82,6 @@ RequestableURL = Annotated[
     Field(max_length=2048, json_schema_extra={"pattern": REQUESTABLE_URL_PATTERN}),
     AfterValidator(_requestable_url),
 ]
-
-
-class _Model(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors, not silently ignored."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        validate_default=True,
-    )
-
-
 BucketName = Annotated[
     str,
     Field(
@@ -131,7 +98,7 @@ Prefix = Annotated[
 ]
 
 
-class S3Source(_Model):
+class S3Source(CamelModel):
     """Images under a prefix of an S3 bucket."""
 
     bucket: BucketName
@@ -149,14 +116,14 @@ class S3Source(_Model):
         return any(fnmatch.fnmatchcase(name, pattern.lower()) for pattern in self.include)
 
 
-class ObjectRef(_Model):
+class ObjectRef(CamelModel):
     """One object in an S3 bucket."""
 
     bucket: BucketName
     key: str = Field(min_length=1, max_length=1024, description="Object key.")
 
 
-class UrlSource(_Model):
+class UrlSource(CamelModel):
     """Images fetched over http(s): a manifest object in S3, or a short inline list."""
 
     manifest: ObjectRef | None = Field(
@@ -176,7 +143,7 @@ class UrlSource(_Model):
         return self
 
 
-class Source(_Model):
+class Source(CamelModel):
     """Where the input images are: exactly one of s3 or urls."""
 
     s3: S3Source | None = Field(default=None, description="Images under an S3 prefix.")
@@ -193,7 +160,7 @@ class Source(_Model):
         return self
 
 
-class S3Destination(_Model):
+class S3Destination(CamelModel):
     """An S3 bucket and prefix that outputs are written under."""
 
     bucket: BucketName
@@ -205,7 +172,7 @@ class Existing(StrEnum):
     overwrite = "overwrite"
 
 
-class Destination(_Model):
+class Destination(CamelModel):
     """Where outputs go and what to do with outputs that already exist."""
 
     s3: S3Destination = Field(description="Outputs are written under this bucket and prefix.")
@@ -217,7 +184,7 @@ class Destination(_Model):
     )
 
 
-class Storage(_Model):
+class Storage(CamelModel):
     """How to reach the S3-compatible storage holding sources and outputs."""
 
     endpoint_url: str | None = Field(
@@ -279,7 +246,7 @@ WEB_INPUT_FORMATS = (
 )
 
 
-class Resize(_Model):
+class Resize(CamelModel):
     """Fit the image inside this box, keeping its aspect ratio; never upscale."""
 
     max_width: int | None = Field(default=None, ge=1, le=65535, description="Largest output width in pixels.")
@@ -288,7 +255,7 @@ class Resize(_Model):
     )
 
 
-class Output(_Model):
+class Output(CamelModel):
     """The output format and its settings."""
 
     format: Format = Field(
@@ -346,7 +313,7 @@ ByteQuantity = Annotated[
 ]
 
 
-class Limits(_Model):
+class Limits(CamelModel):
     """Bounds on each task and on the job's footprint in the broker."""
 
     max_input_bytes: ByteQuantity = Field(
@@ -398,7 +365,7 @@ class Limits(_Model):
 Quantity = Annotated[int | str, Field(description="A Kubernetes quantity such as 500m, 2 or 1Gi.")]
 
 
-class Resources(_Model):
+class Resources(CamelModel):
     """Kubernetes resource requests and limits of each worker container."""
 
     model_config = ConfigDict(alias_generator=None)
@@ -412,7 +379,7 @@ class Resources(_Model):
     )
 
 
-class Toleration(_Model):
+class Toleration(CamelModel):
     """A Kubernetes toleration of worker pods (core/v1 Toleration)."""
 
     key: str | None = Field(default=None, max_length=317, description="Taint key; empty matches all keys.")
@@ -433,7 +400,7 @@ class Scaler(StrEnum):
     external = "external"
 
 
-class Workers(_Model):
+class Workers(CamelModel):
     """How much compute the job may use and how it follows the backlog."""
 
     scaler: Scaler = Field(
@@ -525,7 +492,7 @@ class Workers(_Model):
         return self
 
 
-class Notify(_Model):
+class Notify(CamelModel):
     """A webhook told when the job finishes."""
 
     webhook_url: RequestableURL = Field(
@@ -542,7 +509,7 @@ class Notify(_Model):
     )
 
 
-class CompressionJobSpec(_Model):
+class CompressionJobSpec(CamelModel):
     """What to compress, where to put it, and how much compute to use."""
 
     source: Source = Field(description="Where the input images are.")
@@ -566,89 +533,6 @@ class CompressionJobSpec(_Model):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Delete the job this long after it finishes; empty keeps it."
     )
-
-
-# --- status ---------------------------------------------------------------------------------------
-
-
-class Phase(StrEnum):
-    pending = "Pending"
-    listing = "Listing"
-    running = "Running"
-    suspended = "Suspended"
-    succeeded = "Succeeded"
-    failed = "Failed"
-
-
-FINISHED_PHASES = frozenset({Phase.succeeded, Phase.failed})
-
-
-class Condition(_Model):
-    """A Kubernetes API convention condition."""
-
-    type: str = Field(description="Condition type, e.g. Ready, Failed, SpecInvalid.")
-    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: str = Field(default="", description="One CamelCase word for machines.")
-    message: str = Field(default="", description="A sentence for people.")
-    last_transition_time: datetime | None = Field(default=None, description="When status last changed.")
-
-
-class WorkerCounts(_Model):
-    """Worker pods wanted and ready."""
-
-    desired: int = Field(
-        default=0,
-        ge=0,
-        description="Replicas the scaling policy asks for; with an external scaler, the Deployment's "
-        "while the job runs.",
-    )
-    ready: int = Field(default=0, ge=0, description="Worker pods ready.")
-
-
-class CompressionJobStatus(_Model):
-    """Progress of the job, written by the operator (or local mode) only."""
-
-    phase: Phase = Field(
-        default=Phase.pending, description="Pending, Listing, Running, Suspended, Succeeded or Failed."
-    )
-    total: int = Field(default=0, ge=0, description="Inputs found so far.")
-    published: int = Field(default=0, ge=0, description="Tasks published to the queue so far.")
-    succeeded: int = Field(default=0, ge=0, description="Inputs compressed and stored.")
-    skipped: int = Field(default=0, ge=0, description="Inputs whose output already existed.")
-    failed: int = Field(default=0, ge=0, description="Inputs that failed with a reason.")
-    outstanding: int = Field(default=0, ge=0, description="Tasks published and not yet accounted.")
-    progress: str = Field(default="0/0", description="(succeeded+skipped)/total, for kubectl get.")
-    bytes_in: int = Field(default=0, ge=0, description="Bytes read from the inputs.")
-    bytes_out: int = Field(default=0, ge=0, description="Bytes written as outputs.")
-    saved: str = Field(default="", description="Share of bytes saved, for kubectl get.")
-    images_per_second: float = Field(default=0.0, ge=0, description="Recent throughput.")
-    estimated_seconds_remaining: int | None = Field(
-        default=None, ge=0, description="At recent throughput; empty when unknown."
-    )
-    failures_by_reason: dict[str, int] = Field(
-        default_factory=dict, description="Failed inputs counted by machine-readable reason."
-    )
-    workers: WorkerCounts = Field(default_factory=WorkerCounts, description="Worker pods.")
-    queue: str | None = Field(
-        default=None,
-        description="The RabbitMQ queue the workers consume: the queueName of a KEDA RabbitMQ "
-        "trigger. It holds the job's uid, so a recreated job never reads an old job's queue.",
-    )
-    backlog: int = Field(
-        default=0, ge=0, description="Tasks queued and in flight: the number an external scaler follows."
-    )
-    start_time: datetime | None = Field(default=None, description="When the job started.")
-    completion_time: datetime | None = Field(default=None, description="When the job finished.")
-    observed_generation: int | None = Field(
-        default=None, description="The spec generation this status reflects."
-    )
-    conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
-    manifest: str | None = Field(
-        default=None, description="s3:// URL of manifest.jsonl, one line per input and its outcome."
-    )
-
-
-# --- errors ---------------------------------------------------------------------------------------
 
 
 class SpecError(ValueError):
@@ -677,141 +561,3 @@ def parse_spec(raw: Any) -> CompressionJobSpec:
         return CompressionJobSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError([_describe(error) for error in exc.errors()]) from None
-
-
-# --- the CRD --------------------------------------------------------------------------------------
-
-_DROP = {"title", "additionalProperties", "$defs", "discriminator"}
-
-
-def _structural(node: Any, defs: dict[str, Any]) -> Any:
-    """Turn pydantic's JSON Schema into a Kubernetes structural schema.
-
-    Refs are inlined, `X | None` becomes an optional X, int-or-string unions use the Kubernetes
-    extension, maps keep `additionalProperties`, and enums and bounds stay as value validations.
-    """
-    if isinstance(node, list):
-        return [_structural(item, defs) for item in node]
-    if not isinstance(node, dict):
-        return node
-    if "$ref" in node:
-        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[-1]])
-        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        return _structural(merged, defs)
-    variants = node.get("anyOf")
-    if variants is not None:
-        non_null = [v for v in variants if v.get("type") != "null"]
-        rest = {k: v for k, v in node.items() if k != "anyOf"}
-        types = {v.get("type") for v in non_null}
-        if types == {"integer", "string"}:
-            merged = {"x-kubernetes-int-or-string": True}
-            for variant in non_null:
-                merged.update({k: v for k, v in variant.items() if k != "type"})
-            return _structural({**merged, **rest}, defs)
-        if len(non_null) == 1:
-            return _structural({**non_null[0], **rest}, defs)
-        raise TypeError(f"cannot express {variants} in a structural schema")
-    out: dict[str, Any] = {}
-    for key, value in node.items():
-        if key in _DROP:
-            continue
-        if key == "properties":
-            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
-        elif key == "default" and value in (None, ""):
-            # v1.20's API server reads a "" default as null and refuses the CRD; "" is the
-            # models' default anyway.
-            continue
-        else:
-            out[key] = _structural(value, defs)
-    extra = node.get("additionalProperties")
-    if isinstance(extra, dict):
-        out["additionalProperties"] = _structural(extra, defs)
-    if out.get("type") == "string" and out.get("format") == "date-time":
-        out.pop("default", None)
-    if "enum" in out and "type" not in out:
-        out["type"] = "string"
-    return out
-
-
-def _schema_of(model: type[BaseModel]) -> dict[str, Any]:
-    raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _structural(raw, raw.get("$defs", {}))
-
-
-def _without_defaults(node: Any) -> Any:
-    """Status is written by the operator only; the API server has nothing to default there."""
-    if isinstance(node, dict):
-        return {k: _without_defaults(v) for k, v in node.items() if k != "default"}
-    if isinstance(node, list):
-        return [_without_defaults(item) for item in node]
-    return node
-
-
-def _value_rules(spec: dict[str, Any]) -> dict[str, Any]:
-    """Add the one-of rules the models enforce with validators, so `kubectl apply` refuses them too."""
-    props = spec["properties"]
-    props["source"]["oneOf"] = [{"required": ["s3"]}, {"required": ["urls"]}]
-    props["source"]["properties"]["urls"]["oneOf"] = [{"required": ["manifest"]}, {"required": ["items"]}]
-    props["output"]["not"] = {"required": ["quality", "targetSSIM"]}
-    return spec
-
-
-PRINTER_COLUMNS = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-    {
-        "name": "Done",
-        "type": "string",
-        "jsonPath": ".status.progress",
-        "description": "(succeeded + skipped) / total",
-    },
-    {"name": "Failed", "type": "integer", "jsonPath": ".status.failed"},
-    {"name": "Workers", "type": "integer", "jsonPath": ".status.workers.ready"},
-    {"name": "Saved", "type": "string", "jsonPath": ".status.saved"},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-]
-
-
-def crd() -> dict[str, Any]:
-    """The CustomResourceDefinition of CompressionJob (apiextensions.k8s.io/v1)."""
-    spec = _value_rules(_schema_of(CompressionJobSpec))
-    status = _without_defaults(_schema_of(CompressionJobStatus))
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{PLURAL}.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
-                "categories": ["all", "kompressor"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": "A batch of images to compress into S3, run by kompressor.",
-                            "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": spec,
-                                "status": status,
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }

@@ -141,9 +141,10 @@ def run_bare(cluster: Installed, bucket: str, fmt: str, quality: int, cpu: int, 
 
     wait_until(lambda: phase() in ("Succeeded", "Failed"), 1800, f"pod {name}", interval=0.2)
     elapsed = time.monotonic() - applied
+    ended = phase()
     logs = cluster.kubectl("logs", name).stdout
     cluster.kubectl("delete", "pod", name, "--wait=false")
-    if phase() != "Succeeded":
+    if ended != "Succeeded":
         raise RuntimeError(f"{name} failed:\n{logs[-3000:]}")
     done = json.loads(logs.strip().splitlines()[-1])["done"]
     assert len(done) == count

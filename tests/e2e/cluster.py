@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from testbed import KubeAPI, RabbitMQ, S3Server
+from testbed.nodeagent import NodeAgent
 from testbed.process import free_port, wait_until
-from tests.e2e.nodeagent import NodeAgent
 from tests.webhooks import verified
 
 ROOT = Path(__file__).resolve().parents[2]

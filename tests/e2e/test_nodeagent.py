@@ -23,9 +23,9 @@ from kompressor_operator import broker
 from kompressor_operator.builders import JOB_LABEL, scale_patch, worker_deployment
 from kompressor_operator.settings import WorkerDefaults
 from testbed import KubeAPI, RabbitMQ, S3Server
+from testbed.nodeagent import NodeAgent
 from testbed.process import wait_until
 from tests.corpus import real_photos
-from tests.e2e.nodeagent import NodeAgent
 from tests.jobs import collect_results, job_spec, publish_job, upload
 
 pytestmark = pytest.mark.kube

@@ -28,10 +28,10 @@ import yaml
 
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.kube import start_kube
+from testbed.nodeagent import NodeAgent
 from testbed.process import free_port, wait_until
 from tests.corpus import real_photos
 from tests.e2e.cluster import ROOT, render_manifests_module, service_account_kubeconfig
-from tests.e2e.nodeagent import NodeAgent
 from tests.jobs import upload
 
 pytestmark = pytest.mark.kube

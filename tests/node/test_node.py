@@ -15,11 +15,9 @@ import re
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 from PIL import Image
 
 from kompressor_worker import resources
@@ -28,16 +26,17 @@ from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.node import Node
 from testbed.process import wait_until
 from tests.corpus import gigapixel_png, real_photos
-from tests.e2e.cluster import ROOT, job_manifest, render_manifests_module
+from tests.e2e.cluster import job_manifest
 from tests.jobs import upload
+from tests.node.chart import NAMESPACE, RELEASE_NAMESPACE, Installed, install
 
 pytestmark = [pytest.mark.kube, pytest.mark.node]
 
-RELEASE_NAMESPACE = "kompressor"
-NAMESPACE = "shop"
 POOL_LINE = re.compile(
     r"pool of (\d+) processes \(cpu quota ([\d.]+|None)\), memory budget per process (\d+|None) bytes"
 )
+# The reasons a task gets when its pool child died under it (the kernel's OOM kill among them).
+CHILD_DIED = ("worker_crashed", "timeout")
 # Run inside a worker container by `kubectl exec`: who it runs as, with which capabilities, and
 # whether its root filesystem takes a write.
 PROBE = """
@@ -52,62 +51,9 @@ print(json.dumps({"uid": os.getuid(), "gid": os.getgid(), "root": root, "caps": 
 """
 
 
-@dataclass
-class Installed:
-    kube: KubeAPI
-    node: Node
-    rabbitmq: RabbitMQ
-    s3: S3Server
-
-    def kubectl(self, *args: str, **kwargs: Any):
-        return self.kube.kubectl("-n", NAMESPACE, *args, **kwargs)
-
-    def get(self, *args: str) -> dict[str, Any]:
-        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
-
-    def job_status(self, name: str) -> dict[str, Any]:
-        return self.get("compjob", name).get("status", {})
-
-
 @pytest.fixture(scope="module")
 def installed(kube: KubeAPI, node: Node, rabbitmq: RabbitMQ, s3: S3Server) -> Iterator[Installed]:
-    """The CRD from manifests/, the Secrets a user creates, and the chart rendered with the values a
-    user would set (`helm template | kubectl apply`); the operator's pod Ready."""
-    kube.kubectl("apply", "-f", str(ROOT / "manifests" / "crd.yaml"))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/compressionjobs.kompressor.dev")
-    for namespace in (RELEASE_NAMESPACE, NAMESPACE):
-        kube.kubectl("create", "namespace", namespace)
-        kube.kubectl(
-            "create",
-            "secret",
-            "generic",
-            "kompressor-broker",
-            "-n",
-            namespace,
-            f"--from-literal=url={rabbitmq.url}",
-        )
-        kube.kubectl(
-            "create",
-            "secret",
-            "generic",
-            "kompressor-storage",
-            "-n",
-            namespace,
-            f"--from-literal=accessKeyId={s3.access_key}",
-            f"--from-literal=secretAccessKey={s3.secret_key}",
-        )
-    values = {
-        "watchNamespaces": [NAMESPACE],
-        "storage": {"endpointURL": s3.endpoint_url},
-        # verbose: kopf then logs how it found its credentials.
-        "operator": {"pollIntervalSeconds": 1, "verbose": True},
-    }
-    objects = render_manifests_module().render_chart(values, namespace=RELEASE_NAMESPACE)
-    kube.kubectl("apply", "-f", "-", input="\n---\n".join(yaml.safe_dump(o) for o in objects))
-    kube.kubectl(
-        "wait", "-n", RELEASE_NAMESPACE, "--for=condition=Available", "--timeout=180s", "deployment", "--all"
-    )
-    yield Installed(kube, node, rabbitmq, s3)
+    yield install(kube, node, rabbitmq, s3)
 
 
 def _photos_bucket(s3: S3Server, count: int) -> str:
@@ -367,11 +313,15 @@ def test_bombs_end_with_a_reason_and_no_worker_is_oom_killed(installed: Installe
         "apply", "-f", "-", input=job_manifest(name, bucket, s3, workers=workers, output=output)
     )
     states: list[dict[str, Any]] = []
+    logs: dict[str, str] = {}  # the latest log of each worker pod: what a failure shows
 
     def finished() -> bool:
         if installed.kubectl("get", "deployment", f"{name}-workers", check=False).returncode == 0:
             for pod in _worker_pods(installed, name):
                 states.extend(pod.get("status", {}).get("containerStatuses", []))
+                pod_name = pod["metadata"]["name"]
+                latest = installed.kubectl("logs", pod_name, check=False).stdout
+                logs[pod_name] = latest or logs.get(pod_name, "")
         return installed.job_status(name).get("phase") in ("Succeeded", "Failed")
 
     wait_until(finished, 500, f"job {name} finished", interval=1)
@@ -382,6 +332,9 @@ def test_bombs_end_with_a_reason_and_no_worker_is_oom_killed(installed: Installe
     assert set(lines) == set(inputs)
     for source, line in lines.items():
         assert line["outcome"] == "done" or line["reason"], (source, line)
+        # A pool child the kernel killed (its container survives, so restartCount stays 0) ends its
+        # task as worker_crashed once its attempts are spent: admission must have refused it instead.
+        assert line["reason"] not in CHILD_DIED, (source, line, "\n".join(logs.values())[-3000:])
     assert lines["claims-60000.jpg"]["reason"] == "too_many_pixels"
     assert lines["gigapixel.png"]["reason"] == "too_many_pixels"
     photo = next(n for n in inputs if not n.startswith(("flat-", "claims-", "gigapixel")))

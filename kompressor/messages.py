@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kompressor.crd import Destination, Existing, Format, Limits, Output
+from kompressor.formats import EXTENSIONS, KEEP_EXTENSIONS
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -200,16 +201,6 @@ class Result(_Wire):
 
 # --- output keys ----------------------------------------------------------------------------------
 
-_EXTENSIONS = {Format.jpeg: ".jpg", Format.webp: ".webp", Format.avif: ".avif", Format.png: ".png"}
-# `keep` re-encodes GIF, TIFF and the opt-in lossless formats as PNG, HEIF and JPEG 2000 as JPEG
-# (the codec's choice), so their key must say so.
-_KEEP_RENAMED = {
-    **dict.fromkeys((".gif", ".tif", ".tiff", ".bmp", ".tga", ".ico", ".psd"), ".png"),
-    **dict.fromkeys((".ppm", ".pgm", ".pbm", ".pnm"), ".png"),
-    **dict.fromkeys((".heic", ".heif", ".hif", ".jp2", ".j2k", ".jpx", ".jpf", ".j2c"), ".jpg"),
-}
-
-
 def output_key(source: SourceObject, source_prefix: str, destination: Destination, output: Output) -> str:
     """The deterministic output key: the source path below its prefix, under the destination prefix,
     with the output format's extension (the input's own extension for `keep`)."""
@@ -218,7 +209,7 @@ def output_key(source: SourceObject, source_prefix: str, destination: Destinatio
         name = name[len(source_prefix) :]
     name = name.lstrip("/")
     stem, ext = posixpath.splitext(name)
-    ext = _KEEP_RENAMED.get(ext.lower(), ext) if output.format is Format.keep else _EXTENSIONS[output.format]
+    ext = KEEP_EXTENSIONS.get(ext.lower(), ext) if output.format is Format.keep else EXTENSIONS[output.format]
     key = posixpath.join(destination.s3.prefix, stem + ext) if destination.s3.prefix else stem + ext
     if len(key.encode()) > 1024:
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]

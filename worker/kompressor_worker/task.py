@@ -29,6 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing, InputFormat, Limits, Output
+from kompressor.formats import CONTENT_TYPES
 from kompressor.messages import Outcome, Result, Task
 from kompressor_s3 import s3_client
 from kompressor_worker.codec import CodecError, Compressed, compress
@@ -44,15 +45,6 @@ from kompressor_worker.storage import (
     settings_fingerprint,
     write_output,
 )
-
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-    "avif": "image/avif",
-    "png": "image/png",
-    "gif": "image/gif",
-    "tiff": "image/tiff",
-}
 
 
 class TransientError(Exception):

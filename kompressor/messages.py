@@ -14,12 +14,13 @@ import hashlib
 import json
 import posixpath
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kompressor.crd import Destination, Existing, Format, Limits, Output
 from kompressor.formats import EXTENSIONS, KEEP_EXTENSIONS
+from kompressor.reasons import Reason
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -40,7 +41,7 @@ MAX_MESSAGE_CHARS = 2000
 class MessageError(ValueError):
     """A message that is not valid JSON of a known schema version; the reason says which."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: Reason, message: str):
         self.reason = reason
         super().__init__(message)
 
@@ -57,23 +58,23 @@ class _Wire(BaseModel):
             version = _peek_version(body)
             if version != SCHEMA_VERSION:
                 raise MessageError(
-                    "unknown_schema_version",
+                    Reason.unknown_schema_version,
                     f"{cls.__name__} schema version {version!r} is not {SCHEMA_VERSION}",
                 )
             return cls.model_validate_json(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise MessageError("malformed_message", f"{cls.__name__} {where}: {first['msg']}") from None
+            raise MessageError(Reason.malformed_message, f"{cls.__name__} {where}: {first['msg']}") from None
 
 
 def _peek_version(body: bytes) -> Any:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise MessageError("malformed_message", f"not JSON: {exc}") from None
+        raise MessageError(Reason.malformed_message, f"not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise MessageError("malformed_message", "not a JSON object")
+        raise MessageError(Reason.malformed_message, "not a JSON object")
     return data.get("v")
 
 
@@ -170,7 +171,12 @@ class Result(_Wire):
     dest: str = Field(default="", description="s3://bucket/key of the output, when there is one.")
     bytes_in: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
     bytes_out: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
-    reason: str = Field(default="", max_length=64, description="Machine-readable reason, e.g. decode_error.")
+    reason: Reason | Annotated[str, Field(max_length=64)] = Field(
+        default="",
+        union_mode="left_to_right",
+        description="Machine-readable reason, e.g. decode_error: a Reason, or a word an older or newer "
+        "worker sent that this version does not know (kept as it is, counted under its own word).",
+    )
     message: str = Field(default="", description="A sentence for people.")
     attempts: int = 1
     seconds: float = 0.0
@@ -195,11 +201,14 @@ class Result(_Wire):
     @classmethod
     def decode(cls, body: bytes) -> Result:
         if len(body) > MAX_RESULT_BYTES:
-            raise MessageError("malformed_message", f"Result of {len(body)} bytes is over {MAX_RESULT_BYTES}")
+            raise MessageError(
+                Reason.malformed_message, f"Result of {len(body)} bytes is over {MAX_RESULT_BYTES}"
+            )
         return super().decode(body)
 
 
 # --- output keys ----------------------------------------------------------------------------------
+
 
 def output_key(source: SourceObject, source_prefix: str, destination: Destination, output: Output) -> str:
     """The deterministic output key: the source path below its prefix, under the destination prefix,

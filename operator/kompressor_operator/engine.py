@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kompressor.crd import CompressionJobSpec
 from kompressor.logs import reason
 from kompressor.messages import JobRef, MessageError, Outcome, Result, Task, task_queue
+from kompressor.reasons import Reason
 from kompressor_operator import broker
 from kompressor_operator.ledger import Cursor, Ledger
 from kompressor_operator.listing import list_s3_sources, url_sources
@@ -39,7 +40,11 @@ PUBLISH_BATCH = 1000
 # bench/fanout.py).
 FAN_OUT_SECONDS = 2.0
 # Dead-letter reasons that mean no worker published a result for the task.
-_DEAD_REASONS = {"delivery_limit": "attempts_exhausted", "expired": "expired", "maxlen": "queue_overflow"}
+_DEAD_REASONS = {
+    "delivery_limit": Reason.attempts_exhausted,
+    "expired": Reason.expired,
+    "maxlen": Reason.queue_overflow,
+}
 # A broker restart or a short storage outage: the step is tried again after each delay (~30 s in all).
 STEP_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
 _TRANSIENT = (pika.exceptions.AMQPError, OSError, BotoCoreError, ClientError)

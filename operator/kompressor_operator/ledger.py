@@ -21,16 +21,17 @@ from dataclasses import dataclass, field
 
 from kompressor.crd import CompressionJobSpec
 from kompressor.messages import JobRef, Outcome, Result
+from kompressor.reasons import Reason
 
 log = logging.getLogger("kompressor.ledger")
 
 MULTIPART_CHUNK = 8 * 2**20
 
-WRONG_JOB = "wrong_job"
-UNPUBLISHED_ID = "unpublished_id"
+WRONG_JOB = Reason.wrong_job
+UNPUBLISHED_ID = Reason.unpublished_id
 
 
-def refusal(result: Result, job: JobRef, published: int) -> str | None:
+def refusal(result: Result, job: JobRef, published: int) -> Reason | None:
     """Why `result` must not be recorded in `job`'s ledger (WRONG_JOB, UNPUBLISHED_ID), or None.
 
     `published` is how many tasks the fan-out has saved as published: ids 0..published-1. A result
@@ -129,7 +130,7 @@ class Tally:
             self.skipped += 1
         else:
             self.failed += 1
-            self.failures[result.reason or "unknown"] += 1
+            self.failures[result.reason or Reason.unknown] += 1
         self.bytes_in += result.bytes_in
         self.bytes_out += result.bytes_out if result.outcome is not Outcome.failed else 0
 

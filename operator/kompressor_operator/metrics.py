@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kompressor.messages import JobRef
+from kompressor.reasons import Reason
 
 JOB_LABELS = ("namespace", "compressionjob")
 DIRECTIONS = ("up", "down")
@@ -57,7 +58,7 @@ class OperatorMetrics:
     def scaled(self, job: JobRef, direction: str) -> None:
         self.scale_events.labels(job.namespace, job.name, direction).inc()
 
-    def refused(self, job: JobRef, reason: str, count: int) -> None:
+    def refused(self, job: JobRef, reason: Reason, count: int) -> None:
         self.refused_results.labels(job.namespace, job.name, reason).inc(count)
         self._refused_reasons.setdefault((job.namespace, job.name), set()).add(reason)
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-REASON = "not_smaller"
+from kompressor.reasons import Reason
+
+REASON = Reason.not_smaller
 
 
 class Store(StrEnum):

@@ -62,9 +62,10 @@ import numpy as np
 from PIL import Image
 
 from kompressor.crd import Format
+from kompressor.reasons import Reason
 from kompressor_worker.ssim import WINDOW, Target
 
-UNREACHABLE = "quality_floor_unreachable"
+UNREACHABLE = Reason.quality_floor_unreachable
 
 # Chroma SSIM (the lower of Cb's and Cr's) every output keeps: see the module docstring.
 CHROMA_FLOOR = 0.95

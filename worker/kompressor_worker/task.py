@@ -31,6 +31,7 @@ from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing, InputFormat, Limits, Output
 from kompressor.formats import CONTENT_TYPES
 from kompressor.messages import Outcome, Result, Task
+from kompressor.reasons import Reason
 from kompressor_s3 import s3_client
 from kompressor_worker.codec import CodecError, Compressed, compress
 from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
@@ -123,7 +124,7 @@ class TaskRunner:
     def _run(self, task: Task, deadline: float, on_encode: Callable[[Future], None]) -> Result:
         problem = check_key(task.dest_key)
         if problem:
-            return _result(task, Outcome.failed, reason="invalid_key", message=f"output key {problem}")
+            return _result(task, Outcome.failed, reason=Reason.invalid_key, message=f"output key {problem}")
         try:
             found = existing_output(self.client, task.dest_bucket, task.dest_key)
             earlier = _earlier_result(task, found)
@@ -174,7 +175,7 @@ class TaskRunner:
         found = existing_output(self.client, task.dest_bucket, task.dest_key)
         earlier = _earlier_result(task, found)
         if earlier is None:  # another job or run wrote it: start over with what is there now
-            raise TransientError("output_changed", "the output was written by someone else meanwhile")
+            raise TransientError(Reason.output_changed, "the output was written by someone else meanwhile")
         return earlier
 
     def _fetch(self, task: Task, deadline: float) -> tuple[bytes, str]:
@@ -189,16 +190,16 @@ class TaskRunner:
     def _encode(self, task: Task, data: bytes, deadline: float, on_encode) -> Compressed:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TransientError("timeout", f"fetching took all of {task.limits.task_timeout_seconds}s")
+            raise TransientError(Reason.timeout, f"fetching took all of {task.limits.task_timeout_seconds}s")
         try:
             args = (data, task.output, task.limits, self.allowed_input_formats)
             future = self.pool.schedule(encode, args=args, timeout=remaining)
         except RuntimeError:  # the pool is broken; the consumer restarts the worker
-            raise TransientError("worker_crashed", "the process pool is broken") from None
+            raise TransientError(Reason.worker_crashed, "the process pool is broken") from None
         on_encode(future)
         while not wait([future], timeout=0.5, return_when=FIRST_COMPLETED).done:
             if self._closing.is_set():
-                raise TransientError("worker_stopping", "the worker stopped before the encode finished")
+                raise TransientError(Reason.worker_stopping, "the worker stopped before the encode finished")
         return future.result()
 
 
@@ -212,7 +213,7 @@ def _earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
         return _result(
             task,
             Outcome.failed,
-            reason="output_collision",
+            reason=Reason.output_collision,
             message=f"{found.source} of this job already maps to the same output key",
         )
     if found.job == task.job.uid and found.settings == settings:
@@ -232,7 +233,7 @@ def _earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
             Outcome.skipped,
             bytes_in=found.bytes_in,
             bytes_out=found.bytes_out,
-            reason="exists",
+            reason=Reason.exists,
             message="output exists for this source version and settings",
         )
     return None

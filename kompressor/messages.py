@@ -258,11 +258,6 @@ def job_queues(job: JobRef) -> list[str]:
 ATTEMPTS_HEADER = "kompressor-attempts"
 
 
-# A delivery unacked longer than the consumer timeout closes the worker's channel. Keep it well above
-# the task timeout so that a slow-but-alive task is killed by the worker's own timeout first.
-CONSUMER_TIMEOUT_MARGIN_SECONDS = 300
-
-
 def task_queue_arguments(job: JobRef, limits: Limits) -> dict[str, Any]:
     """Quorum queue: `x-delivery-limit` bounds attempts, rejected or over-limit tasks go to the dead
     queue. The at-least-once dead-letter strategy needs `overflow: reject-publish`."""
@@ -291,10 +286,6 @@ def retry_queue_arguments(job: JobRef) -> dict[str, Any]:
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
-
-
-def consumer_timeout_ms(limits: Limits) -> int:
-    return (limits.task_timeout_seconds + CONSUMER_TIMEOUT_MARGIN_SECONDS) * 1000
 
 
 def plain_queue_arguments() -> dict[str, Any]:

@@ -299,7 +299,8 @@ def scrape_annotations(port: int) -> dict[str, str]:
 
 
 def scale_patch(replicas: int) -> dict[str, Any]:
-    """The body that sets a Deployment's replicas through its `scale` subresource."""
+    """The body that sets a Deployment's replicas (a patch of the Deployment or of its `scale`
+    subresource)."""
     if replicas < 0:
         raise ValueError(f"replicas {replicas} must not be negative")
     return {"spec": {"replicas": replicas}}

@@ -19,6 +19,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from kompressor.crd import GROUP, PLURAL, VERSION
+from kompressor_operator.builders import scale_patch
 
 
 def load_config() -> None:
@@ -104,8 +105,9 @@ class Kube:
     def scale(self, namespace: str, name: str, replicas: int, owner_uid: str) -> None:
         """Set the replicas of the Deployment owned by `owner_uid`; DeploymentNotOwned otherwise."""
         uid = self._owned(namespace, name, [owner_uid]).metadata.uid
+        # The uid makes the patch a precondition: it fails if the Deployment was replaced meanwhile.
         self.apps.patch_namespaced_deployment(
-            name, namespace, {"metadata": {"uid": uid}, "spec": {"replicas": replicas}}
+            name, namespace, {"metadata": {"uid": uid}, **scale_patch(replicas)}
         )
 
     def _owned(self, namespace: str, name: str, owner_uids: list[str]) -> Any:

@@ -87,6 +87,7 @@ def _dry_run(job_file, settings, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `kompressor` command: `crd`, `reference`, `run` (local mode); returns the exit code."""
     parser = argparse.ArgumentParser(prog="kompressor", description="Kubernetes-native image compression.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -86,7 +86,7 @@ class SecretsMissing(Exception):
 
 
 @dataclass
-class Outcome:
+class Writeback:
     """What a handler should write back: the status, annotations, and Events to post."""
 
     status: CompressionJobStatus | None = None
@@ -129,6 +129,10 @@ def accepted_spec(body: dict[str, Any]) -> tuple[CompressionJobSpec, list[str]]:
 
 
 class Controller:
+    """The operator's loop over its CompressionJobs (docs/architecture.md): for each job, observe
+    (Kubernetes, the broker, the ledger), `reconcile`, apply, and hand the handlers a `Writeback`.
+    One per operator process; the kopf handlers call `start`, `step` and the finish hooks."""
+
     def __init__(self, settings: OperatorSettings, kube: Kube, metrics: OperatorMetrics):
         self.settings = settings
         self.kube = kube
@@ -139,7 +143,7 @@ class Controller:
 
     # --- create / resume ------------------------------------------------------------------------
 
-    def start(self, body: dict[str, Any]) -> Outcome:
+    def start(self, body: dict[str, Any]) -> Writeback:
         """Validate (the spec, the storage endpoint), make the worker Deployment (or find this job's),
         declare the queues, resume the ledger. A Deployment of that name that is not this job's stops
         the start (DeploymentNotOwned) before the job is run."""
@@ -165,7 +169,7 @@ class Controller:
         engine = JobEngine(job, spec, broker_url, client, retry_delays=()).open()
         created = datetime.fromisoformat(body["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp())
-        outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
+        outcome = Writeback(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         previous = CompressionJobStatus.model_validate(body.get("status") or {})
         if waited_for_secrets(previous):
             outcome.status = secrets_condition(previous, [], datetime.now(UTC))
@@ -234,7 +238,7 @@ class Controller:
 
     # --- the periodic step ----------------------------------------------------------------------
 
-    def step(self, body: dict[str, Any], poll_interval: float) -> Outcome | None:
+    def step(self, body: dict[str, Any], poll_interval: float) -> Writeback | None:
         """One scaling and accounting round for a job; None when it is not due yet."""
         uid = body["metadata"]["uid"]
         previous = CompressionJobStatus.model_validate(body.get("status") or {})
@@ -255,7 +259,7 @@ class Controller:
             return self._step_failed(state, previous, exc, poll_interval)
         except ManifestError as exc:
             status, event = manifest_invalid(previous, str(exc), datetime.now(UTC))
-            outcome = Outcome(events=[event])
+            outcome = Writeback(events=[event])
             outcome.status = self._finish(state, status, outcome)
             return outcome
         for reason, count in progress.refused_now.items():
@@ -290,13 +294,13 @@ class Controller:
             self.metrics.scaled(state.job, direction)
         state.memory = plan.memory
         self.metrics.observe(state.job, observed.sample.outstanding, plan.replicas)
-        outcome = Outcome(events=list(plan.events))
+        outcome = Writeback(events=list(plan.events))
         outcome.status = self._finish(state, plan.status, outcome) if plan.finished else plan.status
         return outcome
 
     def _step_failed(
         self, state: _Job, previous: CompressionJobStatus, error: StepFailed, poll_interval: float
-    ) -> Outcome:
+    ) -> Writeback:
         """The broker or the storage failed the step: the next one waits longer, and an outage that
         lasts shows in the status (the phase stays) and in an Event."""
         retry = step_failed(
@@ -310,9 +314,9 @@ class Controller:
         )
         state.memory = retry.memory
         log.warning("job %s: step failed (%s); the next in %.0fs", state.job, error, retry.delay)
-        return Outcome(status=retry.status, events=list(retry.events))
+        return Writeback(status=retry.status, events=list(retry.events))
 
-    def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
+    def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Writeback) -> CompressionJobStatus:
         manifest = state.engine.finish()
         if state.spec.workers.scaler is Scaler.builtin:
             try:
@@ -327,7 +331,7 @@ class Controller:
         outcome.events.append(event)
         return status
 
-    def _deliver(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
+    def _deliver(self, body: dict[str, Any], status: CompressionJobStatus) -> Writeback | None:
         """One attempt at the finish webhook when one is due; its end goes in the Notified condition."""
         job = job_ref(body["metadata"])
         delivery = self.deliveries.setdefault(job.uid, _Delivery())
@@ -356,7 +360,7 @@ class Controller:
         else:
             delivery.due = time.monotonic() + verdict.retry_in
         status, events = notified(status, verdict, datetime.now(UTC))
-        return Outcome(status=status, events=list(events))
+        return Writeback(status=status, events=list(events))
 
     def _webhook_key(self, job: JobRef, secret: str | None) -> bytes | None:
         """The signing key, None when no signature is asked for; ValueError naming what is missing,
@@ -373,7 +377,7 @@ class Controller:
                 "nothing sent unsigned"
             ) from None
 
-    def _after_finish(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
+    def _after_finish(self, body: dict[str, Any], status: CompressionJobStatus) -> Writeback | None:
         """A finished job's steps until it needs none (reconcile.needs_steps): its workers followed
         until they are gone, then the finish webhook."""
         job = job_ref(body["metadata"])
@@ -383,7 +387,7 @@ class Controller:
             seen = workers_seen(status, ready)
             if seen != status:
                 status = seen
-                outcome = Outcome(status=status)
+                outcome = Writeback(status=status)
         if webhook_pending(status):
             return self._deliver(body, status) or outcome
         self.deliveries.pop(job.uid, None)

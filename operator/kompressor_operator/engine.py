@@ -131,6 +131,10 @@ def advanced(cursor: Cursor, keys: Sequence[str | None], asked: int) -> Cursor:
 
 
 class JobEngine:
+    """One job's I/O with the broker and S3: the listing and fan-out of its tasks, the results
+    read into its ledger, the manifest at the end. The controller and local mode each drive one per
+    job through `step`; it decides nothing the reconcile decides."""
+
     def __init__(
         self,
         job: JobRef,

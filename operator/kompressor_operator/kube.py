@@ -30,7 +30,7 @@ def load_config() -> None:
 
 
 class SecretMissing(LookupError):
-    pass
+    """A Secret the job names (or a key in it) does not exist yet: the job waits for it."""
 
 
 class DeploymentNotOwned(Exception):
@@ -54,6 +54,9 @@ REPLACE_ATTEMPTS = 5
 
 
 class Kube:
+    """The operator's Kubernetes calls: the worker Deployment (apply, scale, read its replicas), a
+    Secret's value, and deleting a job past its TTL. It applies what the controller decided."""
+
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         """`api_client`: the loaded configuration's (load_config) when None."""
         self.apps = kubernetes.client.AppsV1Api(api_client)

@@ -104,6 +104,9 @@ class _Bits:
 
 @dataclass
 class Cursor:
+    """How far the fan-out got: the next task id, the listing's resume key, and the total once
+    listing is done. Saved with the ledger so a restarted operator continues where it stopped."""
+
     next_id: int = 0
     after_key: str = ""
     listing_done: bool = False
@@ -112,6 +115,8 @@ class Cursor:
 
 @dataclass
 class Tally:
+    """A job's counts so far: inputs succeeded, skipped and failed (by reason), and bytes."""
+
     succeeded: int = 0
     skipped: int = 0
     failed: int = 0
@@ -136,6 +141,9 @@ class Tally:
 
 
 class Ledger:
+    """A job's record in its destination bucket: which task ids have a result (each counted once),
+    the tally and the cursor, and the manifest lines written from it at the end."""
+
     def __init__(self, client, job: JobRef, spec: CompressionJobSpec):
         self.client = client
         self.job = job

@@ -70,6 +70,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class JobFile:
+    """A CompressionJob read from a YAML file for local mode: its name and checked spec."""
+
     name: str
     spec: CompressionJobSpec
 
@@ -191,6 +193,9 @@ def run_job(
     log_dir: Path | None = None,
     keep_queues: bool = False,
 ) -> Run:
+    """Run a job on this machine as the operator would (docs/architecture.md, local mode): the same
+    JobEngine and reconcile, worker processes in place of a Deployment; returns when it finishes.
+    `on_update` is called with each new status; `keep_queues` leaves the job's queues behind."""
     storage = settings.storage.for_job(job_file.spec.storage)
     client = preflight(job_file.spec, settings, storage)
     spec = job_file.spec

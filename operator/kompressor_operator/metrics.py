@@ -21,6 +21,9 @@ DIRECTIONS = ("up", "down")
 
 @dataclass
 class OperatorMetrics:
+    """The operator's Prometheus metrics, per job: outstanding tasks, workers, results refused by
+    reason, scalings; `forget` removes a job's series."""
+
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:

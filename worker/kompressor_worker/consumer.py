@@ -92,6 +92,10 @@ def backoff_delays(first: float = 0.5, cap: float = 30.0):
 
 
 class Consumer:
+    """The worker's broker side: consumes the job's task queue with a bounded prefetch, hands each
+    task to `task.py` on an I/O thread, and publishes its result and acks it (or schedules a retry,
+    or rejects it to the dead letters) on the connection's thread; drains on SIGTERM."""
+
     def __init__(
         self,
         settings: WorkerSettings,

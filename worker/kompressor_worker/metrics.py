@@ -19,6 +19,9 @@ JOB_LABELS = ("namespace", "compressionjob")
 
 @dataclass
 class Metrics:
+    """The worker's Prometheus metrics, labelled with its job: tasks by outcome and reason,
+    durations, bytes, busy processes, retries and chosen qualities."""
+
     namespace: str = ""
     job: str = ""
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)

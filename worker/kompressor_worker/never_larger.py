@@ -33,6 +33,8 @@ REASON = Reason.not_smaller
 
 
 class Store(StrEnum):
+    """What neverLarger stores: the encoded output, the input's own bytes, or nothing."""
+
     encoded = "encoded"
     original = "original"
     nothing = "nothing"

@@ -82,10 +82,9 @@ class Progress:
 
     def sample(self, suspended: bool) -> Sample:
         """What the scaling policy needs. In-flight tasks are not visible to a passive declare;
-        published − accounted counts them, so the broker's unacked count is not needed."""
+        published − accounted counts them."""
         return Sample(
             ready=self.ready,
-            unacked=0,
             published=self.counts.published,
             accounted=self.counts.accounted,
             finished=self.finished,

@@ -154,7 +154,7 @@ def smallest_single_quality(photos: list[Photo], floor: float, order: list[int],
     return None
 
 
-def oracle_quality(photo: Photo, floor: float, settings: quality.Settings, subsampling: str) -> int:
+def oracle_quality(photo: Photo, floor: float, settings: quality.SearchSettings, subsampling: str) -> int:
     """The lowest quality within the bounds at which the same codec, at the subsampling the search
     chose, keeps both floors (else the highest): what a perfect search would store."""
     p = photo.prepared

@@ -58,6 +58,7 @@ from proc import CLK_TCK, CpuMeter, cmdline, parent_pids, system_busy_ticks  # n
 from services import Services, Storage, start  # noqa: E402
 
 from kompressor.crd import CompressionJobSpec, parse_spec  # noqa: E402
+from kompressor.formats import CONTENT_TYPES  # noqa: E402
 from kompressor.messages import JobRef, Result, Task, result_queue  # noqa: E402
 from kompressor_operator import broker as broker_adapter  # noqa: E402
 from kompressor_operator.listing import list_s3_sources  # noqa: E402
@@ -65,7 +66,6 @@ from kompressor_operator.planning import plan_tasks  # noqa: E402
 from kompressor_operator.workerprocs import worker_command  # noqa: E402
 from kompressor_worker.codec import compress  # noqa: E402
 from kompressor_worker.storage import existing_output, read_source, write_output  # noqa: E402
-from kompressor_worker.task import CONTENT_TYPES  # noqa: E402
 from tests.corpus import OPENCV_DATA, real_photos  # noqa: E402
 from tests.jobs import new_job, publish_job, worker_env  # noqa: E402
 

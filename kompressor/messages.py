@@ -14,12 +14,14 @@ import hashlib
 import json
 import posixpath
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from kompressor import keys
 from kompressor.crd import Destination, Existing, Format, Limits, Output
+from kompressor.formats import EXTENSIONS, KEEP_EXTENSIONS
+from kompressor.reasons import Reason
 
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -42,7 +44,7 @@ MAX_RENDITION_MESSAGE_CHARS = 300
 class MessageError(ValueError):
     """A message that is not valid JSON of a known schema version; the reason says which."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: Reason, message: str):
         self.reason = reason
         super().__init__(message)
 
@@ -59,23 +61,23 @@ class _Wire(BaseModel):
             version = _peek_version(body)
             if version != SCHEMA_VERSION:
                 raise MessageError(
-                    "unknown_schema_version",
+                    Reason.unknown_schema_version,
                     f"{cls.__name__} schema version {version!r} is not {SCHEMA_VERSION}",
                 )
             return cls.model_validate_json(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise MessageError("malformed_message", f"{cls.__name__} {where}: {first['msg']}") from None
+            raise MessageError(Reason.malformed_message, f"{cls.__name__} {where}: {first['msg']}") from None
 
 
 def _peek_version(body: bytes) -> Any:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
-        raise MessageError("malformed_message", f"not JSON: {exc}") from None
+        raise MessageError(Reason.malformed_message, f"not JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise MessageError("malformed_message", "not a JSON object")
+        raise MessageError(Reason.malformed_message, "not a JSON object")
     return data.get("v")
 
 
@@ -260,7 +262,12 @@ class Result(_Wire):
     dest: str = Field(default="", description="s3://bucket/key of the output, when there is one.")
     bytes_in: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
     bytes_out: int = Field(default=0, ge=0, le=MAX_OBJECT_BYTES)
-    reason: str = Field(default="", max_length=64, description="Machine-readable reason, e.g. decode_error.")
+    reason: Reason | Annotated[str, Field(max_length=64)] = Field(
+        default="",
+        union_mode="left_to_right",
+        description="Machine-readable reason, e.g. decode_error: a Reason, or a word an older or newer "
+        "worker sent that this version does not know (kept as it is, counted under its own word).",
+    )
     message: str = Field(default="", description="A sentence for people.")
     attempts: int = 1
     seconds: float = 0.0
@@ -289,20 +296,13 @@ class Result(_Wire):
     @classmethod
     def decode(cls, body: bytes) -> Result:
         if len(body) > MAX_RESULT_BYTES:
-            raise MessageError("malformed_message", f"Result of {len(body)} bytes is over {MAX_RESULT_BYTES}")
+            raise MessageError(
+                Reason.malformed_message, f"Result of {len(body)} bytes is over {MAX_RESULT_BYTES}"
+            )
         return super().decode(body)
 
 
 # --- output keys ----------------------------------------------------------------------------------
-
-_EXTENSIONS = {Format.jpeg: ".jpg", Format.webp: ".webp", Format.avif: ".avif", Format.png: ".png"}
-# `keep` re-encodes GIF, TIFF and the opt-in lossless formats as PNG, HEIF and JPEG 2000 as JPEG
-# (the codec's choice), so their key must say so.
-_KEEP_RENAMED = {
-    **dict.fromkeys((".gif", ".tif", ".tiff", ".bmp", ".tga", ".ico", ".psd"), ".png"),
-    **dict.fromkeys((".ppm", ".pgm", ".pbm", ".pnm"), ".png"),
-    **dict.fromkeys((".heic", ".heif", ".hif", ".jp2", ".j2k", ".jpx", ".jpf", ".j2c"), ".jpg"),
-}
 
 
 def relative_name(source: SourceObject, source_prefix: str) -> str:
@@ -319,7 +319,7 @@ def output_key(source: SourceObject, source_prefix: str, destination: Destinatio
     destination.key, that template's key under the prefix."""
     name = relative_name(source, source_prefix)
     stem, ext = posixpath.splitext(name)
-    ext = _KEEP_RENAMED.get(ext.lower(), ext) if output.format is Format.keep else _EXTENSIONS[output.format]
+    ext = KEEP_EXTENSIONS.get(ext.lower(), ext) if output.format is Format.keep else EXTENSIONS[output.format]
     if destination.key is not None:
         fmt = ext.lstrip(".") if output.format is Format.keep else output.format.value
         return templated_key(destination, name, ext=ext.lstrip("."), format=fmt)
@@ -376,11 +376,6 @@ def job_queues(job: JobRef) -> list[str]:
 ATTEMPTS_HEADER = "kompressor-attempts"
 
 
-# A delivery unacked longer than the consumer timeout closes the worker's channel. Keep it well above
-# the task timeout so that a slow-but-alive task is killed by the worker's own timeout first.
-CONSUMER_TIMEOUT_MARGIN_SECONDS = 300
-
-
 def task_queue_arguments(job: JobRef, limits: Limits) -> dict[str, Any]:
     """Quorum queue: `x-delivery-limit` bounds attempts, rejected or over-limit tasks go to the dead
     queue. The at-least-once dead-letter strategy needs `overflow: reject-publish`."""
@@ -409,10 +404,6 @@ def retry_queue_arguments(job: JobRef) -> dict[str, Any]:
         "x-dead-letter-strategy": "at-least-once",
         "x-overflow": "reject-publish",
     }
-
-
-def consumer_timeout_ms(limits: Limits) -> int:
-    return (limits.task_timeout_seconds + CONSUMER_TIMEOUT_MARGIN_SECONDS) * 1000
 
 
 def plain_queue_arguments() -> dict[str, Any]:

@@ -19,25 +19,10 @@ from pydantic import AfterValidator, ConfigDict, Field, ValidationError, field_v
 
 from kompressor import keys
 from kompressor.crd.base import CamelModel
+from kompressor.quantity import parse_byte_quantity
 
 DEFAULT_INCLUDE = ["*.jpg", "*.jpeg", "*.png", "*.webp", "*.gif", "*.tif", "*.tiff", "*.avif"]
 DEFAULT_QUALITY = 80
-_BINARY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-_DECIMAL_SUFFIXES = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-
-def parse_byte_quantity(value: int | str) -> int:
-    """A Kubernetes byte quantity ("50Mi", "2G", "1048576", 1048576) as a number of bytes."""
-    if isinstance(value, int):
-        return value
-    text = value.strip()
-    for suffixes in (_BINARY_SUFFIXES, _DECIMAL_SUFFIXES):
-        for suffix, factor in suffixes.items():
-            if text.endswith(suffix) and text[: -len(suffix)].isdigit():
-                return int(text[: -len(suffix)]) * factor
-    if text.isdigit():
-        return int(text)
-    raise ValueError(f"{value!r} is not a byte quantity such as 52428800, 50Mi or 50M")
 
 
 def _safe_prefix(value: str) -> str:

@@ -247,15 +247,14 @@ class ConfirmedPublisher:
 
 @dataclass(frozen=True)
 class Depth:
-    """Messages ready in a queue and consumers on it (a passive declare cannot see unacked ones)."""
+    """Messages ready in a queue (a passive declare cannot see unacked ones)."""
 
     ready: int
-    consumers: int
 
 
 def queue_depth(channel, name: str) -> Depth:
     method = channel.queue_declare(name, passive=True).method
-    return Depth(ready=method.message_count, consumers=method.consumer_count)
+    return Depth(ready=method.message_count)
 
 
 @dataclass(frozen=True)

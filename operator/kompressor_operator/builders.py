@@ -17,7 +17,8 @@ Choices, documented once here:
 - Drain, not kill: `terminationGracePeriodSeconds` is the task timeout + 30 s. On SIGTERM the worker
   stops taking tasks and finishes those it runs within `KOMPRESSOR_GRACE_SECONDS` (the task timeout
   + 20 s), which leaves it 10 s to close its connection before the kubelet's SIGKILL; a task it could
-  not finish was never acked, so the broker redelivers it. Scale-down is therefore safe.
+  not finish was never acked, so the broker redelivers it. Scale-down is therefore safe. Local mode's
+  worker processes get the same two margins (`worker_settings_env`, local.run_job).
 - Rollout: RollingUpdate with maxUnavailable 0 and maxSurge 1. A new pod must be ready before an old
   one is told to drain, so an update never lowers the job's capacity, and the job runs at most one pod
   over its share of the cluster budget while it rolls. Rollouts are rare (the spec fields that shape
@@ -45,6 +46,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from kompressor import inputs
@@ -125,12 +127,49 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _secret(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+@dataclass(frozen=True)
+class SecretRef:
+    """A credential a pod reads from a Secret: its value never appears in what is built."""
+
+    secret: str
+    key: str
 
 
-def _value(name: str, value: object) -> dict[str, Any]:
-    return {"name": name, "value": str(value)}
+def worker_settings_env(
+    job: JobRef,
+    spec: CompressionJobSpec,
+    *,
+    broker_url: str | SecretRef,
+    access_key_id: str | SecretRef | None,
+    secret_access_key: str | SecretRef | None,
+    region: str,
+    endpoint_url: str | None,
+    health_port: int,
+    log_level: str | None,
+    log_format: str,
+    allowed_input_formats: Collection[InputFormat],
+) -> dict[str, str | SecretRef]:
+    """The environment a worker reads its settings from (kompressor_worker.settings.WorkerSettings),
+    for the Deployment (credentials as SecretRefs) and for local mode's processes (values alike).
+    The drain time is the same everywhere: the task timeout + DRAIN_MARGIN_SECONDS. A None or
+    empty value is left out: the worker's default applies."""
+    env: dict[str, str | SecretRef | None] = {
+        "KOMPRESSOR_QUEUE": task_queue(job),
+        "KOMPRESSOR_JOB_NAMESPACE": job.namespace,
+        "KOMPRESSOR_JOB_NAME": job.name,
+        "KOMPRESSOR_PROCESSES": str(spec.workers.processes_per_pod),
+        "KOMPRESSOR_HEALTH_PORT": str(health_port),
+        "KOMPRESSOR_GRACE_SECONDS": str(spec.limits.task_timeout_seconds + DRAIN_MARGIN_SECONDS),
+        "KOMPRESSOR_LOG_LEVEL": log_level,
+        "KOMPRESSOR_LOG_FORMAT": log_format,
+        "KOMPRESSOR_BROKER__URL": broker_url,
+        inputs.SETTING_ENV: json.dumps([f.value for f in InputFormat if f in allowed_input_formats]),
+        "KOMPRESSOR_STORAGE__ACCESS_KEY_ID": access_key_id,
+        "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": secret_access_key,
+        "KOMPRESSOR_STORAGE__REGION": region,
+        "KOMPRESSOR_STORAGE__ENDPOINT_URL": endpoint_url,
+    }
+    return {name: value for name, value in env.items() if value}
 
 
 def worker_env(
@@ -144,29 +183,27 @@ def worker_env(
     S3 endpoint and region are the spec's as given (the controller fills in the operator's own
     for a job that names none, so workers reach the store the operator lists)."""
     storage = spec.storage
-    endpoint = storage.endpoint_url
     storage_secret = storage.credentials_secret or defaults.storage_secret
-    env = [
-        _value("KOMPRESSOR_QUEUE", task_queue(job)),
-        _value("KOMPRESSOR_JOB_NAMESPACE", job.namespace),
-        _value("KOMPRESSOR_JOB_NAME", job.name),
-        _value("KOMPRESSOR_PROCESSES", spec.workers.processes_per_pod),
-        _value("KOMPRESSOR_HEALTH_PORT", defaults.health_port),
-        _value("KOMPRESSOR_GRACE_SECONDS", spec.limits.task_timeout_seconds + DRAIN_MARGIN_SECONDS),
-        _value("KOMPRESSOR_LOG_LEVEL", spec.workers.log_level or defaults.log_level),
-        _value("KOMPRESSOR_LOG_FORMAT", defaults.log_format),
-        _secret("KOMPRESSOR_BROKER__URL", defaults.broker_secret, "url"),
-        _value(inputs.SETTING_ENV, json.dumps([f.value for f in InputFormat if f in allowed_input_formats])),
+    env = worker_settings_env(
+        job,
+        spec,
+        broker_url=SecretRef(defaults.broker_secret, "url"),
+        access_key_id=SecretRef(storage_secret, "accessKeyId") if storage_secret else None,
+        secret_access_key=SecretRef(storage_secret, "secretAccessKey") if storage_secret else None,
+        region=storage.region,
+        endpoint_url=storage.endpoint_url,
+        health_port=defaults.health_port,
+        log_level=spec.workers.log_level or defaults.log_level,
+        log_format=defaults.log_format,
+        allowed_input_formats=allowed_input_formats,
+    )
+    rendered = [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": value.secret, "key": value.key}}}
+        if isinstance(value, SecretRef)
+        else {"name": name, "value": value}
+        for name, value in env.items()
     ]
-    if storage_secret:
-        env += [
-            _secret("KOMPRESSOR_STORAGE__ACCESS_KEY_ID", storage_secret, "accessKeyId"),
-            _secret("KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY", storage_secret, "secretAccessKey"),
-        ]
-    env.append(_value("KOMPRESSOR_STORAGE__REGION", storage.region))
-    if endpoint:
-        env.append(_value("KOMPRESSOR_STORAGE__ENDPOINT_URL", endpoint))
-    return env + copy.deepcopy(defaults.extra_env)
+    return rendered + copy.deepcopy(defaults.extra_env)
 
 
 def worker_pod_settings(workers: Workers, defaults: WorkerDefaults) -> dict[str, Any]:
@@ -299,7 +336,8 @@ def scrape_annotations(port: int) -> dict[str, str]:
 
 
 def scale_patch(replicas: int) -> dict[str, Any]:
-    """The body that sets a Deployment's replicas through its `scale` subresource."""
+    """The body that sets a Deployment's replicas (a patch of the Deployment or of its `scale`
+    subresource)."""
     if replicas < 0:
         raise ValueError(f"replicas {replicas} must not be negative")
     return {"spec": {"replicas": replicas}}

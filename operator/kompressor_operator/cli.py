@@ -111,6 +111,7 @@ def _srcset(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `kompressor` command: `crd`, `reference`, `run` (local mode); returns the exit code."""
     parser = argparse.ArgumentParser(prog="kompressor", description="Kubernetes-native image compression.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

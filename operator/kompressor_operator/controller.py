@@ -87,7 +87,7 @@ class SecretsMissing(Exception):
 
 
 @dataclass
-class Outcome:
+class Writeback:
     """What a handler should write back: the status, annotations, and Events to post."""
 
     status: CompressionJobStatus | None = None
@@ -130,6 +130,10 @@ def accepted_spec(body: dict[str, Any]) -> tuple[CompressionJobSpec, list[str]]:
 
 
 class Controller:
+    """The operator's loop over its CompressionJobs (docs/architecture.md): for each job, observe
+    (Kubernetes, the broker, the ledger), `reconcile`, apply, and hand the handlers a `Writeback`.
+    One per operator process; the kopf handlers call `start`, `step` and the finish hooks."""
+
     def __init__(self, settings: OperatorSettings, kube: Kube, metrics: OperatorMetrics):
         self.settings = settings
         self.kube = kube
@@ -140,7 +144,7 @@ class Controller:
 
     # --- create / resume ------------------------------------------------------------------------
 
-    def start(self, body: dict[str, Any]) -> Outcome:
+    def start(self, body: dict[str, Any]) -> Writeback:
         """Validate (the spec, the storage endpoint), make the worker Deployment (or find this job's),
         declare the queues, resume the ledger. A Deployment of that name that is not this job's stops
         the start (DeploymentNotOwned) before the job is run."""
@@ -174,7 +178,7 @@ class Controller:
             self.book.adopt(job.uid, current)
         memory = Memory(scale=ScaleState(current=current))
         self.jobs[job.uid] = _Job(job, spec, engine, created.timestamp(), memory)
-        outcome = Outcome(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
+        outcome = Writeback(annotations={ACCEPTED_SPEC_ANNOTATION: spec.model_dump_json(by_alias=True)})
         previous = CompressionJobStatus.model_validate(body.get("status") or {})
         if waited_for_secrets(previous):
             outcome.status = secrets_condition(previous, [], datetime.now(UTC))
@@ -244,7 +248,7 @@ class Controller:
 
     # --- the periodic step ----------------------------------------------------------------------
 
-    def step(self, body: dict[str, Any], poll_interval: float) -> Outcome | None:
+    def step(self, body: dict[str, Any], poll_interval: float) -> Writeback | None:
         """One scaling and accounting round for a job; None when it is not due yet."""
         uid = body["metadata"]["uid"]
         previous = CompressionJobStatus.model_validate(body.get("status") or {})
@@ -265,7 +269,7 @@ class Controller:
             return self._step_failed(state, previous, exc, poll_interval)
         except ManifestError as exc:
             status, event = manifest_invalid(previous, str(exc), datetime.now(UTC))
-            outcome = Outcome(events=[event])
+            outcome = Writeback(events=[event])
             outcome.status = self._finish(state, status, outcome)
             return outcome
         for reason, count in progress.refused_now.items():
@@ -305,13 +309,13 @@ class Controller:
         self.book.settle(uid, asked)
         state.memory = plan.memory
         self.metrics.observe(state.job, observed.sample.outstanding, plan.replicas)
-        outcome = Outcome(events=list(plan.events))
+        outcome = Writeback(events=list(plan.events))
         outcome.status = self._finish(state, plan.status, outcome) if plan.finished else plan.status
         return outcome
 
     def _step_failed(
         self, state: _Job, previous: CompressionJobStatus, error: StepFailed, poll_interval: float
-    ) -> Outcome:
+    ) -> Writeback:
         """The broker or the storage failed the step: the next one waits longer, and an outage that
         lasts shows in the status (the phase stays) and in an Event."""
         retry = step_failed(
@@ -325,9 +329,9 @@ class Controller:
         )
         state.memory = retry.memory
         log.warning("job %s: step failed (%s); the next in %.0fs", state.job, error, retry.delay)
-        return Outcome(status=retry.status, events=list(retry.events))
+        return Writeback(status=retry.status, events=list(retry.events))
 
-    def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Outcome) -> CompressionJobStatus:
+    def _finish(self, state: _Job, status: CompressionJobStatus, outcome: Writeback) -> CompressionJobStatus:
         manifest = state.engine.finish()
         if state.spec.workers.scaler is Scaler.builtin:
             try:
@@ -342,7 +346,7 @@ class Controller:
         outcome.events.append(event)
         return status
 
-    def _deliver(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
+    def _deliver(self, body: dict[str, Any], status: CompressionJobStatus) -> Writeback | None:
         """One attempt at the finish webhook when one is due; its end goes in the Notified condition."""
         job = job_ref(body["metadata"])
         delivery = self.deliveries.setdefault(job.uid, _Delivery())
@@ -371,7 +375,7 @@ class Controller:
         else:
             delivery.due = time.monotonic() + verdict.retry_in
         status, events = notified(status, verdict, datetime.now(UTC))
-        return Outcome(status=status, events=list(events))
+        return Writeback(status=status, events=list(events))
 
     def _webhook_key(self, job: JobRef, secret: str | None) -> bytes | None:
         """The signing key, None when no signature is asked for; ValueError naming what is missing,
@@ -388,7 +392,7 @@ class Controller:
                 "nothing sent unsigned"
             ) from None
 
-    def _after_finish(self, body: dict[str, Any], status: CompressionJobStatus) -> Outcome | None:
+    def _after_finish(self, body: dict[str, Any], status: CompressionJobStatus) -> Writeback | None:
         """A finished job's steps until it needs none (reconcile.needs_steps): its workers followed
         until they are gone, then the finish webhook."""
         job = job_ref(body["metadata"])
@@ -398,7 +402,7 @@ class Controller:
             seen = workers_seen(status, ready)
             if seen != status:
                 status = seen
-                outcome = Outcome(status=status)
+                outcome = Writeback(status=status)
         if webhook_pending(status):
             return self._deliver(body, status) or outcome
         self.deliveries.pop(job.uid, None)

@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from kompressor.crd import CompressionJobSpec
 from kompressor.logs import reason
 from kompressor.messages import JobRef, MessageError, Outcome, Result, Task, all_failed, task_queue
+from kompressor.reasons import Reason
 from kompressor_operator import broker
 from kompressor_operator.ledger import Cursor, Ledger
 from kompressor_operator.listing import list_s3_sources, url_sources
@@ -43,7 +44,11 @@ FAN_OUT_SECONDS = 2.0
 # drained until empty never ended, and neither status nor fan-out moved.
 COLLECT_SECONDS = 2.0
 # Dead-letter reasons that mean no worker published a result for the task.
-_DEAD_REASONS = {"delivery_limit": "attempts_exhausted", "expired": "expired", "maxlen": "queue_overflow"}
+_DEAD_REASONS = {
+    "delivery_limit": Reason.attempts_exhausted,
+    "expired": Reason.expired,
+    "maxlen": Reason.queue_overflow,
+}
 # A broker restart or a short storage outage: the step is tried again after each delay (~30 s in all).
 STEP_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0)
 _TRANSIENT = (pika.exceptions.AMQPError, OSError, BotoCoreError, ClientError)
@@ -81,10 +86,9 @@ class Progress:
 
     def sample(self, suspended: bool) -> Sample:
         """What the scaling policy needs. In-flight tasks are not visible to a passive declare;
-        published − accounted counts them, so the broker's unacked count is not needed."""
+        published − accounted counts them."""
         return Sample(
             ready=self.ready,
-            unacked=0,
             published=self.counts.published,
             accounted=self.counts.accounted,
             finished=self.finished,
@@ -131,6 +135,10 @@ def advanced(cursor: Cursor, keys: Sequence[str | None], asked: int) -> Cursor:
 
 
 class JobEngine:
+    """One job's I/O with the broker and S3: the listing and fan-out of its tasks, the results
+    read into its ledger, the manifest at the end. The controller and local mode each drive one per
+    job through `step`; it decides nothing the reconcile decides."""
+
     def __init__(
         self,
         job: JobRef,

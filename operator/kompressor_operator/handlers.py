@@ -28,8 +28,8 @@ from kompressor.logs import quiet_third_party
 from kompressor_operator.controller import (
     Controller,
     InvalidSpec,
-    Outcome,
     SecretsMissing,
+    Writeback,
     accepted_spec,
     refusals,
 )
@@ -110,7 +110,7 @@ def _status_patch(status: CompressionJobStatus) -> dict[str, Any]:
     return _wire(status.model_dump(by_alias=True, mode="json"))
 
 
-def _write(outcome: Outcome | None, body: kopf.Body, patch: kopf.Patch) -> None:
+def _write(outcome: Writeback | None, body: kopf.Body, patch: kopf.Patch) -> None:
     if outcome is None:
         return
     if outcome.status is not None:

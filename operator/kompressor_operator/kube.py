@@ -19,6 +19,7 @@ import kubernetes
 from kubernetes.client.rest import ApiException
 
 from kompressor.crd import GROUP, PLURAL, VERSION
+from kompressor_operator.builders import scale_patch
 
 
 def load_config() -> None:
@@ -29,7 +30,7 @@ def load_config() -> None:
 
 
 class SecretMissing(LookupError):
-    pass
+    """A Secret the job names (or a key in it) does not exist yet: the job waits for it."""
 
 
 class DeploymentNotOwned(Exception):
@@ -53,6 +54,9 @@ REPLACE_ATTEMPTS = 5
 
 
 class Kube:
+    """The operator's Kubernetes calls: the worker Deployment (apply, scale, read its replicas), a
+    Secret's value, and deleting a job past its TTL. It applies what the controller decided."""
+
     def __init__(self, api_client: kubernetes.client.ApiClient | None = None) -> None:
         """`api_client`: the loaded configuration's (load_config) when None."""
         self.apps = kubernetes.client.AppsV1Api(api_client)
@@ -104,8 +108,9 @@ class Kube:
     def scale(self, namespace: str, name: str, replicas: int, owner_uid: str) -> None:
         """Set the replicas of the Deployment owned by `owner_uid`; DeploymentNotOwned otherwise."""
         uid = self._owned(namespace, name, [owner_uid]).metadata.uid
+        # The uid makes the patch a precondition: it fails if the Deployment was replaced meanwhile.
         self.apps.patch_namespaced_deployment(
-            name, namespace, {"metadata": {"uid": uid}, "spec": {"replicas": replicas}}
+            name, namespace, {"metadata": {"uid": uid}, **scale_patch(replicas)}
         )
 
     def _owned(self, namespace: str, name: str, owner_uids: list[str]) -> Any:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from kompressor import index
 from kompressor.crd import CompressionJobSpec
 from kompressor.messages import JobRef, Outcome, RenditionResult, Result
+from kompressor.reasons import Reason
 
 log = logging.getLogger("kompressor.ledger")
 
@@ -47,11 +48,11 @@ _SUMMARY = re.compile(r"sum-(\d{8})-(\d{8})\.json")
 Span = tuple[int, int]
 """The batches (part numbers) a ledger part holds: (n, n) for one batch, (first, last) once merged."""
 
-WRONG_JOB = "wrong_job"
-UNPUBLISHED_ID = "unpublished_id"
+WRONG_JOB = Reason.wrong_job
+UNPUBLISHED_ID = Reason.unpublished_id
 
 
-def refusal(result: Result, job: JobRef, published: int) -> str | None:
+def refusal(result: Result, job: JobRef, published: int) -> Reason | None:
     """Why `result` must not be recorded in `job`'s ledger (WRONG_JOB, UNPUBLISHED_ID), or None.
 
     `published` is how many tasks the fan-out has saved as published: ids 0..published-1. A result
@@ -203,6 +204,9 @@ def compaction(spans: list[Span], fanin: int = COMPACT_FANIN) -> Span | None:
 
 @dataclass
 class Cursor:
+    """How far the fan-out got: the next task id, the listing's resume key, and the total once
+    listing is done. Saved with the ledger so a restarted operator continues where it stopped."""
+
     next_id: int = 0
     after_key: str = ""
     listing_done: bool = False
@@ -211,6 +215,8 @@ class Cursor:
 
 @dataclass
 class Tally:
+    """A job's counts so far: inputs succeeded, skipped and failed (by reason), and bytes."""
+
     succeeded: int = 0
     skipped: int = 0
     failed: int = 0
@@ -231,7 +237,7 @@ class Tally:
             self.skipped += 1
         else:
             self.failed += 1
-            self.failures[result.reason or "unknown"] += 1
+            self.failures[result.reason or Reason.unknown] += 1
         if has_output(result):
             self.bytes_in += result.bytes_in
             self.bytes_out += result.bytes_out
@@ -330,6 +336,9 @@ class Summary:
 
 
 class Ledger:
+    """A job's record in its destination bucket: which task ids have a result (each counted once),
+    the tally and the cursor, and the manifest lines written from it at the end."""
+
     def __init__(self, client, job: JobRef, spec: CompressionJobSpec, fanin: int = COMPACT_FANIN):
         self.client = client
         self.job = job

@@ -29,7 +29,6 @@ import yaml
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 from pydantic import ValidationError
 
-from kompressor import inputs
 from kompressor.crd import (
     API_VERSION,
     KIND,
@@ -41,9 +40,10 @@ from kompressor.crd import (
     SpecError,
     parse_spec,
 )
-from kompressor.messages import JobRef, Task, task_queue
+from kompressor.messages import JobRef, Task
 from kompressor.settings import StorageSettings
 from kompressor_operator import broker
+from kompressor_operator.builders import GRACE_MARGIN_SECONDS, worker_settings_env
 from kompressor_operator.engine import STEP_RETRY_DELAYS, JobEngine, StepFailed
 from kompressor_operator.listing import list_s3_sources, url_sources
 from kompressor_operator.planning import Estimate, ManifestError, estimate, plan_tasks
@@ -70,6 +70,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class JobFile:
+    """A CompressionJob read from a YAML file for local mode: its name and checked spec."""
+
     name: str
     spec: CompressionJobSpec
 
@@ -153,25 +155,26 @@ def preflight(spec: CompressionJobSpec, settings: OperatorSettings, storage: Sto
 def worker_environment(
     job: JobRef, spec: CompressionJobSpec, settings: OperatorSettings, storage: StorageSettings
 ) -> dict[str, str]:
-    def reveal(value) -> str:
-        return value.get_secret_value() if value is not None else ""
+    """The environment of local mode's workers: the Deployment's (builders.worker_settings_env) with
+    the credentials' values, no health port, and text logs for a terminal."""
 
-    env = {
-        "KOMPRESSOR_BROKER__URL": settings.broker.url.get_secret_value(),
-        "KOMPRESSOR_STORAGE__ENDPOINT_URL": storage.endpoint_url or "",
-        "KOMPRESSOR_STORAGE__REGION": storage.region,
-        "KOMPRESSOR_STORAGE__ACCESS_KEY_ID": reveal(storage.access_key_id),
-        "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": reveal(storage.secret_access_key),
-        "KOMPRESSOR_QUEUE": task_queue(job),
-        "KOMPRESSOR_JOB_NAMESPACE": job.namespace,
-        "KOMPRESSOR_JOB_NAME": job.name,
-        "KOMPRESSOR_PROCESSES": str(spec.workers.processes_per_pod),
-        "KOMPRESSOR_HEALTH_PORT": "0",
-        "KOMPRESSOR_GRACE_SECONDS": str(spec.limits.task_timeout_seconds + 10),
-        "KOMPRESSOR_LOG_FORMAT": "text",
-        inputs.SETTING_ENV: json.dumps([f.value for f in settings.allowed_input_formats]),
-    }
-    return {key: value for key, value in env.items() if value}
+    def reveal(value) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    env = worker_settings_env(
+        job,
+        spec,
+        broker_url=settings.broker.url.get_secret_value(),
+        access_key_id=reveal(storage.access_key_id),
+        secret_access_key=reveal(storage.secret_access_key),
+        region=storage.region,
+        endpoint_url=storage.endpoint_url,
+        health_port=0,
+        log_level=spec.workers.log_level,
+        log_format="text",
+        allowed_input_formats=settings.allowed_input_formats,
+    )
+    return {name: value for name, value in env.items() if isinstance(value, str)}
 
 
 @dataclass
@@ -190,6 +193,9 @@ def run_job(
     log_dir: Path | None = None,
     keep_queues: bool = False,
 ) -> Run:
+    """Run a job on this machine as the operator would (docs/architecture.md, local mode): the same
+    JobEngine and reconcile, worker processes in place of a Deployment; returns when it finishes.
+    `on_update` is called with each new status; `keep_queues` leaves the job's queues behind."""
     storage = settings.storage.for_job(job_file.spec.storage)
     client = preflight(job_file.spec, settings, storage)
     spec = job_file.spec
@@ -199,7 +205,7 @@ def run_job(
     workers = WorkerProcesses(
         env=worker_environment(job, spec, settings, storage),
         log_dir=log_dir,
-        grace_seconds=spec.limits.task_timeout_seconds + 10,
+        grace_seconds=spec.limits.task_timeout_seconds + GRACE_MARGIN_SECONDS,
     )
     # Local mode's workers are its own processes: no Deployment to hand to an external scaler.
     own = spec.model_copy(update={"workers": spec.workers.model_copy(update={"scaler": Scaler.builtin})})

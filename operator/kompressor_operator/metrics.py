@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from kompressor.messages import JobRef
+from kompressor.reasons import Reason
 
 JOB_LABELS = ("namespace", "compressionjob")
 DIRECTIONS = ("up", "down")
@@ -20,6 +21,9 @@ DIRECTIONS = ("up", "down")
 
 @dataclass
 class OperatorMetrics:
+    """The operator's Prometheus metrics, per job: outstanding tasks, workers, results refused by
+    reason, scalings; `forget` removes a job's series."""
+
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def __post_init__(self) -> None:
@@ -57,7 +61,7 @@ class OperatorMetrics:
     def scaled(self, job: JobRef, direction: str) -> None:
         self.scale_events.labels(job.namespace, job.name, direction).inc()
 
-    def refused(self, job: JobRef, reason: str, count: int) -> None:
+    def refused(self, job: JobRef, reason: Reason, count: int) -> None:
         self.refused_results.labels(job.namespace, job.name, reason).inc(count)
         self._refused_reasons.setdefault((job.namespace, job.name), set()).add(reason)
 

@@ -12,10 +12,10 @@ is tested without a cluster (the counter-example is a rule tangled with API call
 
 The rule, documented once here:
 
-- Backlog. `outstanding` counts tasks queued *and* in flight (unacked): counting only ready messages
-  scales away pods that are busy, whose work is then redelivered and counted again, in a loop. The
-  broker's numbers lag, or are missing while it is unreachable, so the operator's own ledger
-  (published - accounted) is a floor: the larger of the two wins.
+- Backlog. `outstanding` counts tasks queued *and* in flight: counting only ready messages scales
+  away pods that are busy, whose work is then redelivered and counted again, in a loop. A passive
+  declare sees only the ready ones; the operator's own ledger (published - accounted) counts both,
+  and covers the broker's numbers when they lag or are missing: the larger of the two wins.
 - Target. `ceil(outstanding / tasksPerReplica)`, clamped to [minReplicas, maxReplicas].
 - Up at once, down slowly: a rise is applied immediately; a fall only to the highest recommendation
   made during the last `scaleDownDelaySeconds` (the Kubernetes HPA stabilization window: a
@@ -60,8 +60,6 @@ class Sample:
 
     ready: int
     """Tasks queued and not delivered (a passive queue declare's message count)."""
-    unacked: int
-    """Tasks delivered to a worker and not yet acknowledged: work in flight."""
     published: int
     """Tasks the fan-out has published so far."""
     accounted: int
@@ -74,7 +72,7 @@ class Sample:
     @property
     def outstanding(self) -> int:
         """Work not yet done: the larger of the broker's count and the ledger's, never negative."""
-        return max(self.ready + self.unacked, self.published - self.accounted, 0)
+        return max(self.ready, self.published - self.accounted, 0)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ Choices, documented once here:
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -64,6 +63,7 @@ from kompressor.crd import (
     RenditionCounts,
     WorkerCounts,
 )
+from kompressor.quantity import parse_quantity
 from kompressor.renditions import outputs_per_input
 
 FAILED_FRACTION_THRESHOLD = 0.01
@@ -526,29 +526,12 @@ def _destination_prefix_problems(prefix: str) -> list[str]:
     ]
 
 
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?$")
-_SCALE = {
-    None: Decimal(1),
-    "m": Decimal("0.001"),
-    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
-    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
-}
-
-
-def _quantity(value: int | str) -> Decimal | None:
-    """A Kubernetes quantity's value ("500m", "2", "1Gi", 2), or None when it is not one."""
-    if isinstance(value, int):
-        return Decimal(value) if value >= 0 else None
-    match = _QUANTITY.match(value.strip())
-    return Decimal(match[1]) * _SCALE[match[2]] if match else None
-
-
 def _resource_problems(requests: dict[str, Any], limits: dict[str, Any]) -> list[str]:
     problems: list[str] = []
     parsed: dict[str, dict[str, Decimal]] = {"requests": {}, "limits": {}}
     for kind, values in (("requests", requests), ("limits", limits)):
         for name, value in values.items():
-            amount = _quantity(value)
+            amount = parse_quantity(value)
             if amount is None:
                 problems.append(
                     f"spec.workers.resources.{kind}.{name}: {value!r} is not a Kubernetes quantity "

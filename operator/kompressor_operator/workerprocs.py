@@ -31,6 +31,8 @@ def worker_command() -> list[str]:
 
 @dataclass
 class WorkerProcess:
+    """One local worker process, its log file, and since when it has been asked to stop."""
+
     process: subprocess.Popen
     log: Path
     terminating_since: float | None = None

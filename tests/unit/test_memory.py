@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from kompressor.crd import Format, Limits, Output
+from kompressor.crd import Format, InputFormat, Limits, Output
 from kompressor_worker import codec, memory
-from kompressor_worker.codec import CodecError, compress, formats
+from kompressor_worker.codec import CodecError, compress
 
 MIB = 2**20
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "encoder_memory.py"
@@ -87,7 +87,7 @@ def test_the_encoder_is_admitted_with_its_memory() -> None:
 
 
 def test_every_format_the_worker_writes_has_a_measured_encoder() -> None:
-    written = {codec.resolve_format(Format.keep, source) for source in formats.KEEP} | (
+    written = {codec.resolve_format(Format.keep, source) for source in InputFormat} | (
         set(Format) - {Format.keep}
     )
     assert set(memory.ENCODERS) == written

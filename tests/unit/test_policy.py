@@ -22,8 +22,8 @@ from kompressor_operator.policy import (
 W = Workers(min_replicas=0, max_replicas=20, tasks_per_replica=40, scale_down_delay_seconds=30)
 
 
-def backlog(ready: int, unacked: int = 0, *, published: int = 0, accounted: int = 0, **flags) -> Sample:
-    return Sample(ready=ready, unacked=unacked, published=published, accounted=accounted, **flags)
+def backlog(ready: int, *, published: int = 0, accounted: int = 0, **flags) -> Sample:
+    return Sample(ready=ready, published=published, accounted=accounted, **flags)
 
 
 @pytest.mark.parametrize(
@@ -33,9 +33,9 @@ def backlog(ready: int, unacked: int = 0, *, published: int = 0, accounted: int 
         (backlog(1), 1),
         (backlog(40), 1),
         (backlog(41), 2),
-        (backlog(100, 30), 4),  # unacked is work in flight
-        (backlog(0, 0, published=130, accounted=0), 4),  # the ledger when the broker lags
-        (backlog(10, 0, published=500, accounted=480), 1),  # the larger of the two
+        (backlog(100, published=130, accounted=0), 4),  # 30 in flight: published, not accounted
+        (backlog(0, published=130, accounted=0), 4),  # the ledger when the broker lags
+        (backlog(10, published=500, accounted=480), 1),  # the larger of the two
         (backlog(10_000), 20),
     ],
 )
@@ -52,9 +52,9 @@ def test_reasons_read_as_sentences():
 
 
 def test_outstanding_takes_the_larger_count_and_is_never_negative():
-    assert backlog(3, 2, published=4, accounted=0).outstanding == 5
-    assert backlog(0, 0, published=9, accounted=2).outstanding == 7
-    assert backlog(0, 0, published=2, accounted=9).outstanding == 0
+    assert backlog(5, published=4, accounted=0).outstanding == 5
+    assert backlog(3, published=9, accounted=2).outstanding == 7
+    assert backlog(0, published=2, accounted=9).outstanding == 0
 
 
 def test_scale_down_waits_for_the_window_then_follows_the_backlog():
@@ -88,7 +88,7 @@ def test_scale_up_is_immediate_inside_the_window():
 def test_suspend_and_finish_give_zero_and_forget_the_window():
     busy = decide_replicas(backlog(400), W.model_copy(update={"min_replicas": 3}), ScaleState(), 0)
     for flag in ("suspended", "finished"):
-        decision = decide_replicas(backlog(400, 5, **{flag: True}), W, busy.state, 1)
+        decision = decide_replicas(backlog(400, **{flag: True}), W, busy.state, 1)
         assert (decision.replicas, decision.reason, decision.changed) == (0, flag, True)
         assert decision.state == ScaleState()
     resumed = decide_replicas(backlog(80), W, ScaleState(), 2)
@@ -158,7 +158,6 @@ rarely = st.integers(0, 9).map(lambda n: n == 0)
 samples_st = st.builds(
     Sample,
     ready=st.integers(0, 600),
-    unacked=st.integers(0, 100),
     published=st.integers(0, 600),
     accounted=st.integers(0, 600),
     finished=rarely,

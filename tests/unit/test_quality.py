@@ -16,7 +16,7 @@ from kompressor.crd import Format, Limits, Output
 from kompressor_worker import quality, ssim
 from kompressor_worker.codec import compress, encode
 from kompressor_worker.metrics import Metrics
-from kompressor_worker.quality import CHROMA_FLOOR, UNREACHABLE, Choice, Settings, choose_quality
+from kompressor_worker.quality import CHROMA_FLOOR, UNREACHABLE, Choice, SearchSettings, choose_quality
 from tests import corpus
 
 JPEG = quality.SEARCH[Format.jpeg]
@@ -96,7 +96,11 @@ def photo() -> Image.Image:
 
 
 def check(
-    choice: Choice, image: Image.Image, floor: float, search: Settings, chroma_floor: float = CHROMA_FLOOR
+    choice: Choice,
+    image: Image.Image,
+    floor: float,
+    search: SearchSettings,
+    chroma_floor: float = CHROMA_FLOOR,
 ) -> None:
     """What every search promises, whatever the image and floor."""
     assert all(search.lowest <= a.quality <= search.highest for a in choice.attempts)
@@ -323,7 +327,7 @@ def test_the_search_probes_then_confirms_at_full_size_cheaply() -> None:
 
 
 def test_without_a_probe_budget_it_searches_at_full_size() -> None:
-    search = Settings(lowest=30, highest=95, starts=((0.98, 70),), slope=1.5, axis="jpeg", max_probe=0)
+    search = SearchSettings(lowest=30, highest=95, starts=((0.98, 70),), slope=1.5, axis="jpeg", max_probe=0)
     image = smooth((800, 600))
     choice = choose_quality(image, 0.985, jpeg, search)
     check(choice, image, 0.985, search)
@@ -332,7 +336,7 @@ def test_without_a_probe_budget_it_searches_at_full_size() -> None:
 
 def test_the_budget_forces_the_last_encode_to_the_highest_quality() -> None:
     # A start far too low, a tiny slope and a one-encode budget: that encode must be at the top.
-    search = Settings(lowest=30, highest=95, starts=((0.9, 30),), slope=0.01, max_full=1, max_probe=0)
+    search = SearchSettings(lowest=30, highest=95, starts=((0.9, 30),), slope=0.01, max_full=1, max_probe=0)
     image = smooth((200, 200))
     choice = choose_quality(image, 0.99, jpeg, search)
     check(choice, image, 0.99, search)
@@ -440,7 +444,7 @@ def test_the_first_quality_comes_from_the_priors() -> None:
 def test_settings_refuse_absurd_bounds(fields: dict) -> None:
     base = {"lowest": 30, "highest": 95, "starts": ((0.98, 70),), "slope": 1.0}
     with pytest.raises(ValueError):
-        Settings(**{**base, **fields})
+        SearchSettings(**{**base, **fields})
 
 
 def test_a_floor_outside_0_1_is_refused() -> None:
@@ -506,7 +510,7 @@ def test_the_result_meets_the_floor_at_full_size_or_is_marked_unreachable(
 def test_any_bounds_and_budget_are_kept(
     floor: float, lowest: int, span: int, max_full: int, max_probe: int, start: int
 ) -> None:
-    search = Settings(
+    search = SearchSettings(
         lowest=lowest,
         highest=min(100, lowest + span),
         starts=((0.95, start),),

@@ -52,9 +52,7 @@ JOB = JobRef(namespace="shop", name="catalog", uid=KEY)
 
 def observe(counts: Counts, queued: int = 0, accounted_now: int = 0, workers_ready: int = 0) -> Observation:
     finished = counts.listing_done and counts.accounted >= counts.total
-    sample = Sample(
-        ready=queued, unacked=0, published=counts.published, accounted=counts.accounted, finished=finished
-    )
+    sample = Sample(ready=queued, published=counts.published, accounted=counts.accounted, finished=finished)
     return Observation(counts, sample, accounted_now, workers_ready)
 
 
@@ -177,7 +175,7 @@ def test_a_finished_job_scales_to_zero_and_is_finished():
 def test_the_budget_is_shared_in_two_passes():
     """The job claims what it would run without a budget, and runs what is left of the budget after
     the jobs ahead of it (higher priority, or older) took theirs."""
-    sample = Sample(ready=50, unacked=0, published=50, accounted=0)
+    sample = Sample(ready=50, published=50, accounted=0)
     ahead = Claim(key="uid-b", priority=1, created=5.0, wanted=4)
     behind = Claim(key="uid-c", priority=0, created=9.0, wanted=3)
     budget = Budget(max_total=6, claims={"uid-b": ahead, "uid-c": behind, KEY: Claim(KEY, 0, 1.0, 0)})

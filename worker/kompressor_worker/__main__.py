@@ -34,6 +34,8 @@ def _settings_error(exc: ValidationError) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `kompressor-worker` command: read the settings, start the pool and consume until
+    SIGTERM; returns the exit code."""
     args = sys.argv[1:] if argv is None else argv
     if args:
         print(__doc__.strip(), file=sys.stderr)

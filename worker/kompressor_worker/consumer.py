@@ -45,6 +45,7 @@ from kompressor.messages import (
     result_queue,
     retry_queue,
 )
+from kompressor.reasons import Reason
 from kompressor_worker.health import Health
 from kompressor_worker.metrics import Metrics
 from kompressor_worker.retry import attempt_number, retry_delay
@@ -92,6 +93,10 @@ def backoff_delays(first: float = 0.5, cap: float = 30.0):
 
 
 class Consumer:
+    """The worker's broker side: consumes the job's task queue with a bounded prefetch, hands each
+    task to `task.py` on an I/O thread, and publishes its result and acks it (or schedules a retry,
+    or rejects it to the dead letters) on the connection's thread; drains on SIGTERM."""
+
     def __init__(
         self,
         settings: WorkerSettings,
@@ -232,7 +237,7 @@ class Consumer:
         try:
             task = Task.decode(body)
         except (MessageError, RecursionError) as exc:  # json.loads: RecursionError when nested too deep
-            reason = getattr(exc, "reason", "malformed_message")
+            reason = getattr(exc, "reason", Reason.malformed_message)
             log.error("rejecting an undecodable task (%s): %s", reason, exc)
             self.metrics.task_ended("failed", reason)
             channel.basic_reject(method.delivery_tag, requeue=False)
@@ -311,14 +316,14 @@ class Consumer:
         except TransientError as exc:
             reason, message, retry_after = exc.reason, str(exc), exc.retry_after
         except FutureTimeout:
-            reason, message = "timeout", f"killed after {task.limits.task_timeout_seconds}s"
+            reason, message = Reason.timeout, f"killed after {task.limits.task_timeout_seconds}s"
         except pebble.ProcessExpired as exc:
-            reason, message = "worker_crashed", f"pool process died (exit code {exc.exitcode})"
+            reason, message = Reason.worker_crashed, f"pool process died (exit code {exc.exitcode})"
         except (BrokenProcessPool, CancelledError):  # CancelledError: the pool was stopped
-            reason, message = "worker_crashed", "the process pool broke"
+            reason, message = Reason.worker_crashed, "the process pool broke"
         except Exception as exc:  # a bug: retry like a transient failure, bounded by maxAttempts
             log.exception("task %d raised", task.id)
-            reason, message = "internal_error", f"{type(exc).__name__}: {exc}"
+            reason, message = Reason.internal_error, f"{type(exc).__name__}: {exc}"
         delay = retry_delay(attempts, task.limits.max_attempts, retry_after)
         if delay is not None:
             log.info(

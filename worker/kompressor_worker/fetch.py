@@ -90,6 +90,7 @@ from kompressor.deadline import DeadlineSocket as _DeadlineSocket
 from kompressor.deadline import getaddrinfo_within as _getaddrinfo_within
 from kompressor.deadline import remaining as _remaining
 from kompressor.messages import public_source
+from kompressor.reasons import Reason
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "kompressor-worker"
@@ -111,7 +112,7 @@ class FetchError(Exception):
 
     def __init__(
         self,
-        reason: str,
+        reason: Reason,
         message: str,
         transient: bool | None = None,
         status: int | None = None,
@@ -125,10 +126,10 @@ class FetchError(Exception):
         super().__init__(message)
 
 
-def _transient(reason: str, status: int | None) -> bool:
-    if reason == "http_error":
+def _transient(reason: Reason, status: int | None) -> bool:
+    if reason == Reason.http_error:
         return status is not None and (status == 429 or 500 <= status <= 599)
-    return reason in ("timeout", "connection_error")
+    return reason in (Reason.timeout, Reason.connection_error)
 
 
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -191,7 +192,7 @@ class RateLimiter:
             if timeout is not None and wait > timeout:
                 self._buckets[host] = (tokens, now)
                 raise FetchError(
-                    "timeout",
+                    Reason.timeout,
                     f"the rate limit for {host} ({self.rate:g}/s) would delay this request by "
                     f"{wait:.1f} s, past its deadline",
                 )
@@ -254,7 +255,8 @@ def fetch_url(
                 if response.status in REDIRECT_STATUSES and response.getheader("Location"):
                     if hop == max_redirects:
                         raise FetchError(
-                            "too_many_redirects", f"{_shown(url)} redirects more than {max_redirects} times"
+                            Reason.too_many_redirects,
+                            f"{_shown(url)} redirects more than {max_redirects} times",
                         )
                     current = _redirect_target(current, response.getheader("Location", ""))
                     continue
@@ -271,7 +273,7 @@ def fetch_url(
 def _status_error(response: http.client.HTTPResponse, target: _Target) -> FetchError:
     asked = response.getheader("Retry-After") if response.status in RETRY_AFTER_STATUSES else None
     return FetchError(
-        "http_error",
+        Reason.http_error,
         f"{target.shown} answered HTTP {response.status} {_clipped(response.reason, 80)}",
         status=response.status,
         retry_after=retry_after_seconds(asked, time.time()),
@@ -282,7 +284,9 @@ def _redirect_target(current: str, location: str) -> str:
     try:
         return urljoin(current, location.strip())
     except ValueError as error:
-        raise FetchError("invalid_url", f"{_shown(current)} redirects to an invalid URL: {error}") from error
+        raise FetchError(
+            Reason.invalid_url, f"{_shown(current)} redirects to an invalid URL: {error}"
+        ) from error
 
 
 def _parse(url: str) -> _Target:
@@ -291,15 +295,17 @@ def _parse(url: str) -> _Target:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as error:
-        raise FetchError("invalid_url", f"{shown} is not a valid URL: {error}") from error
+        raise FetchError(Reason.invalid_url, f"{shown} is not a valid URL: {error}") from error
     if parts.scheme not in _DEFAULT_PORTS:
-        raise FetchError("forbidden_scheme", f"{shown}: only http and https URLs are fetched")
+        raise FetchError(Reason.forbidden_scheme, f"{shown}: only http and https URLs are fetched")
     if parts.username is not None or parts.password is not None:
-        raise FetchError("invalid_url", f"{shown} carries user info; credentials are never taken from URLs")
+        raise FetchError(
+            Reason.invalid_url, f"{shown} carries user info; credentials are never taken from URLs"
+        )
     host = _checked_host(parts, shown)
     port = _DEFAULT_PORTS[parts.scheme] if port is None else port
     if port == 0:
-        raise FetchError("invalid_url", f"{shown} has port 0")
+        raise FetchError(Reason.invalid_url, f"{shown} has port 0")
     named = f"[{host}]" if ":" in host else host
     host_header = named if port == _DEFAULT_PORTS[parts.scheme] else f"{named}:{port}"
     request_target = quote(parts.path or "/", safe="/%!$&'()*+,;=:@~") + (
@@ -311,26 +317,26 @@ def _parse(url: str) -> _Target:
 def _checked_host(parts: SplitResult, shown: str) -> str:
     host = parts.hostname  # lower-case, brackets removed
     if not host:
-        raise FetchError("invalid_url", f"{shown} has no host")
+        raise FetchError(Reason.invalid_url, f"{shown} has no host")
     if "[" in parts.netloc:  # a bracketed literal: IPv6 (not IPvFuture)
         try:
             ipaddress.IPv6Address(host)
         except ValueError as error:
-            raise FetchError("invalid_url", f"{shown}: {host!r} is not an IPv6 address") from error
+            raise FetchError(Reason.invalid_url, f"{shown}: {host!r} is not an IPv6 address") from error
         return host
     try:
         host = host.encode("idna").decode("ascii")
     except UnicodeError as error:
-        raise FetchError("invalid_url", f"{shown}: {host!r} is not a valid host name") from error
+        raise FetchError(Reason.invalid_url, f"{shown}: {host!r} is not a valid host name") from error
     if not _HOST_NAME.match(host):
-        raise FetchError("invalid_url", f"{shown}: {host!r} is not a valid host name")
+        raise FetchError(Reason.invalid_url, f"{shown}: {host!r} is not a valid host name")
     if _NUMERIC_LABEL.match(host.rstrip(".").rsplit(".", 1)[-1]):
         # An IPv4 number (the WHATWG URL rule): only the canonical a.b.c.d spelling is accepted.
         try:
             ipaddress.IPv4Address(host)
         except ValueError as error:
             raise FetchError(
-                "forbidden_address",
+                Reason.forbidden_address,
                 f"{shown}: {host!r} is an IPv4 address in a non-canonical spelling; write it as a.b.c.d",
             ) from error
     return host
@@ -357,7 +363,9 @@ def _resolve(target: _Target, allow: AddressPolicy, deadline: float) -> list[tup
         if (family, sockaddr) not in addresses:
             addresses.append((family, sockaddr))
     if not addresses:
-        raise FetchError("connection_error", f"{target.shown}: {target.host} has no IPv4 or IPv6 address")
+        raise FetchError(
+            Reason.connection_error, f"{target.shown}: {target.host} has no IPv4 or IPv6 address"
+        )
     return addresses
 
 
@@ -365,7 +373,7 @@ def _vet(ip: IPAddress | str, target: _Target, allow: AddressPolicy, named: bool
     if not address_allowed(ip, allow):
         resolved = f" ({target.host} resolves to it)" if named else ""
         raise FetchError(
-            "forbidden_address",
+            Reason.forbidden_address,
             f"{target.shown}: address {ip}{resolved} is not public (loopback, private, link-local, "
             "metadata, reserved...); allow-list its network if workers are meant to reach it",
         )
@@ -425,7 +433,7 @@ def _send_request(target: _Target, sock: socket.socket, deadline: float) -> http
 def _read_body(response: http.client.HTTPResponse, target: _Target, max_bytes: int) -> bytes:
     if response.length is not None and response.length > max_bytes:
         raise FetchError(
-            "too_large",
+            Reason.too_large,
             f"{target.shown} is {response.length} bytes, larger than the limit of {max_bytes} bytes",
         )
     expected = response.length
@@ -437,11 +445,15 @@ def _read_body(response: http.client.HTTPResponse, target: _Target, max_bytes: i
         if not chunk:
             if expected is not None and size < expected:
                 # http.client's read(amt) returns a short body silently when the server hangs up.
-                raise FetchError("connection_error", f"{target.shown} ended after {size} of {expected} bytes")
+                raise FetchError(
+                    Reason.connection_error, f"{target.shown} ended after {size} of {expected} bytes"
+                )
             return body.getvalue()
         size += len(chunk)
         if size > max_bytes:
-            raise FetchError("too_large", f"{target.shown} is larger than the limit of {max_bytes} bytes")
+            raise FetchError(
+                Reason.too_large, f"{target.shown} is larger than the limit of {max_bytes} bytes"
+            )
         body.write(chunk)
 
 
@@ -449,20 +461,20 @@ def _as_fetch_error(
     error: OSError | http.client.HTTPException, target: _Target, timeout: float
 ) -> FetchError:
     if isinstance(error, TimeoutError):
-        return FetchError("timeout", f"{target.shown} did not download within {timeout:g} s")
+        return FetchError(Reason.timeout, f"{target.shown} did not download within {timeout:g} s")
     if isinstance(error, ssl.SSLCertVerificationError):
         return FetchError(
-            "tls_error", f"{target.shown}: the certificate does not verify: {error.verify_message}"
+            Reason.tls_error, f"{target.shown}: the certificate does not verify: {error.verify_message}"
         )
     if isinstance(error, socket.gaierror):
         missing = error.errno in _NAME_DOES_NOT_EXIST
         return FetchError(
-            "connection_error",
+            Reason.connection_error,
             f"{target.shown}: cannot resolve {target.host}: {error.strerror}",
             transient=not missing,
         )
     detail = _clipped(f"{type(error).__name__}: {error}".rstrip(": "), 200)
-    return FetchError("connection_error", f"{target.shown}: {detail}")
+    return FetchError(Reason.connection_error, f"{target.shown}: {detail}")
 
 
 def _clipped(text: str, limit: int) -> str:

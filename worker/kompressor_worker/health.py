@@ -18,6 +18,9 @@ BROKER_GRACE_SECONDS = 120.0
 
 @dataclass
 class Health:
+    """What /healthz and /readyz report: the pool alive, consuming, and how long the broker has
+    been lost (None while connected)."""
+
     pool_alive: Callable[[], bool]
     consuming: bool = False
     broker_lost_at: float | None = field(default_factory=time.monotonic)

@@ -12,6 +12,8 @@ from kompressor.logs import quiet_third_party
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per log line, naming the job."""
+
     def __init__(self, job: str = "") -> None:
         super().__init__()
         self.job = job

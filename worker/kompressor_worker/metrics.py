@@ -12,11 +12,16 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from kompressor.reasons import Reason
+
 JOB_LABELS = ("namespace", "compressionjob")
 
 
 @dataclass
 class Metrics:
+    """The worker's Prometheus metrics, labelled with its job: tasks by outcome and reason,
+    durations, bytes, busy processes, retries and chosen qualities."""
+
     namespace: str = ""
     job: str = ""
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
@@ -59,10 +64,10 @@ class Metrics:
             registry=self.registry,
         ).labels(**job)
 
-    def task_ended(self, outcome: str, reason: str) -> None:
+    def task_ended(self, outcome: str, reason: Reason | str) -> None:
         self._tasks.labels(self.namespace, self.job, outcome, reason).inc()
 
-    def task_retried(self, reason: str) -> None:
+    def task_retried(self, reason: Reason | str) -> None:
         self._retries.labels(self.namespace, self.job, reason).inc()
 
     def observe_quality(self, quality: int | None, ssim: float | None) -> None:

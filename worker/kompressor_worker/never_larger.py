@@ -27,10 +27,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-REASON = "not_smaller"
+from kompressor.reasons import Reason
+
+REASON = Reason.not_smaller
 
 
 class Store(StrEnum):
+    """What neverLarger stores: the encoded output, the input's own bytes, or nothing."""
+
     encoded = "encoded"
     original = "original"
     nothing = "nothing"

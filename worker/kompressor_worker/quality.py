@@ -4,7 +4,7 @@ chroma subsampling that keeps a chroma SSIM floor.
 What it is for: `output.targetSSIM`. Given a prepared image (upright, resized, in the output's
 mode) and an encoder `encode(image, quality, subsampling) -> bytes`, find cheaply a quality whose
 output, decoded, keeps SSIM ≥ the floor against the image, as low as the search can tell, within
-per-format bounds, and the least chroma (the first of `Settings.subsamplings`) that keeps chroma
+per-format bounds, and the least chroma (the first of `SearchSettings.subsamplings`) that keeps chroma
 SSIM ≥ `CHROMA_FLOOR`.
 
 What it must never do: I/O, logging, reading settings; it is pure like the codec (same image, floor
@@ -23,7 +23,7 @@ The search (`choose_quality`), on log(1 − SSIM), which is close to linear on a
    tile's edge, ~1e-6), a sample of its SSIM map (off by 0.03 in log(1 − SSIM) at the median on the
    photo corpus, 0.09 at the 90th percentile). For WebP and AVIF (prediction and loop filters cross
    blocks) it is an estimate. It starts from
-   the format's typical answer for the floor (`Settings.starts`), then each step aims where a
+   the format's typical answer for the floor (`SearchSettings.starts`), then each step aims where a
    piecewise-linear curve through the points measured so far (a typical slope from one point)
    meets the floor — a little past it while only one side is known, at most `max_step` away —
    until the bracket of failing and meeting qualities is `probe_tolerance` wide (≤ `max_probe`).
@@ -62,9 +62,10 @@ import numpy as np
 from PIL import Image
 
 from kompressor.crd import Format
+from kompressor.reasons import Reason
 from kompressor_worker.ssim import WINDOW, Target
 
-UNREACHABLE = "quality_floor_unreachable"
+UNREACHABLE = Reason.quality_floor_unreachable
 
 # Chroma SSIM (the lower of Cb's and Cr's) every output keeps: see the module docstring.
 CHROMA_FLOOR = 0.95
@@ -85,7 +86,7 @@ Encoder = Callable[[Image.Image, int, str], bytes]  # (image, quality, subsampli
 
 
 @dataclass(frozen=True)
-class Settings:
+class SearchSettings:
     """Bounds, budget and priors of one search (see the module docstring for how they are used).
 
     `starts` maps floors to a typical answer (interpolated in log(1 − floor)): the first quality
@@ -138,22 +139,22 @@ class Settings:
 # +0.0028). libwebp's lossy format is 4:2:0 only. `starts`: the median per-image answer on
 # tests.corpus.real_photos() fit in 1200 px (AVIF: 4 of them); `slope`: the median d log(1 - SSIM)
 # per unit of the axis there, SSIM 0.95-0.997.
-SEARCH: dict[Format, Settings] = {
-    Format.jpeg: Settings(
+SEARCH: dict[Format, SearchSettings] = {
+    Format.jpeg: SearchSettings(
         lowest=30,
         highest=95,
         axis="jpeg",
         slope=1.5,
         starts=((0.90, 30), (0.95, 52), (0.97, 66), (0.98, 76), (0.99, 82), (0.995, 85), (0.999, 92)),
     ),
-    Format.webp: Settings(
+    Format.webp: SearchSettings(
         lowest=30,
         highest=95,
         slope=0.47,
         subsamplings=(SUBSAMPLING_420,),
         starts=((0.90, 30), (0.95, 48), (0.97, 78), (0.98, 85), (0.99, 91), (0.995, 95)),
     ),
-    Format.avif: Settings(
+    Format.avif: SearchSettings(
         lowest=30,
         highest=95,
         slope=1.0,
@@ -164,6 +165,8 @@ SEARCH: dict[Format, Settings] = {
 
 @dataclass(frozen=True)
 class Attempt:
+    """One encode the search measured: its quality, subsampling, SSIMs and size."""
+
     quality: int
     ssim: float  # luma
     size: int  # bytes of that encode
@@ -260,7 +263,7 @@ class _Curve:
     SSIM); beyond the ends it follows the end segment's slope (kept within 1/3..3x the typical
     slope), or the typical slope from a single point."""
 
-    def __init__(self, points: dict[int, float], settings: Settings):
+    def __init__(self, points: dict[int, float], settings: SearchSettings):
         pairs = sorted((_axis(settings.axis, q), _t(value)) for q, value in points.items())
         self.xs = [x for x, _ in pairs]
         self.ts = [t for _, t in pairs]
@@ -342,7 +345,7 @@ Measure = Callable[[int, str], Attempt]
 def _bracket_search(
     measure: Measure,
     sampling: _Sampling,
-    settings: Settings,
+    settings: SearchSettings,
     budget: int,
     tolerance: int,
     last_at_highest: bool,
@@ -399,7 +402,7 @@ def choose_quality(
     image: Image.Image,
     floor: float,
     encode: Encoder,
-    settings: Settings,
+    settings: SearchSettings,
     chroma_floor: float = CHROMA_FLOOR,
 ) -> Choice:
     """The lowest quality (within the settings' bounds and budget) whose full-size output keeps
@@ -465,7 +468,7 @@ def _shortfall(attempt: Attempt, floor: float, chroma_floor: float) -> tuple[boo
 
 
 def _confirm(
-    measure: Measure, sampling: _Sampling, probe: list[Attempt], settings: Settings
+    measure: Measure, sampling: _Sampling, probe: list[Attempt], settings: SearchSettings
 ) -> list[Attempt]:
     """Phase 2: encode at full size where the probe's curve meets the floor (with `first_margin`);
     after an output that lost only chroma, the same quality at the next subsampling; after a miss,

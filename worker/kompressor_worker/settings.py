@@ -13,6 +13,9 @@ from kompressor.settings import AllowedInputFormats, BrokerSettings, StorageSett
 
 
 class WorkerSettings(BaseSettings):
+    """The worker's settings from KOMPRESSOR_* variables (operator builders.worker_settings_env
+    renders them for the Deployment and local mode)."""
+
     model_config = SettingsConfigDict(env_prefix="KOMPRESSOR_", env_nested_delimiter="__", extra="ignore")
 
     broker: BrokerSettings = Field(default_factory=BrokerSettings)

@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kompressor.messages import Task
+from kompressor.reasons import Reason
 
 META_JOB = "kompressor-job"
 META_TASK = "kompressor-task"
@@ -51,11 +52,11 @@ def _classify(exc: Exception, what: str) -> StorageError:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         if code in _MISSING:
-            return StorageError("source_missing", f"{what}: not found ({code})", transient=False)
+            return StorageError(Reason.source_missing, f"{what}: not found ({code})", transient=False)
         if code in _PERMANENT or status == 403:
-            return StorageError("access_denied", f"{what}: {code or status}", transient=False)
-        return StorageError("storage_error", f"{what}: {code or status}", transient=True)
-    return StorageError("storage_unavailable", f"{what}: {exc}", transient=True)
+            return StorageError(Reason.access_denied, f"{what}: {code or status}", transient=False)
+        return StorageError(Reason.storage_error, f"{what}: {code or status}", transient=True)
+    return StorageError(Reason.storage_unavailable, f"{what}: {exc}", transient=True)
 
 
 class OutputChanged(Exception):
@@ -84,14 +85,14 @@ def read_source_object(client, bucket: str, key: str, max_bytes: int) -> tuple[b
         if response.get("ContentLength", 0) > max_bytes:
             response["Body"].close()
             raise StorageError(
-                "too_large", f"{what} is {response['ContentLength']} bytes; limit {max_bytes}", False
+                Reason.too_large, f"{what} is {response['ContentLength']} bytes; limit {max_bytes}", False
             )
         chunks, size = [], 0
         for chunk in response["Body"].iter_chunks(_CHUNK):
             size += len(chunk)
             if size > max_bytes:
                 response["Body"].close()
-                raise StorageError("too_large", f"{what} exceeds the {max_bytes}-byte limit", False)
+                raise StorageError(Reason.too_large, f"{what} exceeds the {max_bytes}-byte limit", False)
             chunks.append(chunk)
         return b"".join(chunks), response.get("ETag", "").strip('"'), dict(response.get("Metadata") or {})
     except (ClientError, BotoCoreError) as exc:
@@ -117,7 +118,7 @@ def existing_output(client, bucket: str, key: str) -> ExistingOutput | None:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         error = _classify(exc, f"s3://{bucket}/{key}")
-        if error.reason == "source_missing":
+        if error.reason == Reason.source_missing:
             return None
         raise error from None
     except BotoCoreError as exc:
@@ -211,6 +212,6 @@ def conditional_writes_honoured(write: Callable[..., None]) -> bool | None:
 
 def _output_error(exc: Exception, task: Task) -> StorageError:
     error = _classify(exc, f"s3://{task.dest_bucket}/{task.dest_key}")
-    if error.reason == "source_missing":  # the destination bucket is gone
-        return StorageError("destination_missing", str(error), transient=False)
+    if error.reason == Reason.source_missing:  # the destination bucket is gone
+        return StorageError(Reason.destination_missing, str(error), transient=False)
     return error

@@ -35,7 +35,9 @@ from functools import partial
 
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing, InputFormat, Limits, Output
+from kompressor.formats import CONTENT_TYPES
 from kompressor.messages import Outcome, PlannedRendition, RenditionResult, Result, Task, overall
+from kompressor.reasons import Reason
 from kompressor_s3 import s3_client
 from kompressor_worker.codec import CodecError, Compressed, compress
 from kompressor_worker.fetch import FetchError, RateLimiter, fetch_url
@@ -54,15 +56,6 @@ from kompressor_worker.storage import (
 )
 
 log = logging.getLogger("kompressor.worker")
-
-CONTENT_TYPES = {
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-    "avif": "image/avif",
-    "png": "image/png",
-    "gif": "image/gif",
-    "tiff": "image/tiff",
-}
 
 
 class TransientError(Exception):
@@ -211,7 +204,7 @@ class TaskRunner:
             return self._run_renditions(task, task.renditions, deadline, on_encode)
         problem = check_key(task.dest_key)
         if problem:
-            return _result(task, Outcome.failed, reason="invalid_key", message=f"output key {problem}")
+            return _result(task, Outcome.failed, reason=Reason.invalid_key, message=f"output key {problem}")
         try:
             looked = self.lookups.look_first(task.dest_bucket, delivered_before)
             found = None
@@ -314,7 +307,7 @@ class TaskRunner:
         with `settings` (the task's output) within the task's deadline."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise TransientError("timeout", f"fetching took all of {task.limits.task_timeout_seconds}s")
+            raise TransientError(Reason.timeout, f"fetching took all of {task.limits.task_timeout_seconds}s")
         try:
             args = (
                 data,
@@ -324,11 +317,11 @@ class TaskRunner:
             )
             future = self.pool.schedule(function, args=args, timeout=remaining)
         except RuntimeError:  # the pool is broken; the consumer restarts the worker
-            raise TransientError("worker_crashed", "the process pool is broken") from None
+            raise TransientError(Reason.worker_crashed, "the process pool is broken") from None
         on_encode(future)
         while not wait([future], timeout=0.5, return_when=FIRST_COMPLETED).done:
             if self._closing.is_set():
-                raise TransientError("worker_stopping", "the worker stopped before the encode finished")
+                raise TransientError(Reason.worker_stopping, "the worker stopped before the encode finished")
         return future.result()
 
     def _run_renditions(
@@ -499,7 +492,7 @@ def earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
         return _result(
             task,
             Outcome.failed,
-            reason="output_collision",
+            reason=Reason.output_collision,
             message=f"{found.source} of this job already maps to the same output key",
         )
     if found.job == task.job.uid and found.settings == settings:
@@ -519,7 +512,7 @@ def earlier_result(task: Task, found: ExistingOutput | None) -> Result | None:
             Outcome.skipped,
             bytes_in=found.bytes_in,
             bytes_out=found.bytes_out,
-            reason="exists",
+            reason=Reason.exists,
             message="output exists for this source version and settings",
         )
     return None
@@ -535,7 +528,7 @@ def _same_input(task: Task, found: ExistingOutput) -> bool:
 
 
 def _output_changed() -> TransientError:
-    return TransientError("output_changed", "the output was written by someone else meanwhile")
+    return TransientError(Reason.output_changed, "the output was written by someone else meanwhile")
 
 
 def _result(task: Task, outcome: Outcome, **fields) -> Result:

@@ -98,7 +98,7 @@ from dataclasses import dataclass
 from kompressor.crd import WEB_INPUT_FORMATS, Format, InputFormat, Limits, Output
 from kompressor_worker import never_larger
 from kompressor_worker import quality as auto
-from kompressor_worker.codec.autoquality import choose_quality
+from kompressor_worker.codec.autoquality import auto_quality
 from kompressor_worker.codec.decoding import (
     AUTO_QUALITY_BYTES_PER_PIXEL,
     RESIZE_REDUCING_GAP,
@@ -135,7 +135,7 @@ __all__ = [
     "Compressed",
     "MemoryEstimate",
     "Prepared",
-    "choose_quality",
+    "auto_quality",
     "compress",
     "derive",
     "encode",
@@ -191,7 +191,7 @@ def finish(prepared: Prepared, data: bytes, output: Output) -> Compressed:
     attempts: tuple[auto.Attempt, ...] = ()
     chosen: auto.Choice | None = None
     if output.target_ssim is not None and prepared.format in LOSSY:
-        chosen = choose_quality(prepared, output.target_ssim)
+        chosen = auto_quality(prepared, output.target_ssim)
         quality, ssim, reason, attempts = chosen.quality, chosen.ssim, chosen.reason, chosen.attempts
         encoded = chosen.data
         if prepared.format is Format.jpeg and jpeg_measures_exactly():

@@ -19,7 +19,7 @@ from kompressor_worker.codec.encoding import (
 from kompressor_worker.codec.formats import LOSSY
 
 
-def choose_quality(prepared: Prepared, floor: float) -> auto.Choice:
+def auto_quality(prepared: Prepared, floor: float) -> auto.Choice:
     """Automatic quality for a prepared lossy output: the search of `quality.py` with this format's
     bounds, measuring JPEG with baseline encodes when they decode to the stored encode's pixels.
     `Choice.data` is then a baseline JPEG: encode `Choice.quality` again to store it."""

@@ -14,6 +14,7 @@ from PIL import Image, ImageFile, JpegImagePlugin, UnidentifiedImageError
 
 from kompressor import inputs
 from kompressor.crd import WEB_INPUT_FORMATS, Format, InputFormat, Limits, Output
+from kompressor.reasons import Reason
 from kompressor_worker import memory
 from kompressor_worker import quality as auto
 from kompressor_worker.codec import metadata
@@ -69,7 +70,7 @@ def prepare(
     `needs`: what the memory budget is checked against, instead of one output's `estimate_memory`
     (renditions admit the whole set they make from this decode)."""
     if not data:
-        raise CodecError("empty_input", "the input is empty (0 bytes)")
+        raise CodecError(Reason.empty_input, "the input is empty (0 bytes)")
     try:
         with pillow_limits(limits.max_pixels):
             return _prepare(bytes(data), output, limits, memory_budget_bytes, allowed_input_formats, needs)
@@ -79,12 +80,12 @@ def prepare(
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{found.group(1)} pixels" if found else "too many pixels"
         raise CodecError(
-            "too_many_pixels", f"the image has {size}, more than maxPixels ({limits.max_pixels})"
+            Reason.too_many_pixels, f"the image has {size}, more than maxPixels ({limits.max_pixels})"
         ) from None
     except MemoryError:
-        raise CodecError("too_much_memory", "decoding the image ran out of memory") from None
+        raise CodecError(Reason.too_much_memory, "decoding the image ran out of memory") from None
     except Exception as exc:
-        raise CodecError("decode_error", f"the image cannot be decoded: {describe(exc)}") from None
+        raise CodecError(Reason.decode_error, f"the image cannot be decoded: {describe(exc)}") from None
 
 
 MemoryEstimate = Callable[[tuple[int, int], str, tuple[int, int]], int]
@@ -166,10 +167,12 @@ def _open(
     except UnidentifiedImageError:
         other = _identify_any(data)
         if other is None:
-            raise CodecError("decode_error", "the input is not an image in any format Pillow knows") from None
+            raise CodecError(
+                Reason.decode_error, "the input is not an image in any format Pillow knows"
+            ) from None
         found = SOURCE_FORMATS.get(other, other)
         message = inputs.refusal(found, limits.input_formats, allowed_input_formats)
-        raise CodecError("unsupported_format", message) from None
+        raise CodecError(Reason.unsupported_format, message) from None
     return image, SOURCE_FORMATS[image.format or ""]
 
 
@@ -209,7 +212,7 @@ def _prepare(
     width, height = image.size
     if width * height > limits.max_pixels:
         raise CodecError(
-            "too_many_pixels",
+            Reason.too_many_pixels,
             f"the image is {width}x{height} = {width * height} pixels, more than maxPixels "
             f"({limits.max_pixels})",
         )
@@ -235,7 +238,7 @@ def _prepare(
         needed = max(estimate(image.size, image.mode, t) for t in targets)
         if needed > memory_budget_bytes:
             raise CodecError(
-                "too_much_memory",
+                Reason.too_much_memory,
                 f"decoding the {width}x{height} {image.mode} image and encoding it as {fmt.value} needs "
                 f"about {needed} bytes, more than this worker's budget of {memory_budget_bytes} bytes",
             )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, PngImagePlugin
 
 from kompressor.crd import Format
+from kompressor.reasons import Reason
 from kompressor_worker.codec import metadata
 from kompressor_worker.codec.errors import CodecError, describe
 from kompressor_worker.codec.formats import PILLOW_FORMAT
@@ -87,10 +88,10 @@ def encode(
                 image.save(buffer, PILLOW_FORMAT[fmt], **params)
         return buffer.getvalue()
     except MemoryError:
-        raise CodecError("too_much_memory", f"encoding {fmt.value} ran out of memory") from None
+        raise CodecError(Reason.too_much_memory, f"encoding {fmt.value} ran out of memory") from None
     except Exception as exc:
         raise CodecError(
-            "encode_error",
+            Reason.encode_error,
             f"the {fmt.value} encoder refused the {image.width}x{image.height} image: {describe(exc)}",
         ) from None
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from kompressor.reasons import Reason
+
 REASONS = frozenset(
     {
-        "empty_input",
-        "decode_error",
-        "unsupported_format",
-        "too_many_pixels",
-        "too_much_memory",
-        "encode_error",
+        Reason.empty_input,
+        Reason.decode_error,
+        Reason.unsupported_format,
+        Reason.too_many_pixels,
+        Reason.too_much_memory,
+        Reason.encode_error,
     }
 )
 
@@ -17,7 +19,7 @@ REASONS = frozenset(
 class CodecError(Exception):
     """An input that cannot become an output; `reason` is one of REASONS, a machine-readable word."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: Reason, message: str):
         self.reason = reason
         self.message = message
         super().__init__(message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kompressor.crd import Format, InputFormat
+from kompressor.formats import kept
 
 # Pillow format id -> the input format it is.
 SOURCE_FORMATS = {
@@ -21,14 +22,6 @@ SOURCE_FORMATS = {
     "PSD": InputFormat.psd,
     "HEIF": InputFormat.heif,
 }
-KEEP = {
-    InputFormat.jpeg: Format.jpeg,
-    InputFormat.png: Format.png,
-    InputFormat.webp: Format.webp,
-    InputFormat.avif: Format.avif,
-    InputFormat.heif: Format.jpeg,
-    InputFormat.jpeg2000: Format.jpeg,
-}
 LOSSY = frozenset({Format.jpeg, Format.webp, Format.avif})
 PILLOW_FORMAT = {Format.jpeg: "JPEG", Format.webp: "WEBP", Format.avif: "AVIF", Format.png: "PNG"}
 
@@ -37,5 +30,5 @@ def resolve_format(fmt: Format, source_format: str) -> Format:
     """The concrete output format: `keep` becomes the input's format when it is an output format,
     JPEG for the other photo codecs (HEIF, JPEG 2000), else PNG."""
     if fmt is Format.keep:
-        return KEEP.get(InputFormat(source_format), Format.png)
+        return kept(InputFormat(source_format))
     return fmt

@@ -10,7 +10,7 @@ from kompressor_operator.policy import Claim, Sample, ScaleState
 from kompressor_operator.reconcile import budgeted
 from tests.unit.test_reconcile import SPEC
 
-BACKLOG = Sample(ready=50, unacked=0, published=50, accounted=0)
+BACKLOG = Sample(ready=50, published=50, accounted=0)
 
 
 def test_ten_jobs_deciding_at_once_ask_for_no_more_than_the_budget():

@@ -88,7 +88,7 @@ def simulate(jobs: list[SimJob], max_total: int, seed: int, horizon: int) -> Run
         for job in running:
             finished = job.done >= job.tasks
             left = job.tasks - job.done
-            sample = Sample(ready=left, unacked=0, published=job.tasks, accounted=job.done, finished=finished)
+            sample = Sample(ready=left, published=job.tasks, accounted=job.done, finished=finished)
             with book.deciding() as budget:
                 decision, claim = budgeted(
                     sample, specs[job.key], job.state, float(tick), job.key, job.created, budget

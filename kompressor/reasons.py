@@ -43,6 +43,7 @@ class Reason(StrEnum):
     output_collision = "output_collision"
     exists = "exists"  # skipped: the output is there already
     not_smaller = "not_smaller"  # skipped: neverLarger stored nothing
+    would_upscale = "would_upscale"  # a rendition skipped: wider than its source
     quality_floor_unreachable = "quality_floor_unreachable"  # done: no quality met targetSSIM
     # The worker.
     worker_crashed = "worker_crashed"

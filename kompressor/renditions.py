@@ -17,8 +17,9 @@ from __future__ import annotations
 from kompressor import keys
 from kompressor.crd import Animation, CompressionJobSpec, Format
 from kompressor.messages import PlannedRendition, SourceObject, relative_name, templated_key
+from kompressor.reasons import Reason
 
-WOULD_UPSCALE = "would_upscale"
+WOULD_UPSCALE = Reason.would_upscale
 """Skip reason of a width above the source's: kompressor never upscales (docs/renditions.md)."""
 
 

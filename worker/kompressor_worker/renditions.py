@@ -30,6 +30,7 @@ from collections.abc import Collection, Sequence
 from PIL import Image, ImageSequence
 
 from kompressor.crd import WEB_INPUT_FORMATS, Format, InputFormat, Limits, Output, Resize
+from kompressor.reasons import Reason
 from kompressor.renditions import WOULD_UPSCALE
 from kompressor_worker import codec, memory
 from kompressor_worker.never_larger import REASON as NOT_SMALLER
@@ -128,7 +129,7 @@ def animate(
     needed = frames * (source + size[0] * size[1]) * 4 + memory.encoder_memory(Format.webp, size)
     if memory_budget_bytes is not None and needed > memory_budget_bytes:
         return Made(
-            reason="too_much_memory",
+            reason=Reason.too_much_memory,
             message=f"{frames} frames at {size[0]}x{size[1]} need about {needed} bytes, more than this "
             f"worker's budget of {memory_budget_bytes} bytes",
         )
@@ -159,9 +160,9 @@ def animate(
             method=codec.WEBP_METHOD,
         )
     except MemoryError:
-        return Made(reason="too_much_memory", message="encoding the animation ran out of memory")
+        return Made(reason=Reason.too_much_memory, message="encoding the animation ran out of memory")
     except Exception as exc:
-        return Made(reason="encode_error", message=f"the animated webp encoder refused it: {exc}")
+        return Made(reason=Reason.encode_error, message=f"the animated webp encoder refused it: {exc}")
     encoded = buffer.getvalue()
     if output.never_larger and len(encoded) >= len(data):
         return Made(

@@ -339,7 +339,9 @@ class TaskRunner:
                 one = task.for_rendition(rendition)
                 problem = check_key(one.dest_key)
                 if problem:
-                    ends[index] = _ended(rendition, Outcome.failed, "invalid_key", f"output key {problem}")
+                    ends[index] = _ended(
+                        rendition, Outcome.failed, Reason.invalid_key, f"output key {problem}"
+                    )
                     continue
                 found[index] = existing_output(self.client, one.dest_bucket, one.dest_key)
                 earlier = earlier_result(one, found[index])

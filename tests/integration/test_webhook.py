@@ -273,9 +273,17 @@ def secrets(kube: KubeAPI) -> JobRef:
     kube.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{PLURAL}.{GROUP}")
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     kube.kubectl("create", "namespace", namespace)
-    made = {"hook-hmac": f"hmacKey={WHSEC}", "hook-empty": "hmacKey=", "hook-other": "x=y"}
-    for name, literal in made.items():
-        kube.kubectl("create", "secret", "generic", name, "-n", namespace, f"--from-literal={literal}")
+    made = {
+        "hook-hmac": [f"hmacKey={WHSEC}"],
+        "hook-empty": ["hmacKey="],
+        "hook-other": ["x=y"],
+        # The worker Secrets a job's namespace must hold before it starts (never read by these tests).
+        "kompressor-broker": ["url=amqp://unused"],
+        "kompressor-storage": ["accessKeyId=unused", "secretAccessKey=unused"],
+    }
+    for name, literals in made.items():
+        args = [f"--from-literal={literal}" for literal in literals]
+        kube.kubectl("create", "secret", "generic", name, "-n", namespace, *args)
     kubernetes.config.load_kube_config(config_file=str(kube.kubeconfig_path))
     return JOB.model_copy(update={"namespace": namespace})
 

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 
 from kompressor import keys
 from kompressor.crd import Destination, Existing, Format, Limits, Output
@@ -300,6 +301,44 @@ class Result(_Wire):
                 Reason.malformed_message, f"Result of {len(body)} bytes is over {MAX_RESULT_BYTES}"
             )
         return super().decode(body)
+
+
+class ManifestLine(BaseModel):
+    """One line of a job's manifest.jsonl and of its ledger parts: how one input ended, in the
+    manifest's camelCase. Written from a Result (`kompressor_operator.ledger.manifest_line`) and read
+    back as the Result it counts as, after an operator restart.
+
+    `encode` writes what the ledger wrote before this model (`json.dumps`, compact, ASCII, empty
+    optional fields left out), so old ledgers and manifests read back unchanged and new ones are the
+    same bytes. Reading ignores keys it does not know. `renditions` stays the list of camelCase
+    dicts that `kompressor.index` reads (one `ledger.rendition_line` each)."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    id: int = Field(ge=0, le=MAX_ID)
+    source: str
+    dest: str = Field(default="", description="Empty when the input failed.")
+    outcome: Outcome
+    bytes_in: int = Field(ge=0, le=MAX_OBJECT_BYTES)
+    bytes_out: int = Field(ge=0, le=MAX_OBJECT_BYTES)
+    reason: str
+    message: str = ""
+    attempts: int = 1
+    quality: int | None = None
+    ssim: float | None = None
+    stored_original: Literal[True] | None = Field(default=None, description="Written only when true.")
+    frames: int | None = None
+    renditions: list[dict[str, Any]] | None = None
+
+    def encode(self) -> str:
+        """The line, without its newline."""
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, line: str | bytes) -> ManifestLine:
+        """A line read back; raises ValueError (pydantic's ValidationError is one), TypeError or
+        RecursionError when it is not a manifest line."""
+        return cls.model_validate(json.loads(line))
 
 
 # --- output keys ----------------------------------------------------------------------------------

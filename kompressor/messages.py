@@ -193,6 +193,8 @@ class Task(_Wire):
 
 
 class Outcome(StrEnum):
+    """How an input (or one rendition) ended."""
+
     done = "done"
     skipped = "skipped"
     failed = "failed"
@@ -387,26 +389,32 @@ def bounded_key(destination: Destination, relative: str, ext: str) -> str:
 
 
 def queue_base(job: JobRef) -> str:
+    """The prefix of every queue of one job: namespace, name and the uid's first 8 characters."""
     return f"kompressor.{job.namespace}.{job.name}.{job.uid8}"
 
 
 def task_queue(job: JobRef) -> str:
+    """The job's tasks, consumed by its workers."""
     return f"{queue_base(job)}.tasks"
 
 
 def result_queue(job: JobRef) -> str:
+    """The job's results, read by the operator (or local mode) into the ledger."""
     return f"{queue_base(job)}.results"
 
 
 def dead_queue(job: JobRef) -> str:
+    """Tasks the broker dead-lettered: rejected, or out of delivery attempts."""
     return f"{queue_base(job)}.dead"
 
 
 def retry_queue(job: JobRef) -> str:
+    """Tasks waiting out their retry delay (`retry_queue_arguments`)."""
     return f"{queue_base(job)}.retry"
 
 
 def job_queues(job: JobRef) -> list[str]:
+    """Every queue of the job: what is declared when it starts and deleted when it goes."""
     return [task_queue(job), result_queue(job), dead_queue(job), retry_queue(job)]
 
 

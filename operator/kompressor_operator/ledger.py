@@ -78,10 +78,12 @@ class Recorded:
 
 
 def ledger_prefix(job: JobRef, spec: CompressionJobSpec) -> str:
+    """Where a job keeps its ledger and manifest: `.kompressor/<job>/` under the destination prefix."""
     return f"{spec.destination.s3.prefix}.kompressor/{job.name}/"
 
 
 def manifest_key(job: JobRef, spec: CompressionJobSpec) -> str:
+    """The key of the job's manifest.jsonl."""
     return f"{ledger_prefix(job, spec)}manifest.jsonl"
 
 
@@ -154,11 +156,13 @@ class _Bits:
 
 
 def part_key_name(span: Span) -> str:
+    """A ledger part's name: `part-<n>.jsonl` for one batch, `part-<first>-<last>.jsonl` merged."""
     first, last = span
     return f"part-{first:08d}.jsonl" if first == last else f"part-{first:08d}-{last:08d}.jsonl"
 
 
 def summary_key_name(span: Span) -> str:
+    """The name of a merged part's summary."""
     return f"sum-{span[0]:08d}-{span[1]:08d}.json"
 
 

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
 
 from kompressor import keys
 from kompressor.crd import Destination, Existing, Format, Limits, Output
@@ -192,6 +193,8 @@ class Task(_Wire):
 
 
 class Outcome(StrEnum):
+    """How an input (or one rendition) ended."""
+
     done = "done"
     skipped = "skipped"
     failed = "failed"
@@ -302,6 +305,44 @@ class Result(_Wire):
         return super().decode(body)
 
 
+class ManifestLine(BaseModel):
+    """One line of a job's manifest.jsonl and of its ledger parts: how one input ended, in the
+    manifest's camelCase. Written from a Result (`kompressor_operator.ledger.manifest_line`) and read
+    back as the Result it counts as, after an operator restart.
+
+    `encode` writes what the ledger wrote before this model (`json.dumps`, compact, ASCII, empty
+    optional fields left out), so old ledgers and manifests read back unchanged and new ones are the
+    same bytes. Reading ignores keys it does not know. `renditions` stays the list of camelCase
+    dicts that `kompressor.index` reads (one `ledger.rendition_line` each)."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True)
+
+    id: int = Field(ge=0, le=MAX_ID)
+    source: str
+    dest: str = Field(default="", description="Empty when the input failed.")
+    outcome: Outcome
+    bytes_in: int = Field(ge=0, le=MAX_OBJECT_BYTES)
+    bytes_out: int = Field(ge=0, le=MAX_OBJECT_BYTES)
+    reason: str
+    message: str = ""
+    attempts: int = 1
+    quality: int | None = None
+    ssim: float | None = None
+    stored_original: Literal[True] | None = Field(default=None, description="Written only when true.")
+    frames: int | None = None
+    renditions: list[dict[str, Any]] | None = None
+
+    def encode(self) -> str:
+        """The line, without its newline."""
+        return json.dumps(self.model_dump(by_alias=True, exclude_none=True), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, line: str | bytes) -> ManifestLine:
+        """A line read back; raises ValueError (pydantic's ValidationError is one), TypeError or
+        RecursionError when it is not a manifest line."""
+        return cls.model_validate(json.loads(line))
+
+
 # --- output keys ----------------------------------------------------------------------------------
 
 
@@ -348,26 +389,32 @@ def bounded_key(destination: Destination, relative: str, ext: str) -> str:
 
 
 def queue_base(job: JobRef) -> str:
+    """The prefix of every queue of one job: namespace, name and the uid's first 8 characters."""
     return f"kompressor.{job.namespace}.{job.name}.{job.uid8}"
 
 
 def task_queue(job: JobRef) -> str:
+    """The job's tasks, consumed by its workers."""
     return f"{queue_base(job)}.tasks"
 
 
 def result_queue(job: JobRef) -> str:
+    """The job's results, read by the operator (or local mode) into the ledger."""
     return f"{queue_base(job)}.results"
 
 
 def dead_queue(job: JobRef) -> str:
+    """Tasks the broker dead-lettered: rejected, or out of delivery attempts."""
     return f"{queue_base(job)}.dead"
 
 
 def retry_queue(job: JobRef) -> str:
+    """Tasks waiting out their retry delay (`retry_queue_arguments`)."""
     return f"{queue_base(job)}.retry"
 
 
 def job_queues(job: JobRef) -> list[str]:
+    """Every queue of the job: what is declared when it starts and deleted when it goes."""
     return [task_queue(job), result_queue(job), dead_queue(job), retry_queue(job)]
 
 

@@ -153,6 +153,8 @@ class S3Destination(CamelModel):
     prefix: Prefix = ""
 
 
+# The enums of the spec have no docstring: pydantic would publish it in the CRD as the enum's
+# description (changing the generated CRD); each field's description says what its values do.
 class Existing(StrEnum):
     skip = "skip"
     overwrite = "overwrite"

@@ -11,6 +11,7 @@ from pydantic import Field
 from kompressor.crd.base import CamelModel
 
 
+# No docstring: pydantic would publish it in the CRD as the enum's description; the field has one.
 class Phase(StrEnum):
     pending = "Pending"
     listing = "Listing"

@@ -22,6 +22,8 @@ from kompressor_operator.reconcile import Budget
 
 
 class BudgetBook:
+    """Every job's claim and held workers in this operator process, behind one lock (see above)."""
+
     def __init__(self, max_total: int) -> None:
         self.max_total = max_total
         self._lock = threading.RLock()

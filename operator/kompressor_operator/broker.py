@@ -33,6 +33,8 @@ PERSISTENT = pika.BasicProperties(content_type=CONTENT_TYPE, delivery_mode=2)
 
 
 def connect(url: str, heartbeat: int = 30) -> pika.BlockingConnection:
+    """A blocking connection to the broker at `url`: with heartbeats, and given up after a minute
+    blocked (the broker blocks publishers while it is short of memory or disk)."""
     parameters = pika.URLParameters(url)
     parameters.heartbeat = heartbeat
     parameters.blocked_connection_timeout = 60
@@ -49,6 +51,7 @@ def declare_job_queues(channel, job: JobRef, limits: Limits) -> None:
 
 
 def delete_job_queues(channel, job: JobRef) -> None:
+    """Delete every queue of the job (`job_queues`), with what they still hold."""
     for name in job_queues(job):
         channel.queue_delete(name)
 
@@ -253,6 +256,7 @@ class Depth:
 
 
 def queue_depth(channel, name: str) -> Depth:
+    """How many messages the queue `name` holds ready; it must exist."""
     method = channel.queue_declare(name, passive=True).method
     return Depth(ready=method.message_count)
 
@@ -293,6 +297,8 @@ def drain_results(
 
 
 def drain_dead_letters(channel, job: JobRef, limit: int = 1000) -> Iterator[tuple[int, DeadLetter]]:
+    """Up to `limit` of the job's dead letters, each with its delivery tag (unacked: the caller acks
+    it once recorded) and the broker's first x-death reason."""
     for _ in range(limit):
         method, properties, body = channel.basic_get(dead_queue(job), auto_ack=False)
         if method is None:

@@ -19,6 +19,7 @@ EXIT_SUCCEEDED, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def render_crd() -> str:
+    """The CompressionJob CRD as YAML (`kompressor crd`)."""
     return yaml.safe_dump(crd(), sort_keys=False, width=100)
 
 

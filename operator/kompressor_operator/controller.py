@@ -454,6 +454,7 @@ class Controller:
 
 
 def refusals(refused: list[str]) -> list[Event]:
+    """A Warning Event naming the spec fields that changed after the job started, or none."""
     if not refused:
         return []
     return [

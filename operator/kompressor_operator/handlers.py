@@ -70,6 +70,7 @@ def leadership_priority(started: float) -> int:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """kopf startup: where kopf keeps its state, peering, and the controller in `memo`."""
     # kopf's own state goes in our annotations; status stays ours alone (its schema is strict).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -128,6 +129,7 @@ def _finished(body: kopf.Body) -> bool:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """A job created (or found on resume): the controller starts it, or its refusal goes in the status."""
     if _finished(body):
         return
     try:
@@ -179,6 +181,7 @@ def _expiring(body: kopf.Body, **_: Any) -> bool:
 # kopf re-evaluates `when` on every change of the job, starting and stopping the timer as it flips.
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, when=_stepping)
 async def step(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    """The timer: one controller step of a running job, its outcome written to the status."""
     try:
         outcome = await asyncio.to_thread(memo.controller.step, dict(body), memo.poll_interval)
     except DeploymentNotOwned as exc:
@@ -211,4 +214,5 @@ async def spec_changed(body: kopf.Body, old: Any, new: Any, memo: kopf.Memo, **_
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 async def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A job deleted: the controller deletes its queues (the Deployment goes by its owner reference)."""
     await asyncio.to_thread(memo.controller.delete, dict(body))

@@ -23,6 +23,7 @@ from kompressor_operator.builders import scale_patch
 
 
 def load_config() -> None:
+    """The in-cluster service account's config, else the local kubeconfig."""
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:

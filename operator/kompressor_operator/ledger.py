@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from kompressor import index
 from kompressor.crd import CompressionJobSpec
-from kompressor.messages import JobRef, Outcome, RenditionResult, Result
+from kompressor.messages import JobRef, ManifestLine, Outcome, RenditionResult, Result
 from kompressor.reasons import Reason
 
 log = logging.getLogger("kompressor.ledger")
@@ -78,36 +78,33 @@ class Recorded:
 
 
 def ledger_prefix(job: JobRef, spec: CompressionJobSpec) -> str:
+    """Where a job keeps its ledger and manifest: `.kompressor/<job>/` under the destination prefix."""
     return f"{spec.destination.s3.prefix}.kompressor/{job.name}/"
 
 
 def manifest_key(job: JobRef, spec: CompressionJobSpec) -> str:
+    """The key of the job's manifest.jsonl."""
     return f"{ledger_prefix(job, spec)}manifest.jsonl"
 
 
-def manifest_line(result: Result) -> dict:
-    line = {
-        "id": result.id,
-        "source": result.source,
-        "dest": result.dest if result.outcome is not Outcome.failed else "",
-        "outcome": result.outcome.value,
-        "bytesIn": result.bytes_in,
-        "bytesOut": result.bytes_out,
-        "reason": result.reason,
-        "message": result.message,
-        "attempts": result.attempts,
-    }
-    if result.quality is not None:
-        line["quality"] = result.quality
-    if result.ssim is not None:
-        line["ssim"] = result.ssim
-    if result.stored_original:
-        line["storedOriginal"] = True
-    if result.frames is not None:
-        line["frames"] = result.frames
-    if result.renditions is not None:
-        line["renditions"] = [rendition_line(r) for r in result.renditions]
-    return line
+def manifest_line(result: Result) -> ManifestLine:
+    """The manifest (and ledger) line a result is recorded as: a failed input names no output."""
+    return ManifestLine(
+        id=result.id,
+        source=result.source,
+        dest=result.dest if result.outcome is not Outcome.failed else "",
+        outcome=result.outcome,
+        bytes_in=result.bytes_in,
+        bytes_out=result.bytes_out,
+        reason=result.reason,
+        message=result.message,
+        attempts=result.attempts,
+        quality=result.quality,
+        ssim=result.ssim,
+        stored_original=result.stored_original or None,
+        frames=result.frames,
+        renditions=None if result.renditions is None else [rendition_line(r) for r in result.renditions],
+    )
 
 
 def rendition_line(rendition: RenditionResult) -> dict:
@@ -159,11 +156,13 @@ class _Bits:
 
 
 def part_key_name(span: Span) -> str:
+    """A ledger part's name: `part-<n>.jsonl` for one batch, `part-<first>-<last>.jsonl` merged."""
     first, last = span
     return f"part-{first:08d}.jsonl" if first == last else f"part-{first:08d}-{last:08d}.jsonl"
 
 
 def summary_key_name(span: Span) -> str:
+    """The name of a merged part's summary."""
     return f"sum-{span[0]:08d}-{span[1]:08d}.json"
 
 
@@ -477,7 +476,7 @@ class Ledger:
                 continue
             batch_ids.add(result.id)
             fresh.append(result)
-            lines.append(json.dumps(manifest_line(result), separators=(",", ":")))
+            lines.append(manifest_line(result).encode())
         if refused:
             log.warning(
                 "job %s: dropped %d result(s) unrecorded %s (%d ids published); the first: %s",
@@ -625,21 +624,19 @@ def _ledger_result(line: str | bytes, published: int | None) -> Result | str:
     """A ledger line read back as the Result it counts as, or what is wrong with it (not a ledger
     line, or an id at or above `published`, when that is known)."""
     try:
-        entry = json.loads(line)
+        entry = ManifestLine.decode(line)
         result = Result(
             job=JobRef(namespace="", name="", uid=""),
-            id=entry["id"],
-            outcome=Outcome(entry["outcome"]),
-            source=entry["source"],
-            dest=entry.get(
-                "dest", ""
-            ),  # has_output reads it: a kept output's bytes count after a restart too
-            bytes_in=entry["bytesIn"],
-            bytes_out=entry["bytesOut"],
-            reason=entry["reason"],
-            renditions=[_counted_rendition(r) for r in entry["renditions"]]
-            if "renditions" in entry
-            else None,
+            id=entry.id,
+            outcome=entry.outcome,
+            source=entry.source,
+            dest=entry.dest,  # has_output reads it: a kept output's bytes count after a restart too
+            bytes_in=entry.bytes_in,
+            bytes_out=entry.bytes_out,
+            reason=entry.reason,
+            renditions=None
+            if entry.renditions is None
+            else [_counted_rendition(r) for r in entry.renditions],
         )
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # ValidationError is a ValueError
         return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -323,10 +323,12 @@ def _check_workers_start(workers: WorkerProcesses, spec: CompressionJobSpec, fai
 
 
 def status_json(status: CompressionJobStatus) -> str:
+    """The status as `kubectl get -o json` shows it (camelCase, empty fields left out)."""
     return json.dumps(status.model_dump(by_alias=True, mode="json", exclude_none=True), indent=2)
 
 
 def settings_from_environment() -> OperatorSettings:
+    """The operator's settings from KOMPRESSOR_* variables; a bad one raises ConfigError naming it."""
     try:
         return OperatorSettings()
     except ValidationError as exc:

@@ -66,6 +66,7 @@ class Attempt:
 
 
 def summary(job: JobRef, status: CompressionJobStatus) -> bytes:
+    """The finish webhook's body: the job and the counts of its final status, as sorted JSON."""
     body = {
         "job": {"namespace": job.namespace, "name": job.name, "uid": job.uid},
         "status": status.model_dump(

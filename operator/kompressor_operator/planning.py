@@ -23,6 +23,7 @@ MAX_URL_CHARS = 2048  # as the CRD's inline `urls.items`: a task must stay a sma
 
 
 def plan_task(job: JobRef, spec: CompressionJobSpec, index: int, source: SourceObject) -> Task:
+    """The task for input number `index` of the job: its output key(s) and settings from the spec."""
     prefix = spec.source.s3.prefix if spec.source.s3 is not None else ""
     renditions = plan_renditions(spec, source, prefix)
     return Task(
@@ -43,6 +44,7 @@ def plan_task(job: JobRef, spec: CompressionJobSpec, index: int, source: SourceO
 def plan_tasks(
     job: JobRef, spec: CompressionJobSpec, sources: Iterable[SourceObject], first_index: int = 0
 ) -> Iterator[Task]:
+    """`plan_task` for each source, numbered from `first_index` (where the fan-out resumes)."""
     for index, source in enumerate(sources, start=first_index):
         yield plan_task(job, spec, index, source)
 

@@ -10,6 +10,7 @@ from kompressor.crd import CompressionJobStatus
 
 
 def console(stderr: bool = False) -> Console:
+    """A rich console for local mode's output, without syntax highlighting."""
     return Console(stderr=stderr, highlight=False)
 
 
@@ -22,6 +23,7 @@ def _size(n: float) -> str:
 
 
 def line(status: CompressionJobStatus) -> str:
+    """One line of local mode's progress: phase, counts, speed, workers, bytes saved, time left."""
     eta = f", ~{status.estimated_seconds_remaining}s left" if status.estimated_seconds_remaining else ""
     return (
         f"{status.phase.value:<9} done {status.succeeded + status.skipped}/{status.total}  "
@@ -54,6 +56,7 @@ class LiveProgress:
 
 
 def print_summary(out: Console, name: str, run) -> None:
+    """The table local mode prints when a job ends."""
     status = run.status
     table = Table(title=f"CompressionJob {name}: {status.phase.value}", show_header=False)
     table.add_column(justify="right", style="bold")

@@ -213,7 +213,7 @@ def test_the_ledger_counts_each_rendition_once_also_when_read_back():
     assert len(result.renditions[2].message) == 300
     assert Result.decode(result.encode()) == result
     line = manifest_line(result)
-    assert line["renditions"][0] == {
+    assert line.renditions[0] == {
         "name": "hero",
         "width": 640,
         "format": "webp",
@@ -223,7 +223,7 @@ def test_the_ledger_counts_each_rendition_once_also_when_read_back():
         "storedWidth": 640,
         "storedHeight": 480,
     }
-    for counted in (result, _ledger_result(json.dumps(line), None)):
+    for counted in (result, _ledger_result(line.encode(), None)):
         tally = Tally()
         tally.add(counted)
         assert (tally.failed, dict(tally.renditions)) == (

@@ -86,6 +86,7 @@ POOL_STALL_SECONDS = 20.0
 
 
 def backoff_delays(first: float = 0.5, cap: float = 30.0):
+    """Reconnection delays: `first`, doubled each time, at most `cap` seconds."""
     delay = first
     while True:
         yield delay

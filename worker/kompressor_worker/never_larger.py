@@ -42,6 +42,8 @@ class Store(StrEnum):
 
 @dataclass(frozen=True)
 class Decision:
+    """What neverLarger stores for one output, and why when it stores nothing."""
+
     store: Store
     message: str = ""  # for Store.nothing: a sentence for people, with both sizes and the cause
 

@@ -31,6 +31,7 @@ def parse_cfs(quota_text: str, period_text: str) -> float | None:
 
 
 def parse_memory_max(text: str) -> int | None:
+    """cgroup v2 `memory.max` or v1 `memory.limit_in_bytes` in bytes ("max" or v1's huge number: None)."""
     text = text.strip()
     if text == "max":
         return None
@@ -46,6 +47,7 @@ def _read(path: Path) -> str | None:
 
 
 def cpu_quota(root: Path = CGROUP) -> float | None:
+    """The CPUs the container's cgroup (v2, else v1) allows, or None when unlimited or unreadable."""
     v2 = _read(root / "cpu.max")
     if v2 is not None:
         return parse_cpu_max(v2)
@@ -56,6 +58,7 @@ def cpu_quota(root: Path = CGROUP) -> float | None:
 
 
 def memory_limit(root: Path = CGROUP) -> int | None:
+    """The bytes the container's cgroup (v2, else v1) allows, or None when unlimited or unreadable."""
     for path in (root / "memory.max", root / "memory" / "memory.limit_in_bytes"):
         text = _read(path)
         if text is not None:
@@ -81,4 +84,5 @@ def memory_budget(limit: int | None, processes: int, reserve: int) -> int | None
 
 
 def available_cpus() -> int:
+    """The cores this process may run on (its affinity, not the node's count)."""
     return len(os.sched_getaffinity(0))

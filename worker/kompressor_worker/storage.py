@@ -101,6 +101,9 @@ def read_source_object(client, bucket: str, key: str, max_bytes: int) -> tuple[b
 
 @dataclass(frozen=True)
 class ExistingOutput:
+    """What an output already stored says about itself (its metadata, read by HEAD): who wrote it,
+    from which input and settings, so a task can tell whether it is done already."""
+
     etag: str
     job: str
     task: str  # the writing task's id; empty when written before it was recorded
@@ -114,6 +117,8 @@ class ExistingOutput:
 
 
 def existing_output(client, bucket: str, key: str) -> ExistingOutput | None:
+    """The output at `key` as `ExistingOutput`, or None when there is none; other S3 errors raise
+    StorageError."""
     try:
         head = client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:

@@ -79,7 +79,7 @@ def init_child(memory_budget: int | None) -> None:
     _memory_budget = memory_budget
 
 
-def encode(
+def encode_in_child(
     data: bytes, output: Output, limits: Limits, allowed_input_formats: tuple[InputFormat, ...]
 ) -> Compressed:
     """Entry point in a child; raises CodecError for an input that cannot become an output, and
@@ -89,7 +89,7 @@ def encode(
     return dataclasses.replace(compressed, attempts=())
 
 
-def encode_renditions(
+def encode_renditions_in_child(
     data: bytes,
     outputs: list[tuple[Output, bool]],
     limits: Limits,
@@ -302,9 +302,11 @@ class TaskRunner:
         data = fetch_url(source.url, limit, timeout, self.policy, self.limiter)
         return data, source.etag or "", {}
 
-    def _encode(self, task: Task, data: bytes, deadline: float, on_encode, function=encode, settings=None):
-        """`function` (the one-output `encode` or `encode_renditions`) run in the pool on `data`
-        with `settings` (the task's output) within the task's deadline."""
+    def _encode(
+        self, task: Task, data: bytes, deadline: float, on_encode, function=encode_in_child, settings=None
+    ):
+        """`function` (the one-output `encode_in_child` or `encode_renditions_in_child`) run in the
+        pool on `data` with `settings` (the task's output) within the task's deadline."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TransientError(Reason.timeout, f"fetching took all of {task.limits.task_timeout_seconds}s")
@@ -354,7 +356,7 @@ class TaskRunner:
                 bytes_in = len(data)
                 outputs = [(planned[index].output, planned[index].keep_animation) for index in todo]
                 try:
-                    made = self._encode(task, data, deadline, on_encode, encode_renditions, outputs)
+                    made = self._encode(task, data, deadline, on_encode, encode_renditions_in_child, outputs)
                 except CodecError as exc:  # the input cannot be decoded: none of them can be made
                     made = [Made(reason=exc.reason, message=str(exc)) for _ in todo]
                 for index, one_made in zip(todo, made, strict=True):

@@ -97,6 +97,7 @@ def encode(
 
 
 def encode_prepared(prepared: Prepared, quality: int, subsampling: str | None = None) -> bytes:
+    """`encode` of a prepared image at `quality`, with the metadata it keeps."""
     return encode(
         prepared.image,
         prepared.format,

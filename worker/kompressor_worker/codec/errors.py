@@ -30,5 +30,6 @@ class CodecError(Exception):
 
 
 def describe(exc: BaseException) -> str:
+    """An exception as its type's name and its text, for a result's message."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -32,6 +32,7 @@ def png_exif_seen(image: Image.Image) -> bool:
 
 
 def orientation(exif: Image.Exif | None) -> int:
+    """The EXIF orientation (1-8), 1 when there is none or it is not valid."""
     orientation = exif.get(_ORIENTATION, 1) if exif is not None else 1
     return orientation if orientation in TRANSPOSE else 1
 
@@ -62,6 +63,7 @@ def source_exif_bytes(image: Image.Image) -> bytes | None:
 
 
 def source_xmp(image: Image.Image) -> bytes | None:
+    """The input's XMP packet as bytes, or None."""
     for key in ("xmp", "XML:com.adobe.xmp"):
         value = image.info.get(key)
         if isinstance(value, str) and value:
@@ -85,12 +87,14 @@ def upright_exif(exif: Image.Exif | None, raw: bytes) -> bytes | None:
 
 
 def upright_xmp(xmp: bytes) -> bytes:
+    """The XMP with its orientation set to 1: the pixels are upright now, as in `upright_exif`."""
     for pattern, upright in zip(_XMP_ORIENTATION, _XMP_UPRIGHT, strict=True):
         xmp = pattern.sub(upright, xmp)
     return xmp
 
 
 def icc_colour_space(icc: bytes) -> bytes:
+    """The colour space an ICC profile declares (its header's bytes 16-20, e.g. b'RGB '), or b''."""
     return icc[16:20] if len(icc) >= 20 else b""
 
 

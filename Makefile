@@ -10,7 +10,8 @@ setup:
 	scripts/setup.sh
 
 # Real photographs through `kompressor run` (RabbitMQ and S3 from KOMPRESSOR_* or started for it);
-# writes demo-output/ (contact-sheet.png, manifest.jsonl, job.yaml, the WebP files).
+# writes demo-output/ (contact-sheet.png, manifest.jsonl, job.yaml, the WebP files; renditions.yaml,
+# index.json and one source's renditions).
 demo:
 	scripts/setup.sh apt pip
 	.venv/bin/python scripts/demo.py $(DEMO_ARGS)

@@ -4,6 +4,8 @@ Uses the RabbitMQ and S3 named by KOMPRESSOR_BROKER__URL / KOMPRESSOR_STORAGE__*
 otherwise starts the test bed's (`python -m testbed up --only ...`) and stops them at the end. Then:
 uploads OpenCV's sample photographs, writes a CompressionJob (WebP, quality 80, fit 1280×1280, 0..2
 workers), runs `kompressor run` on it, and reports per image what it saved, with a contact sheet.
+Then a second job makes renditions (docs/renditions.md: 2 widths × AVIF, WebP, JPEG) of the first
+few photos; the contact sheet ends with one source's set and its `kompressor srcset` <picture>.
 
 Usage: python scripts/demo.py [--output DIR] [--limit N]   (make demo runs the installs first)
 """
@@ -37,6 +39,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # testbed/ and tests/ are folders of the repository, not installed
 
 JOB_NAME = "demo-photos"
+RENDITIONS_JOB = "demo-renditions"
+RENDITION_SET = {"name": "web", "widths": [480, 240], "formats": ["avif", "webp", "jpeg"], "quality": 70}
+RENDITION_PHOTOS = 3  # the first few photos: the set is 6 encodes each, AVIF the slowest
 SOURCE_BUCKET, DEST_BUCKET = "demo-raw", "demo-web"
 BOX = 1280
 QUALITY = 80
@@ -330,6 +335,34 @@ spec:
 """
 
 
+def renditions_yaml(prefix: str, names: list[str]) -> str:
+    """The second job: RENDITION_SET of the named photos, from one decode each, beside the first's outputs."""
+    return f"""\
+# Written by scripts/demo.py (make demo): renditions of a few photos, index.json beside the manifest.
+apiVersion: kompressor.dev/v1alpha1
+kind: CompressionJob
+metadata:
+  name: {RENDITIONS_JOB}
+spec:
+  source:
+    s3:
+      bucket: {SOURCE_BUCKET}
+      prefix: {prefix}
+      include: {json.dumps(names)}
+  destination:
+    s3:
+      bucket: {DEST_BUCKET}
+      prefix: {prefix}renditions/
+    existing: skip
+  renditions:
+    - {json.dumps(RENDITION_SET).replace('"', "")}
+  workers:
+    minReplicas: 0
+    maxReplicas: 2
+    tasksPerReplica: 1
+"""
+
+
 def kompressor_command() -> str:
     """`kompressor` beside this interpreter (the .venv need not be activated), else on PATH."""
     beside = Path(sys.executable).parent / "kompressor"
@@ -355,6 +388,38 @@ def run_kompressor(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
         raise
+
+
+def run_job(path: Path, text: str, log_dir: Path) -> int:
+    """Write the job file, show it, and run it with `kompressor run`; its exit code (0 or 1)."""
+    path.write_text(text)
+    say(f"{shown(path)}:")
+    for line in text.splitlines()[1:]:
+        say(f"  {line}")
+    argv = [kompressor_command(), "run", shown(path), "--log-dir", shown(log_dir)]
+    say(f"\n$ {' '.join(shlex.quote(a) for a in ['kompressor', *argv[1:]])}")
+    code = run_kompressor(argv)
+    if code == 2:
+        raise DemoError("kompressor run refused the job (see its message above)")
+    if code not in (0, 1):
+        raise DemoError(f"kompressor run exited with {code}; worker logs in {shown(log_dir)}")
+    return code
+
+
+def manifest_of(job_path: Path, name: str) -> str:
+    """The key of the manifest.jsonl `kompressor run` wrote for the job file (in DEST_BUCKET)."""
+    from kompressor.messages import JobRef
+    from kompressor_operator import local
+    from kompressor_operator.ledger import manifest_key
+
+    return manifest_key(JobRef(namespace="local", name=name, uid="0"), local.load_job_file(job_path).spec)
+
+
+def fetch(client, key: str, what: str) -> bytes:
+    try:
+        return client.get_object(Bucket=DEST_BUCKET, Key=key)["Body"].read()
+    except Exception as exc:  # botocore's ClientError: the job ended without writing one
+        raise DemoError(f"no {what} at s3://{DEST_BUCKET}/{key}: {exc}") from None
 
 
 # --- the report -----------------------------------------------------------------------------------
@@ -442,8 +507,41 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
-def contact_sheet(rows: list[Row], path: Path, title: str) -> None:
-    """A grid of before/after thumbnails, each pair captioned with its name, sizes and dimensions."""
+@dataclass
+class Featured:
+    """One source's rendition set for the contact sheet: (label, image) per output, and its <picture>."""
+
+    name: str
+    original: bytes
+    outputs: list[tuple[str, bytes]]
+    picture: str
+
+
+def show_renditions(client, output: Path, source: str, original: bytes, out_dir: Path) -> Featured:
+    """One source's set from the copied index.json: a line per output, copied locally, and the
+    <picture> element `kompressor srcset` prints for it."""
+    stored = json.loads((output / "index.json").read_text())["sources"].get(source)
+    if not stored or RENDITION_SET["name"] not in stored:
+        raise DemoError(f"index.json has no {RENDITION_SET['name']!r} renditions of {source}")
+    outputs = []
+    for item in stored[RENDITION_SET["name"]]:
+        body = fetch(client, item["key"], "rendition")
+        (out_dir / Path(item["key"]).name).write_bytes(body)
+        label = f"{item['format'].upper()} {item['width']}w  {size(item['bytes'])}"
+        say(f"  {label:<24} {item['width']}×{item['height']}  {item['key']}")
+        outputs.append((label, body))
+    argv = ["srcset", shown(output / "index.json"), source, "--rendition", RENDITION_SET["name"]]
+    say(f"\n$ {' '.join(shlex.quote(a) for a in ['kompressor', *argv])}")
+    done = subprocess.run([kompressor_command(), *argv], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise DemoError(f"kompressor srcset failed: {done.stderr.strip()}")
+    say(done.stdout.rstrip())
+    return Featured(source.rsplit("/", 1)[-1], original, outputs, done.stdout.rstrip())
+
+
+def contact_sheet(rows: list[Row], path: Path, title: str, featured: Featured | None = None) -> None:
+    """A grid of before/after thumbnails, each pair captioned with its name, sizes and dimensions;
+    then, with `featured`, one source beside each of its renditions and the <picture> for them."""
     from PIL import Image, ImageDraw, ImageFont
 
     def font(points: int):
@@ -462,7 +560,14 @@ def contact_sheet(rows: list[Row], path: Path, title: str) -> None:
     grid_rows = (count + columns - 1) // columns
     width = pad + columns * (cell_w + pad)
     height = header + grid_rows * (cell_h + pad) + pad
-    sheet = Image.new("RGB", (width, height), "white")
+    band = 0
+    if featured is not None:
+        code_lines = featured.picture.splitlines()
+        band = 30 + THUMB[1] + caption + 10 + 17 * len(code_lines) + pad
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        longest = max(probe.textlength(line, font=small) for line in code_lines)
+        width = max(width, pad + 1 + (len(featured.outputs) + 1) * (THUMB[0] + gap), 2 * pad + int(longest))
+    sheet = Image.new("RGB", (width, height + band), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((pad, 12), title, fill="black", font=big)
     draw.text(
@@ -505,6 +610,22 @@ def contact_sheet(rows: list[Row], path: Path, title: str) -> None:
         if row.after is not None:
             after = f"WebP {size(row.bytes_out)}  {row.after[0]}x{row.after[1]}  (-{row.saved})"
             draw.text((x + THUMB[0] + gap, text_y + 17), after, fill="darkgreen", font=small)
+    if featured is not None:
+        y = height
+        heading = f"one source, its renditions ({RENDITIONS_JOB}, one decode): {featured.name}"
+        draw.text((pad, y), heading, fill="black", font=small)
+        y += 30
+        cells = [(f"source JPEG {size(len(featured.original))}", featured.original), *featured.outputs]
+        for index, (label, data) in enumerate(cells):
+            x = pad + index * (THUMB[0] + gap)
+            draw.rectangle((x, y, x + THUMB[0], y + THUMB[1]), fill=(235, 235, 235))
+            image = thumbnail(data)
+            sheet.paste(image, (x + (THUMB[0] - image.width) // 2, y + (THUMB[1] - image.height) // 2))
+            draw.text((x, y + THUMB[1] + 4), label, fill="black" if index == 0 else "darkgreen", font=small)
+        y += THUMB[1] + caption + 10
+        for line in featured.picture.splitlines():
+            draw.text((pad, y), line, fill="navy", font=small)
+            y += 17
     sheet.save(path, "PNG")
 
 
@@ -515,12 +636,13 @@ def demo(output: Path, limit: int | None) -> int:
     started = time.monotonic()
     output.mkdir(parents=True, exist_ok=True)
     compressed_dir, log_dir = output / "compressed", output / "worker-logs"
-    for folder in (compressed_dir, log_dir):
+    renditions_dir = output / "renditions"
+    for folder in (compressed_dir, renditions_dir, log_dir):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
 
     say("kompressor demo: real photographs → WebP with `kompressor run` (local mode: RabbitMQ, S3, workers)")
-    step("1/4  RabbitMQ and S3")
+    step("1/5  RabbitMQ and S3")
     photos = sample_photos(limit)
     wanted = services_to_start()
     check_installed(wanted)
@@ -529,7 +651,7 @@ def demo(output: Path, limit: int | None) -> int:
         if testbed is not None:
             os.environ.update(testbed.start())
 
-        step(f"2/4  {len(photos)} sample photographs (Debian's opencv-doc) into S3")
+        step(f"2/5  {len(photos)} sample photographs (Debian's opencv-doc) into S3")
         prefix = time.strftime("%Y%m%d-%H%M%S/")
         client = storage_client()
         upload(client, photos, prefix)
@@ -538,31 +660,13 @@ def demo(output: Path, limit: int | None) -> int:
             f"to s3://{SOURCE_BUCKET}/{prefix}"
         )
 
-        step("3/4  the CompressionJob, run on this machine")
+        step("3/5  the CompressionJob, run on this machine")
         job_path = output / "job.yaml"
-        job_path.write_text(job_yaml(prefix))
-        say(f"{shown(job_path)}:")
-        for line in job_yaml(prefix).splitlines()[1:]:
-            say(f"  {line}")
-        argv = [kompressor_command(), "run", shown(job_path), "--log-dir", shown(log_dir)]
-        say(f"\n$ {' '.join(shlex.quote(a) for a in ['kompressor', *argv[1:]])}")
-        code = run_kompressor(argv)
-        if code == 2:
-            raise DemoError("kompressor run refused the job (see its message above)")
-        if code not in (0, 1):
-            raise DemoError(f"kompressor run exited with {code}; worker logs in {shown(log_dir)}")
+        code = run_job(job_path, job_yaml(prefix), log_dir)
 
-        step("4/4  what it saved")
-        from kompressor.messages import JobRef
-        from kompressor_operator import local
-        from kompressor_operator.ledger import manifest_key
-
-        spec = local.load_job_file(job_path).spec
-        key = manifest_key(JobRef(namespace="local", name=JOB_NAME, uid="0"), spec)
-        try:
-            body = client.get_object(Bucket=DEST_BUCKET, Key=key)["Body"].read()
-        except Exception as exc:  # botocore's ClientError: the job ended without writing one
-            raise DemoError(f"no manifest at s3://{DEST_BUCKET}/{key}: {exc}") from None
+        step("4/5  what it saved")
+        key = manifest_of(job_path, JOB_NAME)
+        body = fetch(client, key, "manifest")
         (output / "manifest.jsonl").write_bytes(body)
         manifest = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
         rows = collect(client, manifest, photos, prefix, compressed_dir)
@@ -576,11 +680,25 @@ def demo(output: Path, limit: int | None) -> int:
             f"kompressor demo: {len(rows)} photos, JPEG -> WebP q{QUALITY} fit {BOX}x{BOX}: "
             f"{size(total_in)} -> {size(total_out)} (saved {saved(total_in, total_out)})"
         )
+
+        step(f"5/5  renditions: one job, {RENDITION_PHOTOS} photos, each decoded once, index.json and srcset")
+        names = sorted(photos)[:RENDITION_PHOTOS]
+        renditions_path = output / "renditions.yaml"
+        if run_job(renditions_path, renditions_yaml(prefix, names), log_dir) != 0:
+            raise DemoError(f"the renditions job did not succeed; worker logs in {shown(log_dir)}")
+        from kompressor_operator.ledger import index_key_of
+
+        index_key = index_key_of(manifest_of(renditions_path, RENDITIONS_JOB))
+        (output / "index.json").write_bytes(fetch(client, index_key, "index"))
+        featured = show_renditions(client, output, prefix + names[0], photos[names[0]], renditions_dir)
+
         sheet = output / "contact-sheet.png"
-        contact_sheet(rows, sheet, title)
+        contact_sheet(rows, sheet, title, featured)
         say("")
         say(f"outputs:       s3://{DEST_BUCKET}/{prefix}  (copied to {shown(compressed_dir)}/)")
         say(f"manifest:      s3://{DEST_BUCKET}/{key}  (copied to {shown(output / 'manifest.jsonl')})")
+        say(f"renditions:    s3://{DEST_BUCKET}/{prefix}renditions/  (copied to {shown(renditions_dir)}/)")
+        say(f"index:         s3://{DEST_BUCKET}/{index_key}  (copied to {shown(output / 'index.json')})")
         say(f"worker logs:   {shown(log_dir)}/")
         if testbed is not None:
             say(
@@ -595,7 +713,8 @@ def demo(output: Path, limit: int | None) -> int:
         if testbed is not None:
             testbed.stop()
     say(
-        f"\nDone in {time.monotonic() - started:.0f}s. Look at {shown(sheet)} (before/after of every photo)"
+        f"\nDone in {time.monotonic() - started:.0f}s. Look at {shown(sheet)} (before/after of every photo,"
+        " one source's renditions)"
         f" and the WebP files in {shown(compressed_dir)}/"
     )
     return 0

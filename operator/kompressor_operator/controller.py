@@ -11,6 +11,7 @@ applies it; builders.py says what a Deployment is.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,9 @@ class _Job:
     engine: JobEngine
     created: float
     memory: Memory = field(default_factory=Memory)
+    # kopf runs a job's step timer and its delete handler in different threads, and pika's
+    # connection (the engine's) is not thread-safe: one at a time.
+    busy: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -257,6 +261,12 @@ class Controller:
         state = self.jobs.get(uid)
         if state is None:
             return None  # not started (an invalid spec, or the resume handler has not run yet)
+        with state.busy:
+            return self._step(state, body, previous, poll_interval)
+
+    def _step(
+        self, state: _Job, body: dict[str, Any], previous: CompressionJobStatus, poll_interval: float
+    ) -> Writeback | None:
         now = time.monotonic()
         if not due(state.memory, now, poll_interval):
             return None
@@ -306,7 +316,7 @@ class Controller:
             self.kube.scale(state.job.namespace, name, plan.replicas, state.job.uid)
             direction = "up" if plan.replicas > state.memory.scale.current else "down"
             self.metrics.scaled(state.job, direction)
-        self.book.settle(uid, asked)
+        self.book.settle(state.job.uid, asked)
         state.memory = plan.memory
         self.metrics.observe(state.job, observed.sample.outstanding, plan.replicas)
         outcome = Writeback(events=list(plan.events))
@@ -443,8 +453,9 @@ class Controller:
         self.metrics.forget(job_ref(body["metadata"]))
         state = self.jobs.pop(uid, None)
         if state is not None:
-            state.engine.delete_queues()
-            state.engine.close()
+            with state.busy:  # a step still running on the engine ends first
+                state.engine.delete_queues()
+                state.engine.close()
             return
         connection = broker.connect(self.settings.broker.url.get_secret_value())
         try:

@@ -293,7 +293,10 @@ def drain_results(
             if count >= limit:
                 return
     finally:
-        channel.cancel()
+        # A channel the broker closed has no consumer left to cancel, and pika then fails an assert
+        # (not an AMQPError): the step would end the run instead of being retried.
+        if channel.is_open:
+            channel.cancel()
 
 
 def drain_dead_letters(channel, job: JobRef, limit: int = 1000) -> Iterator[tuple[int, DeadLetter]]:

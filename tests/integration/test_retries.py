@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from kompressor.crd import CompressionJobSpec, CompressionJobStatus, WorkerCounts, parse_spec
-from kompressor.messages import ATTEMPTS_HEADER, JobRef, Outcome, job_queues, task_queue
+from kompressor.messages import ATTEMPTS_HEADER, JobRef, Outcome, job_queues, result_queue, task_queue
 from kompressor_operator import broker
 from kompressor_operator.engine import JobEngine
 from kompressor_operator.listing import list_s3_sources
@@ -337,6 +337,33 @@ def test_a_jobs_queues_are_all_deleted_with_it(rabbitmq: RabbitMQ, bucket: str):
     finally:
         connection.close()
     assert not {name for name in rabbitmq.ctl("list_queues", "-q", "name").split() if job.uid8 in name}
+
+
+def test_a_connection_closed_while_results_drain_fails_as_a_broker_error(rabbitmq: RabbitMQ, bucket: str):
+    """Seen in the local chaos run (a broker restart): pika asserted in the drain's cancel, and the
+    AssertionError ended `kompressor run` instead of a retried step."""
+    job = new_job("drain")
+    connection = broker.connect(rabbitmq.url)
+    try:
+        channel = connection.channel()
+        broker.declare_job_queues(channel, job, job_spec(bucket).limits)
+        for body in (b"not a result", b"nor this"):
+            channel.basic_publish("", result_queue(job), body)
+        drained = broker.drain_results(channel, job, limit=10)
+        assert next(drained)[1] is None  # one delivery taken, the consumer still open
+        rabbitmq.ctl("close_all_connections", "the broker closes the connection mid-drain")
+        try:  # the drain ends, or fails as the broker error the step retries; nothing else
+            assert list(drained) == []
+        except pika.exceptions.AMQPError:
+            pass
+    finally:
+        if connection.is_open:
+            connection.close()
+    cleanup = broker.connect(rabbitmq.url)
+    try:
+        broker.delete_job_queues(cleanup.channel(), job)
+    finally:
+        cleanup.close()
 
 
 # --- finding 9: what is kept of a URL source ---------------------------------------------------------

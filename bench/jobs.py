@@ -2,7 +2,7 @@
 
 The test bed of tests/e2e (a real kube-apiserver and controller-manager, RabbitMQ, SeaweedFS S3),
 the chart's RBAC, the operator run by kopf as in the chart (`--standalone`), and real workers: the
-node agent of tests/e2e/nodeagent.py runs each worker Pod as a `kompressor-worker` process. N jobs
+node agent of testbed/nodeagent.py runs each worker Pod as a `kompressor-worker` process. N jobs
 of a few tiny images each (distinct 64×64 JPEGs), priorities 10 / 5 / 0 (1 in 10, 1 in 10, the
 rest), `maxReplicas` 2 each, are applied in one `kubectl apply`, with `maxTotalWorkers` far below
 the 2·N workers they would ask for.

@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import describe_machine, load_average, machine, table, tree_cpu_seconds, write_json
+from common import describe_machine, load_average, machine, table, write_json
 from PIL import Image
+from proc import tree_cpu_seconds
 
 from testbed import start_kube, start_rabbitmq, start_s3
 from tests.e2e.cluster import Cluster, install

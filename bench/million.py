@@ -46,16 +46,14 @@ from typing import Any
 from common import (
     RESULTS,
     Series,
-    Services,
     describe_machine,
     line_plot,
     load_average,
     machine,
-    put_empty_objects,
-    services,
     table,
     write_json,
 )
+from services import put_empty_objects, running
 
 BUCKET = "million"
 POLL_SECONDS = 3.0  # the chart's pollIntervalSeconds
@@ -94,8 +92,11 @@ def operator_main(job_file: Path, broker_url: str) -> int:
     started = time.monotonic()
     document = json.loads(job_file.read_text())
     job, spec = JobRef(**document["job"]), parse_spec(document["spec"])
-    storage = {k: v for k, v in os.environ.items() if k.startswith("KOMPRESSOR_STORAGE__")}
-    client = s3_client(Services(broker_url, storage, "environment").storage_settings())
+    from kompressor.settings import StorageSettings
+
+    prefix = "KOMPRESSOR_STORAGE__"
+    storage = {k.removeprefix(prefix).lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+    client = s3_client(StorageSettings(**storage))
     engine = JobEngine(job, spec, broker_url, client).open()
     loaded = time.monotonic()
 
@@ -253,15 +254,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     info = machine()
     print(f"machine: {describe_machine(info)}; load average {load_average()}", flush=True)
     report: dict[str, Any] = {"machine": info, "inputs": count, "results": "published by the benchmark"}
-    with services() as found:
+    with running() as found:
         seconds, how = put_empty_objects(found, BUCKET, [input_key(i) for i in range(count)], threads=64)
         report["upload"] = {"seconds": round(seconds, 1), "how": how, "per_second": round(count / seconds)}
         print(f"upload: {count} objects in {seconds:.0f} s ({how})", flush=True)
         job_file = found.run_dir / "job.json"
         job_file.write_text(json.dumps(job_document(count)))
-        env = {**os.environ, **found.storage_env}
+        env = {**os.environ, **found.storage.env()}
         me = [sys.executable, str(Path(__file__).resolve())]
-        operator_argv = [*me, "operator", str(job_file), found.broker_url]
+        operator_argv = [*me, "operator", str(job_file), found.broker.url]
         samples: list[dict[str, Any]] = []
         restarts: list[dict[str, Any]] = []
         steps: list[dict[str, Any]] = []
@@ -320,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if finished is None and operator.process.poll() is not None:
                     raise RuntimeError(f"the operator exited with {operator.process.returncode}")
                 if "seconds" in fan_out and publisher is None:
-                    publisher = subprocess.Popen([*me, "results", str(job_file), found.broker_url], env=env)
+                    publisher = subprocess.Popen([*me, "results", str(job_file), found.broker.url], env=env)
                 resumed = not restarts or "resume_seconds" in restarts[-1]
                 if pending and resumed and finished is None:
                     label, published, accounted = pending[0]
@@ -369,7 +370,7 @@ def status_rate(steps: list[dict[str, Any]]) -> dict[str, Any]:
 
 def check_manifest(found, url: str, count: int) -> dict[str, Any]:
     """Every id 0..count-1 once in manifest.jsonl (read as a stream)."""
-    client = found.s3_client()
+    client = found.storage.client()
     bucket, key = url.removeprefix("s3://").split("/", 1)
     seen = bytearray(count)
     lines = duplicates = 0

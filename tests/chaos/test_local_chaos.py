@@ -149,5 +149,7 @@ def test_local_mode_loses_nothing_under_chaos(
     assert not crashed, crashed
     assert not leaks, leaks
     assert traffic.messages > 2 * INPUTS and len(logs) > 2  # the search covered real traffic and logs
-    # The restart was felt: by workers that lost their connection or could not connect, and by the job.
-    assert monkey.worker_kills >= 5 and reconnects + unreachable >= 1 and ": step failed (" in err
+    # The restart was felt by the job (its engine holds a connection throughout). Whether a worker is
+    # connected at that instant depends on the monkey's kills (a CI run saw none, most runs 1-2), so
+    # the workers' reconnects are reported above, not required.
+    assert monkey.worker_kills >= 5 and ": step failed (" in err

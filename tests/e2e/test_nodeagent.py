@@ -205,6 +205,8 @@ def test_a_deployment_pod_runs_serves_restarts_and_drains(
     started = time.monotonic()
     wait_until(lambda: not kube.pods(job), 30, "the pod deleted")
     assert time.monotonic() - started < 20  # drained, not killed at the end of a 90 s grace period
+    # The agent logs "deleted" after the API's delete returns: the pod may be gone a moment before.
+    wait_until(lambda: agent.actions(key)[-1:] == ["deleted"], 10, "the agent logged the deletion")
     assert agent.actions(key)[-3:] == ["sigterm", "exited 0", "deleted"]
     assert agent.running_pods() == []
     wait_until(lambda: not kube.deployment(deployment).status.replicas, 10, "deployment status replicas 0")

@@ -148,7 +148,7 @@ class TestBed:
 
     def __init__(self, wanted: list[str], run_dir: Path):
         self.wanted = wanted
-        self.run_dir = run_dir
+        self.run_dir = run_dir.resolve()  # the test bed runs in REPO, not in the caller's directory
         self.process: subprocess.Popen | None = None
         self.env: dict[str, str] = {}
         self.lines: queue.Queue[str | None] = queue.Queue()

@@ -81,7 +81,10 @@ class CompressionJobStatus(CamelModel):
     )
     bytes_out: int = Field(default=0, ge=0, description="Bytes of those outputs.")
     saved: str = Field(
-        default="", description="Share of bytesIn the outputs save (1 - bytesOut/bytesIn), for kubectl get."
+        default="",
+        description="Share of bytesIn the outputs save (1 - bytesOut/bytesIn), for kubectl get. Empty "
+        "for a job with renditions: its outputs are a set made from each source, not a smaller copy of "
+        "it (bytesOut counts every rendition).",
     )
     images_per_second: float = Field(default=0.0, ge=0, description="Recent throughput.")
     estimated_seconds_remaining: int | None = Field(

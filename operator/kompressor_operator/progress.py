@@ -28,8 +28,14 @@ def line(status: CompressionJobStatus) -> str:
     return (
         f"{status.phase.value:<9} done {status.succeeded + status.skipped}/{status.total}  "
         f"failed {status.failed}  {status.images_per_second:.1f} img/s  workers {status.workers.ready}  "
-        f"saved {_size(status.bytes_in - status.bytes_out)} {status.saved}{eta}"
+        f"{_bytes(status)}{eta}"
     )
+
+
+def _bytes(status: CompressionJobStatus) -> str:
+    if status.renditions is not None:
+        return f"wrote {_size(status.bytes_out)}"
+    return f"saved {_size(status.bytes_in - status.bytes_out)} {status.saved}"
 
 
 class LiveProgress:
@@ -76,7 +82,8 @@ def print_summary(out: Console, name: str, run) -> None:
         ),
         (
             "bytes in → out",
-            f"{_size(status.bytes_in)} → {_size(status.bytes_out)}  (saved {status.saved or '0%'})",
+            f"{_size(status.bytes_in)} → {_size(status.bytes_out)}"
+            + ("" if status.renditions is not None else f"  (saved {status.saved or '0%'})"),
         ),
         ("time", f"{seconds:.1f} s ({status.total / seconds:.1f} images/s)" if seconds else "-"),
         ("manifest", status.manifest or "-"),

@@ -37,8 +37,9 @@ Choices, documented once here:
 - Numbers: `total` shown is never below what was published or accounted, so progress never exceeds
   100% while the listing count lags; `outstanding` = published - accounted; `progress` is
   "(succeeded+skipped)/total"; `saved` is the share of input bytes not written ("61%"; "" before
-  any output); `estimatedSecondsRemaining` is known only once the listing is done and throughput is
-  positive (the total is unknown before), and 0 when finished.
+  any output, and for a job with renditions, whose outputs are a set per source, not a copy);
+  `estimatedSecondsRemaining` is known only once the listing is done and throughput is positive
+  (the total is unknown before), and 0 when finished.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ def next_status(
         "progress": f"{done}/{total}",
         "bytes_in": counts.bytes_in,
         "bytes_out": counts.bytes_out,
-        "saved": _saved(counts.bytes_in, counts.bytes_out),
+        # Renditions are a set made from each source, not a smaller copy of it: nothing "saved".
+        "saved": "" if spec.renditions else _saved(counts.bytes_in, counts.bytes_out),
         "images_per_second": 0.0 if finished else round(rate, 3),
         "estimated_seconds_remaining": eta,
         "failures_by_reason": dict(counts.failures_by_reason),

@@ -267,3 +267,23 @@ def test_status_counts_inputs_and_renditions_against_the_planned_outputs():
         ).renditions
         is None
     )
+
+
+def test_a_job_with_renditions_claims_no_saving_and_says_what_it_wrote():
+    from datetime import UTC, datetime
+
+    from kompressor.crd import CompressionJobStatus, WorkerCounts
+    from kompressor_operator.progress import line
+    from kompressor_operator.status import Counts, next_status
+
+    # 9 renditions of a 1,000-byte source: 2,400 bytes written, "-140%" had it been called a saving.
+    counts = Counts(total=1, published=1, succeeded=1, bytes_in=1000, bytes_out=2400, renditions=(9, 0, 0))
+    status = next_status(CompressionJobStatus(), counts, _spec(), WorkerCounts(), datetime.now(UTC), 1, None)
+    assert (status.bytes_in, status.bytes_out, status.saved) == (1000, 2400, "")
+    assert "wrote 2.3 KiB" in line(status) and "saved" not in line(status)
+    one_output = parse_spec({"source": {"s3": {"bucket": "raw"}}, "destination": {"s3": {"bucket": "web"}}})
+    counts = Counts(total=1, published=1, succeeded=1, bytes_in=1000, bytes_out=400)
+    status = next_status(
+        CompressionJobStatus(), counts, one_output, WorkerCounts(), datetime.now(UTC), 1, None
+    )
+    assert status.saved == "60%" and "saved 600 B 60%" in line(status)

@@ -65,7 +65,12 @@ from kompressor_operator.listing import list_s3_sources  # noqa: E402
 from kompressor_operator.planning import plan_tasks  # noqa: E402
 from kompressor_operator.workerprocs import worker_command  # noqa: E402
 from kompressor_worker.codec import compress  # noqa: E402
-from kompressor_worker.storage import existing_output, read_source, write_output  # noqa: E402
+from kompressor_worker.storage import (  # noqa: E402
+    existing_output,
+    output_metadata,
+    read_source,
+    write_output,
+)
 from tests.corpus import OPENCV_DATA, real_photos  # noqa: E402
 from tests.jobs import new_job, publish_job, worker_env  # noqa: E402
 
@@ -432,10 +437,10 @@ def breakdown(services: Services, setting: Setting, bucket: str, source_prefix: 
         mark()
         compressed = compress(data, decoded.output, decoded.limits)
         mark()
+        stored = output_metadata(decoded, etag, len(data), compressed.stored_original)
         write_output(
-            client, decoded, compressed.data, CONTENT_TYPES[compressed.format], etag, len(data),
-            compressed.stored_original, replaces=found,
-        )  # fmt: skip
+            client, decoded, compressed.data, CONTENT_TYPES[compressed.format], stored, replaces=found
+        )
         mark()
         Result(job=job, id=task.id, outcome="done", source=task.source.describe()).encode()
         mark()

@@ -191,8 +191,10 @@ class Destination(CamelModel):
     copy_metadata: bool = Field(
         default=False,
         description="Copy the S3 source's user metadata (x-amz-meta-*) onto its outputs; kompressor's "
-        "own kompressor-* keys win. Off by default: a source's metadata may be private and the "
-        "outputs public. URL sources have none.",
+        "own kompressor-* keys win. S3 keeps at most 2 KB of user metadata: keys that do not fit beside "
+        "kompressor's own are left out, in key order, and the output's manifest message names them. "
+        "Off by default: a source's metadata may be private and the outputs public. URL sources have "
+        "none.",
     )
 
     @field_validator("key")

@@ -15,7 +15,12 @@ from kompressor.messages import Outcome, Task
 from kompressor_operator.listing import list_s3_sources
 from kompressor_operator.planning import plan_tasks
 from kompressor_worker.settings import WorkerSettings
-from kompressor_worker.storage import conditional_writes_honoured, existing_output, write_output
+from kompressor_worker.storage import (
+    conditional_writes_honoured,
+    existing_output,
+    output_metadata,
+    write_output,
+)
 from kompressor_worker.task import LOOK_STREAK, TaskRunner, init_child
 from testbed import S3Server
 from tests.chaos.tools import S3Recorder
@@ -60,7 +65,8 @@ def _writing_first(runner: TaskRunner, bucket: str) -> TaskRunner:
 
 
 def _store(s3: S3Server, task: Task, body: bytes = b"an earlier output") -> None:
-    write_output(s3.client(), task, body, "image/webp", task.source.etag or "", 1234, False, replaces=None)
+    metadata = output_metadata(task, task.source.etag or "", 1234, False)
+    write_output(s3.client(), task, body, "image/webp", metadata, replaces=None)
 
 
 def _setups(task: Task, other_source: Task):
@@ -130,7 +136,9 @@ def test_seaweedfs_is_found_to_honour_conditional_writes(s3: S3Server, bucket: s
     first, _ = _tasks(s3, bucket)
     client = s3.client()
     _store(s3, first, b"the output")
-    write = partial(write_output, client, first, b"the output", "image/webp", "etag", 10, False)
+    write = partial(
+        write_output, client, first, b"the output", "image/webp", output_metadata(first, "etag", 10, False)
+    )
     assert conditional_writes_honoured(write) is True
     assert client.get_object(Bucket=bucket, Key=first.dest_key)["Body"].read() == b"the output"
 

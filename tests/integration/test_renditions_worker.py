@@ -1,6 +1,7 @@
 """A worker making renditions on the real broker and store: each output with its format's
 Content-Type, the job's Cache-Control and (copyMetadata) the source's user metadata; one rendition's
-failure ends that rendition only, and the others are stored."""
+failure ends that rendition only, and the others are stored. Source metadata that does not fit
+S3's 2 KB limit beside the outputs' own is left out, and the result says so."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ def test_renditions_are_stored_as_s3_users_expect_and_fail_one_by_one(
     rabbitmq: RabbitMQ, s3: S3Server, bucket: str, tmp_path: Path
 ):
     client = s3.client()
-    client.put_object(Bucket=bucket, Key="in/wide.png", Body=_png((400, 300)), Metadata={"owner": "alice"})
+    # 1,905 bytes of notes: with the outputs' own metadata over S3's 2 KB, so not copied (and said so).
+    metadata = {"notes": "n" * 1900, "owner": "alice"}
+    client.put_object(Bucket=bucket, Key="in/wide.png", Body=_png((400, 300)), Metadata=metadata)
     # 100 x 20000: WebP refuses a side above 16383 px, JPEG takes it.
     client.put_object(Bucket=bucket, Key="in/tall.png", Body=_png((100, 20000)))
     spec = parse_spec(
@@ -59,7 +62,8 @@ def test_renditions_are_stored_as_s3_users_expect_and_fail_one_by_one(
         head = client.head_object(Bucket=bucket, Key=key)
         assert head["ContentType"] == content_type
         assert head["CacheControl"] == "public, max-age=31536000, immutable"
-        assert head["Metadata"]["owner"] == "alice"
+        assert head["Metadata"]["owner"] == "alice" and "notes" not in head["Metadata"]
+        assert "metadata notes not copied: S3 keeps at most 2048 bytes" in rendition.message
         assert (
             head["Metadata"]["kompressor-size"]
             == "100x75"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from kompressor.messages import Outcome, SourceObject
 from kompressor_operator.planning import plan_task
-from kompressor_worker.storage import OutputChanged, existing_output, write_output
+from kompressor_worker.storage import OutputChanged, existing_output, output_metadata, write_output
 from testbed import RabbitMQ, S3Server
 from testbed.process import wait_until
 from tests.corpus import awkward_inputs, real_photos
@@ -78,7 +78,9 @@ def test_an_output_is_written_only_over_what_its_task_saw(s3: S3Server, bucket: 
     task = plan_task(new_job("race"), job_spec(bucket), 0, SourceObject(bucket=bucket, key="in/a.jpg"))
 
     def write(body: bytes, replaces) -> None:
-        write_output(client, task, body, "image/webp", "etag", 10, False, replaces=replaces)
+        write_output(
+            client, task, body, "image/webp", output_metadata(task, "etag", 10, False), replaces=replaces
+        )
 
     write(b"first", replaces=None)
     with pytest.raises(OutputChanged):

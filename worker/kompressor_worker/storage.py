@@ -33,6 +33,13 @@ META_ORIGINAL = "kompressor-stored-original"
 # "<width>x<height>" of a rendition, for the index when a rerun skips it as existing.
 META_SIZE = "kompressor-size"
 
+# S3 refuses user metadata over 2 KB, counted as the UTF-8 bytes of every key and value
+# (MetadataTooLarge): ours always fits, the source's copied metadata takes what room is left.
+METADATA_LIMIT = 2048
+# A source whose quoted description is longer (a long non-ASCII key, a long URL) is recorded by its
+# digest: still tells one input from another, and leaves room for the rest.
+SOURCE_LIMIT = 1024
+
 _CHUNK = 1 << 20
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 _PERMANENT = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName"}
@@ -148,37 +155,74 @@ def _size(text: str) -> tuple[int, int] | None:
     return (int(width), int(height)) if width.isdigit() and height.isdigit() else None
 
 
-def write_output(
-    client,
+@dataclass(frozen=True)
+class OutputMetadata:
+    """An output's user metadata, and the keys of the source's that were not copied (no room)."""
+
+    values: dict[str, str]
+    left_out: tuple[str, ...] = ()
+
+
+def output_metadata(
     task: Task,
-    body: bytes,
-    content_type: str,
     source_etag: str,
     bytes_in: int,
     stored_original: bool,
-    replaces: ExistingOutput | None,
-    *,
     source_metadata: dict[str, str] | None = None,
     size: tuple[int, int] | None = None,
-) -> None:
-    """Store the output, only if the key still holds `replaces` (None: nothing); else OutputChanged.
-    With the task's Cache-Control; with `copy_metadata`, the source's user metadata under ours
-    (kompressor-* keys are always this output's own); `size`: a rendition's, recorded for the index."""
-    copied = {k: v for k, v in (source_metadata or {}).items() if not k.lower().startswith("kompressor-")}
-    metadata = {
-        **(copied if task.copy_metadata else {}),
+) -> OutputMetadata:
+    """The metadata an output is stored with: its provenance (which job, task, source version and
+    settings; `size`: a rendition's, for the index) and, with `copy_metadata`, the source's user
+    metadata in key order while it fits within METADATA_LIMIT (kompressor-* keys are always ours)."""
+    own = {
         META_JOB: task.job.uid,
         META_TASK: str(task.id),
-        # Object metadata must be ASCII: URL-quote the source's key or URL (its public form: the
-        # metadata of an output in a public bucket is served to anyone as x-amz-meta-* headers).
-        META_SOURCE: quote(task.source.describe(), safe=":/"),
+        META_SOURCE: source_tag(task.source.describe()),
         META_SOURCE_ETAG: source_etag,
         META_SETTINGS: settings_fingerprint(task),
         META_BYTES_IN: str(bytes_in),
         META_ORIGINAL: "true" if stored_original else "false",
     }
     if size is not None:
-        metadata[META_SIZE] = f"{size[0]}x{size[1]}"
+        own[META_SIZE] = f"{size[0]}x{size[1]}"
+    copied: dict[str, str] = {}
+    left_out: list[str] = []
+    room = METADATA_LIMIT - _metadata_bytes(own)
+    theirs = source_metadata if task.copy_metadata and source_metadata else {}
+    for key in sorted(k for k in theirs if not k.lower().startswith("kompressor-")):
+        cost = _metadata_bytes({key: theirs[key]})
+        if cost <= room:
+            copied[key] = theirs[key]
+            room -= cost
+        else:
+            left_out.append(key)
+    return OutputMetadata({**copied, **own}, tuple(left_out))
+
+
+def source_tag(description: str) -> str:
+    """How an output's metadata names its source. Object metadata must be ASCII: the source's key or
+    URL URL-quoted (its public form: the metadata of an output in a public bucket is served to anyone
+    as x-amz-meta-* headers), or past SOURCE_LIMIT its digest."""
+    quoted = quote(description, safe=":/")
+    if len(quoted) <= SOURCE_LIMIT:
+        return quoted
+    return "sha256:" + hashlib.sha256(description.encode()).hexdigest()
+
+
+def _metadata_bytes(metadata: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+
+
+def write_output(
+    client,
+    task: Task,
+    body: bytes,
+    content_type: str,
+    metadata: OutputMetadata,
+    replaces: ExistingOutput | None,
+) -> None:
+    """Store the output with `metadata` and the task's Cache-Control, only if the key still holds
+    `replaces` (None: nothing); else OutputChanged."""
     extra = {"CacheControl": task.cache_control} if task.cache_control else {}
     condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces.etag}
     try:
@@ -187,7 +231,7 @@ def write_output(
             Key=task.dest_key,
             Body=body,
             ContentType=content_type,
-            Metadata=metadata,
+            Metadata=metadata.values,
             **extra,
             **condition,
         )

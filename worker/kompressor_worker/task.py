@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import partial
+from urllib.parse import unquote
 
 from kompressor.addresses import AddressPolicy
 from kompressor.crd import Existing, InputFormat, Limits, Output
@@ -45,13 +46,17 @@ from kompressor_worker.never_larger import NotSmaller
 from kompressor_worker.renditions import Made, make
 from kompressor_worker.settings import WorkerSettings
 from kompressor_worker.storage import (
+    METADATA_LIMIT,
     ExistingOutput,
     OutputChanged,
+    OutputMetadata,
     StorageError,
     conditional_writes_honoured,
     existing_output,
+    output_metadata,
     read_source_object,
     settings_fingerprint,
+    source_tag,
     write_output,
 )
 
@@ -224,16 +229,9 @@ class TaskRunner:
                     task, Outcome.skipped, bytes_in=len(data), reason=exc.reason, message=exc.message
                 )
                 return skipped.model_copy(update={"dest": ""})
+            stored = output_metadata(task, etag, len(data), compressed.stored_original, metadata)
             write = partial(
-                write_output,
-                self.client,
-                task,
-                compressed.data,
-                CONTENT_TYPES[compressed.format],
-                etag,
-                len(data),
-                compressed.stored_original,
-                source_metadata=metadata,
+                write_output, self.client, task, compressed.data, CONTENT_TYPES[compressed.format], stored
             )
             there = self._store(task, write, found, looked)
             if there is not None:
@@ -255,7 +253,7 @@ class TaskRunner:
                 quality=compressed.quality,
                 ssim=compressed.ssim,
                 reason=compressed.reason,
-                message=_quality_message(task, compressed),
+                message=_messages(_quality_message(task, compressed), _left_out_message(stored)),
                 stored_original=compressed.stored_original,
                 frames=compressed.frames,
             )
@@ -412,18 +410,11 @@ class TaskRunner:
                 rendition, Outcome.skipped if made.skipped else Outcome.failed, made.reason, made.message
             )
         one = task.for_rendition(rendition)
+        size = (compressed.width, compressed.height)
+        stored = output_metadata(one, etag, len(data), compressed.stored_original, metadata, size)
         try:
             write_output(
-                self.client,
-                one,
-                compressed.data,
-                CONTENT_TYPES[compressed.format],
-                etag,
-                len(data),
-                compressed.stored_original,
-                replaces=found,
-                source_metadata=metadata,
-                size=(compressed.width, compressed.height),
+                self.client, one, compressed.data, CONTENT_TYPES[compressed.format], stored, replaces=found
             )
         except OutputChanged:
             return _from_result(rendition, self._raced(one), None)
@@ -441,7 +432,7 @@ class TaskRunner:
             stored_width=compressed.width,
             stored_height=compressed.height,
             reason=compressed.reason,
-            message=_quality_message(one, compressed),
+            message=_messages(_quality_message(one, compressed), _left_out_message(stored)),
             quality=compressed.quality,
             ssim=compressed.ssim,
             stored_original=compressed.stored_original,
@@ -526,7 +517,7 @@ def _same_input(task: Task, found: ExistingOutput) -> bool:
     """Whether an output of this task's job was made from this task's input. A URL is stored
     without its query (public_source), so URLs that differ only there (`?size=s`, `?size=l`) are
     told apart by task id: a job's URL list gives each URL the same id on every fan-out."""
-    if found.source != task.source.describe():
+    if found.source != unquote(source_tag(task.source.describe())):
         return False
     return task.source.url is None or found.task in ("", str(task.id))
 
@@ -544,6 +535,19 @@ def _result(task: Task, outcome: Outcome, **fields) -> Result:
         dest=f"s3://{task.dest_bucket}/{task.dest_key}",
         **fields,
     )
+
+
+def _left_out_message(stored: OutputMetadata) -> str:
+    if not stored.left_out:
+        return ""
+    return (
+        f"the source's metadata {', '.join(stored.left_out)} not copied: S3 keeps at most "
+        f"{METADATA_LIMIT} bytes of user metadata"
+    )
+
+
+def _messages(*parts: str) -> str:
+    return "; ".join(part for part in parts if part)
 
 
 def _quality_message(task: Task, compressed: Compressed) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -144,7 +145,18 @@ class Controller:
         self.metrics = metrics
         self.jobs: dict[str, _Job] = {}
         self.book = BudgetBook(settings.max_total_workers)
+        self.seeded = False
         self.deliveries: dict[str, _Delivery] = {}
+
+    def seed(self, recorded: Mapping[str, int]) -> None:
+        """Book, once, the workers every job's status recorded when this operator started (a restart, a
+        standby taking over): each job adopts its Deployment's replicas only when it resumes, and a
+        job deciding before the others had resumed would take their pods again."""
+        if self.seeded:
+            return
+        self.seeded = True
+        for uid, workers in recorded.items():
+            self.book.adopt(uid, workers)
 
     # --- create / resume ------------------------------------------------------------------------
 

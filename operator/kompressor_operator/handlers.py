@@ -35,7 +35,7 @@ from kompressor_operator.controller import (
 )
 from kompressor_operator.kube import DeploymentNotOwned, Kube, load_config
 from kompressor_operator.metrics import OperatorMetrics
-from kompressor_operator.reconcile import needs_steps
+from kompressor_operator.reconcile import needs_steps, recorded_workers
 from kompressor_operator.settings import OperatorSettings
 from kompressor_operator.status import (
     DEPLOYMENT_NOT_OWNED,
@@ -126,10 +126,21 @@ def _finished(body: kopf.Body) -> bool:
     return (body.get("status") or {}).get("phase") in {phase.value for phase in FINISHED_PHASES}
 
 
+@kopf.index(GROUP, VERSION, PLURAL)
+def booked_workers(body: kopf.Body, **_: Any) -> dict[str, int]:
+    """Each job's workers as its status recorded them (reconcile.recorded_workers). kopf runs no
+    handler before every job of its first listing is indexed, so the first job to start after a
+    restart books them all (Controller.seed) before any job decides its replicas."""
+    return {body["metadata"]["uid"]: recorded_workers(body)}
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
-async def start(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+async def start(
+    body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, booked_workers: kopf.Index, **_: Any
+) -> None:
     """A job created (or found on resume): the controller starts it, or its refusal goes in the status."""
+    memo.controller.seed({uid: max(store) for uid, store in booked_workers.items()})
     if _finished(body):
         return
     try:

@@ -16,8 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
-from kompressor.crd import FINISHED_PHASES, CompressionJobSpec, CompressionJobStatus, Phase, WorkerCounts
+from pydantic import ValidationError
+
+from kompressor.crd import (
+    FINISHED_PHASES,
+    CompressionJobSpec,
+    CompressionJobStatus,
+    Phase,
+    Scaler,
+    WorkerCounts,
+)
 from kompressor.messages import JobRef, task_queue
 from kompressor_operator.policy import Claim, Decision, Sample, ScaleState, decide_replicas, grant
 from kompressor_operator.status import (
@@ -277,6 +287,20 @@ def needs_steps(status: CompressionJobStatus) -> bool:
     if status.phase not in FINISHED_PHASES:
         return True
     return workers_pending(status) or webhook_pending(status)
+
+
+def recorded_workers(body: Mapping[str, Any]) -> int:
+    """The workers a job's status last recorded asking for, where they count against the cluster's
+    budget (the builtin scaler, not finished); 0 otherwise. What an operator that has just started
+    books for a job before the job itself has resumed (handlers.booked_workers)."""
+    scaler = ((body.get("spec") or {}).get("workers") or {}).get("scaler", Scaler.builtin.value)
+    try:
+        status = CompressionJobStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return 0
+    if scaler != Scaler.builtin.value or status.phase in FINISHED_PHASES:
+        return 0
+    return status.workers.desired
 
 
 def notified(

@@ -46,3 +46,13 @@ def test_a_jobs_deletion_waits_for_its_running_step_to_end():
     deleting.join(10)
     assert not deleting.is_alive()
     assert calls == ["step ended", "delete_queues", "close"]
+
+
+def test_the_workers_jobs_recorded_are_booked_once_before_any_job_decides():
+    controller = Controller(OperatorSettings(max_total_workers=4), kube=None, metrics=OperatorMetrics())
+    controller.seed({"a": 2, "b": 1, "finished": 0})
+    assert controller.book.held() == 3
+    with controller.book.deciding() as budget:
+        assert dict(budget.held) == {"a": 2, "b": 1, "finished": 0}
+    controller.seed({"a": 4, "c": 4})  # a later job's start: the book is the truth by now
+    assert controller.book.held() == 3

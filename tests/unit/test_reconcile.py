@@ -31,6 +31,7 @@ from kompressor_operator.reconcile import (
     needs_steps,
     notified,
     reconcile,
+    recorded_workers,
     step_failed,
     webhook_pending,
     workers_seen,
@@ -331,3 +332,12 @@ def test_properties_over_any_run(history, steps):
             assert status.phase in FINISHED_PHASES and status.workers.desired == 0
             status = workers_seen(status, 0)
             assert status.phase in FINISHED_PHASES and status.completion_time == finished_at
+
+
+def test_the_workers_a_status_recorded_count_while_the_builtin_scaler_runs_the_job():
+    running = {"spec": {}, "status": {"phase": "Running", "workers": {"desired": 3, "ready": 1}}}
+    assert recorded_workers(running) == 3
+    assert recorded_workers({**running, "spec": {"workers": {"scaler": "external"}}}) == 0
+    assert recorded_workers({**running, "status": {"phase": "Succeeded", "workers": {"desired": 3}}}) == 0
+    assert recorded_workers({"spec": {}}) == 0  # new: no status yet
+    assert recorded_workers({"spec": {}, "status": {"phase": "Nonsense"}}) == 0

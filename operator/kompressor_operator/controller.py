@@ -62,6 +62,7 @@ from kompressor_operator.status import (
     immutable_changes,
     required_secrets,
     secrets_condition,
+    secrets_found,
     waited_for_secrets,
 )
 from kompressor_s3 import s3_client
@@ -282,6 +283,7 @@ class Controller:
         now = time.monotonic()
         if not due(state.memory, now, poll_interval):
             return None
+        previous = secrets_found(previous, datetime.now(UTC))
         spec, refused = accepted_spec(body)
         state.spec = spec
         state.engine.spec = spec

@@ -608,6 +608,13 @@ def secrets_condition(
     )
 
 
+def secrets_found(status: CompressionJobStatus, now: datetime) -> CompressionJobStatus:
+    """The status of a job that has started, so found every Secret it names: SecretsReady True if it
+    had waited. A step's status is read from the body its timer was given, which can predate the
+    start's own write of True; without this, the step wrote the stale False back for good."""
+    return secrets_condition(status, [], now) if waited_for_secrets(status) else status
+
+
 # --- the finish webhook's condition (notify.py sends it; reconcile.py writes it) -------------------
 
 NOTIFIED = "Notified"

@@ -35,6 +35,7 @@ from kompressor_operator.status import (
     required_secrets,
     retry_delay,
     secrets_condition,
+    secrets_found,
     set_condition,
     spec_accepted,
     throughput,
@@ -591,3 +592,15 @@ def test_a_missing_secret_is_a_false_condition_naming_it_and_never_moves_the_pha
     assert not waited_for_secrets(found)
     (condition,) = [c for c in found.conditions if c.type == SECRETS_READY]
     assert (condition.status, condition.last_transition_time) == ("True", T0 + timedelta(seconds=9))
+
+
+def test_a_started_job_turns_a_stale_secrets_missing_condition_true():
+    # kopf's step timer can hold a body read before the start's write of SecretsReady=True: the
+    # step's status must not write the stale False back (an e2e job Succeeded still "SecretMissing").
+    waiting = secrets_condition(CompressionJobStatus(phase=Phase.pending), ["spec.storage: missing"], T0)
+    found = secrets_found(waiting, T0 + timedelta(seconds=3))
+    (condition,) = [c for c in found.conditions if c.type == SECRETS_READY]
+    assert (condition.status, condition.reason) == ("True", "Found")
+    assert secrets_found(found, T0 + timedelta(seconds=9)) == found
+    never_waited = CompressionJobStatus(phase=Phase.running)
+    assert secrets_found(never_waited, T0) == never_waited  # nothing written for a job that never waited

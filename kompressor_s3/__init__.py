@@ -8,6 +8,7 @@ from __future__ import annotations
 import email.utils
 import functools
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import boto3
@@ -15,13 +16,19 @@ import botocore.session
 from botocore.config import Config
 from botocore.utils import parse_timestamp as botocore_parse_timestamp
 from pydantic import SecretStr
+from urllib3.exceptions import NewConnectionError
+from urllib3.util import connection
 
 from kompressor.settings import StorageSettings
 
 _CLIENTS = threading.Lock()  # botocore's Session is not thread-safe; kopf starts jobs in threads
 
 
-def s3_client(storage: StorageSettings):
+Vet = Callable[[str, int], list[tuple[int, tuple]]]
+"""(host, port) -> the (family, sockaddr) a connection may go to, or an exception (the guard refused)."""
+
+
+def s3_client(storage: StorageSettings, vet: Vet | None = None):
     """A boto3 S3 client with botocore's standard retry mode (exponential backoff with jitter).
 
     Two departures from botocore's defaults, both measured (bench/fanout.py, bench/worker.py):
@@ -31,13 +38,17 @@ def s3_client(storage: StorageSettings):
 
     Every client of the process comes from one session, which loads the S3 service model once: a
     session per client cost 12 MB each (1.5 MB from a shared one), and the operator makes a client
-    per running job."""
+    per running job.
+
+    `vet`: every connection the client opens first asks it where it may go, and goes to one of the
+    addresses it returns (a job's own endpoint, judged by the operator's allow-list at each
+    connection: a name that resolves elsewhere later, DNS rebinding, gains nothing)."""
 
     def reveal(secret: SecretStr | None) -> str | None:
         return secret.get_secret_value() if secret is not None else None
 
     with _CLIENTS:
-        return _session().client(
+        client = _session().client(
             "s3",
             endpoint_url=storage.endpoint_url,
             region_name=storage.region,
@@ -52,6 +63,40 @@ def s3_client(storage: StorageSettings):
                 response_checksum_validation="when_required",
             ),
         )
+    if vet is not None:
+        _pin(client, vet)
+    return client
+
+
+def _pin(client, vet: Vet) -> None:
+    """Make the client's connections go where `vet` says: its urllib3 connection classes, derived
+    with a `_new_conn` that vets the host and connects to a vetted address (TLS still checks the
+    certificate against the host's name: urllib3 keeps `host` for that, and connects to `_dns_host`)."""
+
+    def new_conn(self):
+        try:
+            addresses = vet(self._dns_host, self.port)
+        except Exception as exc:  # refused, or the lookup failed: nothing is sent
+            raise NewConnectionError(self, f"the endpoint guard refused {self._dns_host}: {exc}") from None
+        error: OSError | None = None
+        for _family, sockaddr in addresses:
+            try:
+                return connection.create_connection(
+                    sockaddr[:2], self.timeout, self.source_address, self.socket_options
+                )
+            except OSError as exc:
+                error = exc
+        raise NewConnectionError(self, f"could not connect to {self._dns_host}: {error}")
+
+    http = client._endpoint.http_session  # botocore's URLLib3Session: pools made per host on demand
+    pinned = {
+        scheme: type(pool.__name__, (pool,), {"ConnectionCls": type(
+            pool.ConnectionCls.__name__, (pool.ConnectionCls,), {"_new_conn": new_conn}
+        )})
+        for scheme, pool in http._pool_classes_by_scheme.items()
+    }  # fmt: skip
+    http._pool_classes_by_scheme = pinned
+    http._manager.pool_classes_by_scheme = pinned
 
 
 @functools.cache

@@ -34,7 +34,7 @@ from kompressor_operator import broker, notify
 from kompressor_operator.book import BudgetBook
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
-from kompressor_operator.endpoints import EndpointRefused, check_endpoint
+from kompressor_operator.endpoints import EndpointRefused, check_endpoint, endpoint_guard
 from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.kube import DeploymentNotOwned, Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
@@ -176,7 +176,9 @@ class Controller:
         missing = self._missing_secrets(job, spec)
         if missing:
             raise SecretsMissing(missing)
-        client = s3_client(self._storage(job, spec))
+        storage = self._storage(job, spec)
+        own, allow = self.settings.storage.endpoint_url, self.settings.storage_endpoint_allow_networks
+        client = s3_client(storage, vet=endpoint_guard(spec.storage, own, allow))
         deployment = self._deployment(job, spec, body, 0)
         try:
             self.kube.apply_deployment(deployment)

@@ -15,21 +15,26 @@ request to the endpoint (the ledger's first read) and before the worker Deployme
 refused job ends Failed with a `StorageEndpointRefused` condition. The workers get the same
 endpoint and the job's own Secret (builders.worker_env), so they are covered by the same check.
 
-What it must never do: send anything to the endpoint it judges. A host that resolves to another
-address later (DNS rebinding against a name the job author controls) is not judged again per
-request: allow-list networks, not names, and only networks where nothing but S3 listens.
+What it must never do: send anything to the endpoint it judges. The operator's client for such a
+job judges the host again at every connection it opens and connects to the address it judged
+(`endpoint_guard`, kompressor_s3's `vet`), so a name that resolves elsewhere later (DNS rebinding
+against a name the job author controls) gains nothing. The workers' connections are not judged
+again: their egress is the NetworkPolicy's to bound (the chart's `networkPolicy`).
 Local mode (`kompressor run`) does not use this: there the job file and the credentials are the
 user's own, on the user's machine, and the job's endpoint gets the user's credentials.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from kompressor.addresses import AddressPolicy, AddressRefused, vetted_url
+from kompressor.addresses import AddressPolicy, AddressRefused, vetted_addresses, vetted_url
 from kompressor.crd import Storage
 
 REASON = "StorageEndpointRefused"
+LOOKUP_SECONDS = 10.0
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -71,6 +76,21 @@ def credentials_problem(storage: Storage, own_endpoint: str | None) -> str | Non
         "the operator's credentials go to its own endpoint only; name a Secret with the credentials "
         "for this endpoint in spec.storage.credentialsSecret, or leave endpointURL out"
     )
+
+
+def endpoint_guard(
+    storage: Storage, own_endpoint: str | None, allow_networks: list[str]
+) -> Callable[[str, int], list[tuple[int, tuple]]] | None:
+    """What judges each connection to a job's endpoint: its host's addresses, all inside
+    `allow_networks` (else AddressRefused); None for the operator's own endpoint (the admin's)."""
+    if not storage.endpoint_url or same_endpoint(storage.endpoint_url, own_endpoint):
+        return None
+    policy = AddressPolicy.only(*allow_networks)
+
+    def vet(host: str, port: int) -> list[tuple[int, tuple]]:
+        return vetted_addresses(host, port, policy, time.monotonic() + LOOKUP_SECONDS)
+
+    return vet
 
 
 def check_endpoint(storage: Storage, own_endpoint: str | None, allow_networks: list[str]) -> None:

@@ -19,7 +19,7 @@ What it must never do: send anything to the endpoint it judges. The operator's c
 job judges the host again at every connection it opens and connects to the address it judged
 (`endpoint_guard`, kompressor_s3's `vet`), so a name that resolves elsewhere later (DNS rebinding
 against a name the job author controls) gains nothing. The workers' connections are not judged
-again: their egress is the NetworkPolicy's to bound (the chart's `networkPolicy`).
+again: their egress is for the chart's `networkPolicy` to bound.
 Local mode (`kompressor run`) does not use this: there the job file and the credentials are the
 user's own, on the user's machine, and the job's endpoint gets the user's credentials.
 """

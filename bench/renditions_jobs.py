@@ -13,11 +13,13 @@ quality 80, or with `--target-ssim 0.985` (automatic quality, as the issue's `he
 Every job is a real local-mode run (`kompressor run JOB.yaml`: the engine lists, plans, fans out,
 starts its own worker processes against RabbitMQ, accounts and writes the manifest), with the same
 workers (`maxReplicas: 1`, `processesPerPod: --processes`). A round runs both ways, the order
-alternating from round to round; `--rounds` rounds; medians. CPU is the whole run's process tree
-(engine, workers, their forkservers and pool children: `proc.reaped`, exact, from
-RUSAGE_CHILDREN of a child subreaper), wall from the command's start to its exit; RabbitMQ's and
-SeaweedFS's CPU over each way is given apart (they serve 9 listings, 9 GETs per source, ... to the
-separate jobs).
+alternating from round to round; `--rounds` rounds; medians. With `--baseline DIR` (a source tree,
+e.g. `git archive` of an older commit, as tiny.py) the renditions job also runs from that tree each
+round, the three ways taking turns at going first, and the outputs are compared byte for byte.
+CPU is the whole run's process tree (engine, workers, their forkservers and pool children:
+`proc.reaped`, exact, from RUSAGE_CHILDREN of a child subreaper), wall from the command's start to
+its exit; RabbitMQ's and SeaweedFS's CPU over each way is given apart (they serve 9 listings, 9
+GETs per source, ... to the separate jobs).
 
 Per output (width, format): bytes from the manifests, summed over the photos, and the luma SSIM of
 both ways' stored objects against one reference (the source decoded at full size and resized
@@ -35,6 +37,7 @@ Prints two tables and writes bench/results/renditions-jobs.json (-ssim.json with
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -55,6 +58,7 @@ from tests.corpus import real_photos
 
 BUCKET = "renditions-jobs"
 WAYS = ("separate", "renditions")
+BASELINE = "renditions, baseline"
 
 
 def job(name: str, prefix: str, spec: dict[str, Any], processes: int) -> dict[str, Any]:
@@ -73,9 +77,10 @@ def job(name: str, prefix: str, spec: dict[str, Any], processes: int) -> dict[st
 
 def jobs(way: str, round_: int, setting: dict[str, Any], formats: list[str], processes: int) -> list[dict]:
     """The jobs of one way in one round: one with renditions, or one per (width, format)."""
-    if way == "renditions":
+    if way in ("renditions", BASELINE):
         rendition = {"name": "r", "widths": list(WIDTHS), "formats": formats, "neverLarger": False, **setting}
-        return [job(f"r{round_}", f"r{round_}/", {"renditions": [rendition]}, processes)]
+        name = f"{way[0]}{round_}" if way == "renditions" else f"b{round_}"
+        return [job(name, f"{name}/", {"renditions": [rendition]}, processes)]
     return [
         job(
             f"s{round_}-{width}-{fmt}",
@@ -112,13 +117,13 @@ def manifest(client, url: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in body.splitlines() if line.strip()]
 
 
-def outputs(way: str, runs: list[dict[str, Any]], client) -> dict[tuple[int, str, str], dict[str, Any]]:
+def outputs(runs: list[dict[str, Any]], client) -> dict[tuple[int, str, str], dict[str, Any]]:
     """(width, format, photo) -> the stored output's key, bytes, quality and SSIM, from the manifests."""
     found = {}
     for done in runs:
         for line in manifest(client, done["status"]["manifest"]):
             photo = line["source"].rsplit("/", 1)[1]
-            if way == "renditions":
+            if line.get("renditions") is not None:
                 for r in line["renditions"]:
                     assert r["outcome"] == "done", r
                     found[(r["width"], r["format"], photo)] = {
@@ -140,7 +145,8 @@ def outputs(way: str, runs: list[dict[str, Any]], client) -> dict[tuple[int, str
 
 
 def common_ssim(client, photos: dict[str, bytes], made: dict[tuple[int, str, str], dict[str, Any]]) -> None:
-    """Add to each output its luma SSIM against the shared reference (`renditions.reference`)."""
+    """Add to each output its luma SSIM against the shared reference (`renditions.reference`) and
+    its SHA-256 (a baseline's outputs are compared byte for byte)."""
     from PIL import Image
 
     references: dict[tuple[str, tuple[int, int]], Any] = {}
@@ -152,6 +158,7 @@ def common_ssim(client, photos: dict[str, bytes], made: dict[tuple[int, str, str
         if (photo, size) not in references:
             references[(photo, size)] = reference(photos[photo], size)
         output["common_ssim"] = ssim_against(references[(photo, size)], data)
+        output["sha256"] = hashlib.sha256(data).hexdigest()
 
 
 def main() -> None:
@@ -161,12 +168,19 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(f.value for f in FORMATS), help="e.g. webp,jpeg")
     parser.add_argument("--target-ssim", type=float, default=None, help="automatic quality instead of q80")
     parser.add_argument("--processes", type=int, default=2, help="the worker's processesPerPod")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a source tree (e.g. git archive of an older commit): its renditions job runs too, each round",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the services' and runs' directories")
     args = parser.parse_args()
     photos = real_photos(limit=args.photos)
     if not photos:
         sys.exit("bench/renditions_jobs.py: opencv-doc's photos are not installed (scripts/setup.sh)")
     formats = args.formats.split(",")
+    ways = [*WAYS, BASELINE] if args.baseline is not None else list(WAYS)
     setting = {"targetSSIM": args.target_ssim} if args.target_ssim is not None else {"quality": QUALITY}
     work = Path(tempfile.mkdtemp(prefix="kompressor-renditions-jobs-"))
     rounds: list[dict[str, Any]] = []
@@ -178,13 +192,20 @@ def main() -> None:
         for name, data in photos.items():
             client.put_object(Bucket=BUCKET, Key=f"in/{name}", Body=data)
         env = {**os.environ, "KOMPRESSOR_BROKER__URL": services.broker_url, **services.storage.env()}
+        envs = {way: env for way in ways}
+        if args.baseline is not None:
+            # Its packages first on the path, for the engine and the workers it starts (as tiny.py).
+            tree = args.baseline.resolve()
+            paths = [str(tree / "worker"), str(tree / "operator"), str(tree)]
+            envs[BASELINE] = {**env, "PYTHONPATH": os.pathsep.join(paths)}
         for round_ in range(args.rounds):
             measured = {}
-            for way in WAYS if round_ % 2 == 0 else WAYS[::-1]:
+            # Each way first, second, ... in turn: the order moves by one each round.
+            for way in ways[round_ % len(ways) :] + ways[: round_ % len(ways)]:
                 meter = Meter(services.pids)
                 with meter.measure():
                     runs = [
-                        run(document, work / document["metadata"]["name"], env)
+                        run(document, work / document["metadata"]["name"], envs[way])
                         for document in jobs(way, round_, setting, formats, args.processes)
                     ]
                 measured[way] = {
@@ -196,17 +217,17 @@ def main() -> None:
                     "other_cpu_seconds": max(0.0, meter.cpu["other"] - sum(r["cpu_seconds"] for r in runs)),
                 }
                 if round_ == 0:
-                    made[way] = outputs(way, runs, client)
+                    made[way] = outputs(runs, client)
                 print(f"round {round_ + 1}/{args.rounds} {way}: {measured[way]}", file=sys.stderr)
             rounds.append(measured)
-        for way in WAYS:
+        for way in ways:
             common_ssim(client, photos, made[way])
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
     count = len(photos)
     median = {
-        way: {key: statistics.median(r[way][key] for r in rounds) for key in rounds[0][way]} for way in WAYS
+        way: {key: statistics.median(r[way][key] for r in rounds) for key in rounds[0][way]} for way in ways
     }
     rows = [
         [
@@ -217,7 +238,7 @@ def main() -> None:
             round(median[way]["services_cpu_seconds"] / count * 1000),
             round(count / median[way]["cpu_seconds"], 2),
         ]
-        for way in WAYS
+        for way in ways
     ]
     cpu_ratio = median["separate"]["cpu_seconds"] / median["renditions"]["cpu_seconds"]
     wall_ratio = median["separate"]["wall_seconds"] / median["renditions"]["wall_seconds"]
@@ -244,22 +265,29 @@ def main() -> None:
     output_rows = []
     for width in WIDTHS:
         for fmt in formats:
-            ways = {way: [o for (w, f, _), o in made[way].items() if (w, f) == (width, fmt)] for way in WAYS}
-            bytes_ = {way: sum(o["bytes"] for o in ways[way]) for way in WAYS}
+            of = {way: [o for (w, f, _), o in made[way].items() if (w, f) == (width, fmt)] for way in WAYS}
+            bytes_ = {way: sum(o["bytes"] for o in of[way]) for way in WAYS}
             row = [
                 f"{width}w {fmt}",
                 bytes_["separate"],
                 bytes_["renditions"],
                 round(bytes_["renditions"] / bytes_["separate"], 3),
-                *(round(statistics.mean(o["common_ssim"] for o in ways[way]), 4) for way in WAYS),
+                *(round(statistics.mean(o["common_ssim"] for o in of[way]), 4) for way in WAYS),
             ]
             if args.target_ssim is not None:
-                row += [round(statistics.mean(o["quality"] for o in ways[way]), 1) for way in WAYS]
+                row += [round(statistics.mean(o["quality"] for o in of[way]), 1) for way in WAYS]
             output_rows.append(row)
     columns = ["output", "bytes separate", "bytes renditions", "ratio", "SSIM separate", "SSIM renditions"]
     if args.target_ssim is not None:
         columns += ["quality separate", "quality renditions"]
     print(table(columns, output_rows))
+    same_as_baseline = None
+    if args.baseline is not None:
+        same_as_baseline = sum(
+            made[BASELINE][key]["sha256"] == output["sha256"] for key, output in made["renditions"].items()
+        )
+        total = len(made["renditions"])
+        print(f"renditions against the baseline's: {same_as_baseline} of {total} outputs the same bytes")
     path = write_json(
         "renditions-jobs-ssim.json" if args.target_ssim is not None else "renditions-jobs.json",
         {
@@ -276,12 +304,14 @@ def main() -> None:
             "cpu_speedup": cpu_ratio,
             "cpu_speedup_per_round": paired,
             "wall_speedup": wall_ratio,
+            "baseline": str(args.baseline) if args.baseline is not None else None,
+            "outputs_same_as_baseline": same_as_baseline,
             "per_output": [dict(zip(columns, row, strict=True)) for row in output_rows],
             "outputs": {
                 way: [
                     {"width": w, "format": f, "photo": p, **o} for (w, f, p), o in sorted(made[way].items())
                 ]
-                for way in WAYS
+                for way in ways
             },
         },
     )

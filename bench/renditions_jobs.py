@@ -272,14 +272,21 @@ def main() -> None:
                 bytes_["separate"],
                 bytes_["renditions"],
                 round(bytes_["renditions"] / bytes_["separate"], 3),
-                *(round(statistics.mean(o["common_ssim"] for o in of[way]), 4) for way in WAYS),
+                # As text: the table prints floats with 2 decimals.
+                *(f"{statistics.mean(o['common_ssim'] for o in of[way]):.4f}" for way in WAYS),
             ]
             if args.target_ssim is not None:
                 row += [round(statistics.mean(o["quality"] for o in of[way]), 1) for way in WAYS]
+                row += [f"{statistics.mean(o['ssim'] for o in of[way]):.4f}" for way in WAYS]
             output_rows.append(row)
     columns = ["output", "bytes separate", "bytes renditions", "ratio", "SSIM separate", "SSIM renditions"]
     if args.target_ssim is not None:
-        columns += ["quality separate", "quality renditions"]
+        columns += [
+            "quality separate",
+            "quality renditions",
+            "search SSIM separate",
+            "search SSIM renditions",
+        ]
     print(table(columns, output_rows))
     same_as_baseline = None
     if args.baseline is not None:

@@ -30,8 +30,10 @@ prepared image).
     python bench/renditions_jobs.py                       # ~10 minutes on a shared 2-core machine
     python bench/renditions_jobs.py --target-ssim 0.985
     python bench/renditions_jobs.py --rounds 1 --photos 4
+    python bench/renditions_jobs.py --copies 4            # 96 sources: the per-job start-up weighs less
 
-Prints two tables and writes bench/results/renditions-jobs.json (-ssim.json with --target-ssim).
+Prints two tables and writes bench/results/renditions-jobs.json (-ssim with --target-ssim, -xN with
+--copies N).
 """
 
 from __future__ import annotations
@@ -122,7 +124,7 @@ def outputs(runs: list[dict[str, Any]], client) -> dict[tuple[int, str, str], di
     found = {}
     for done in runs:
         for line in manifest(client, done["status"]["manifest"]):
-            photo = line["source"].rsplit("/", 1)[1]
+            photo = line["source"].split("/in/", 1)[1]  # copy/name.jpg
             if line.get("renditions") is not None:
                 for r in line["renditions"]:
                     assert r["outcome"] == "done", r
@@ -156,7 +158,7 @@ def common_ssim(client, photos: dict[str, bytes], made: dict[tuple[int, str, str
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
         if (photo, size) not in references:
-            references[(photo, size)] = reference(photos[photo], size)
+            references[(photo, size)] = reference(photos[photo.rsplit("/", 1)[1]], size)
         output["common_ssim"] = ssim_against(references[(photo, size)], data)
         output["sha256"] = hashlib.sha256(data).hexdigest()
 
@@ -168,6 +170,9 @@ def main() -> None:
     parser.add_argument("--formats", default=",".join(f.value for f in FORMATS), help="e.g. webp,jpeg")
     parser.add_argument("--target-ssim", type=float, default=None, help="automatic quality instead of q80")
     parser.add_argument("--processes", type=int, default=2, help="the worker's processesPerPod")
+    parser.add_argument(
+        "--copies", type=int, default=1, help="each photo this many times (in/0/, in/1/, ...): more sources"
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -189,8 +194,9 @@ def main() -> None:
     with running(keep=args.keep) as services:
         client = services.storage.client()
         client.create_bucket(Bucket=BUCKET)
-        for name, data in photos.items():
-            client.put_object(Bucket=BUCKET, Key=f"in/{name}", Body=data)
+        for copy in range(args.copies):
+            for name, data in photos.items():
+                client.put_object(Bucket=BUCKET, Key=f"in/{copy}/{name}", Body=data)
         env = {**os.environ, "KOMPRESSOR_BROKER__URL": services.broker_url, **services.storage.env()}
         envs = {way: env for way in ways}
         if args.baseline is not None:
@@ -225,7 +231,7 @@ def main() -> None:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
-    count = len(photos)
+    count = len(photos) * args.copies
     median = {
         way: {key: statistics.median(r[way][key] for r in rounds) for key in rounds[0][way]} for way in ways
     }
@@ -246,8 +252,8 @@ def main() -> None:
     what = f"targetSSIM {args.target_ssim}" if args.target_ssim is not None else f"quality {QUALITY}"
     print(describe_machine(machine()))
     print(
-        f"{count} photos x {len(WIDTHS) * len(formats)} outputs ({what}), {args.rounds} rounds "
-        f"interleaved, medians; load {load_before} before"
+        f"{count} sources ({len(photos)} photos x {args.copies}) x {len(WIDTHS) * len(formats)} outputs "
+        f"({what}), {args.rounds} rounds interleaved, medians; load {load_before} before"
     )
     headers = [
         "way",
@@ -296,12 +302,15 @@ def main() -> None:
         total = len(made["renditions"])
         print(f"renditions against the baseline's: {same_as_baseline} of {total} outputs the same bytes")
     path = write_json(
-        "renditions-jobs-ssim.json" if args.target_ssim is not None else "renditions-jobs.json",
+        f"renditions-jobs{'-ssim' if args.target_ssim is not None else ''}"
+        f"{f'-x{args.copies}' if args.copies > 1 else ''}.json",
         {
             "machine": machine(),
             "load_average_before": load_before,
             "load_average_after": load_average(),
-            "photos": count,
+            "photos": len(photos),
+            "copies": args.copies,
+            "sources": count,
             "rounds": rounds,
             "widths": WIDTHS,
             "formats": formats,

@@ -12,7 +12,7 @@ the same 9 outputs (widths 480, 320, 160 × AVIF, WebP, JPEG at quality 80; ever
 
 CPU is process_time, wall perf_counter, the median over the rounds per photo, summed over the photos.
 Only the codec is measured: 9 jobs also fetch each source 9 times, HEAD 9 keys, list the bucket and
-write a manifest 9 times, which favours renditions further.
+write a manifest 9 times, which favours renditions further (renditions_jobs.py measures whole jobs).
 
 Per output (width, format): bytes of renditions against separate, and the luma SSIM of both against
 one reference, the source decoded at full size and resized straight to the output's size (Lanczos).

@@ -52,6 +52,7 @@ from typing import Any
 
 import yaml
 from common import describe_machine, load_average, machine, table, write_json
+from PIL import Image
 from proc import Meter, reaped
 from renditions import FORMATS, QUALITY, WIDTHS, reference, ssim_against
 from services import running
@@ -149,17 +150,16 @@ def outputs(runs: list[dict[str, Any]], client) -> dict[tuple[int, str, str], di
 def common_ssim(client, photos: dict[str, bytes], made: dict[tuple[int, str, str], dict[str, Any]]) -> None:
     """Add to each output its luma SSIM against the shared reference (`renditions.reference`) and
     its SHA-256 (a baseline's outputs are compared byte for byte)."""
-    from PIL import Image
-
     references: dict[tuple[str, tuple[int, int]], Any] = {}
     for (_, _, photo), output in made.items():
         bucket, _, key = output["dest"].removeprefix("s3://").partition("/")
         data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
         with Image.open(io.BytesIO(data)) as image:
             size = image.size
-        if (photo, size) not in references:
-            references[(photo, size)] = reference(photos[photo.rsplit("/", 1)[1]], size)
-        output["common_ssim"] = ssim_against(references[(photo, size)], data)
+        name = photo.rsplit("/", 1)[1]  # the copies of a photo share their references
+        if (name, size) not in references:
+            references[(name, size)] = reference(photos[name], size)
+        output["common_ssim"] = ssim_against(references[(name, size)], data)
         output["sha256"] = hashlib.sha256(data).hexdigest()
 
 

@@ -226,3 +226,61 @@ class CpuMeter:
             group = self.groups[pid]
             totals[group] = totals.get(group, 0.0) + (last - self.wait_first.get(pid, 0)) / 1e9
         return totals
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def reaper(report: str, argv: list[str], timeout: float = 60.0) -> None:
+    """Run `argv` and write to `report` (JSON) its wall seconds, exit code and the CPU seconds of its
+    whole process tree, exactly: this process becomes a child subreaper (prctl), so the processes
+    orphaned below it (a worker's forkserver outlives the worker, and its pool children's CPU is
+    counted only to the forkserver's parent when reaped) are re-parented here and reaped, and
+    RUSAGE_CHILDREN then holds every descendant's CPU. Run it in its own process (`reaped`): it
+    waits for every child it has. `timeout`: how long to wait for orphans after `argv` exits."""
+    import ctypes
+    import json
+    import resource
+    import subprocess
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    started = time.monotonic()
+    child = subprocess.Popen(argv)
+    code = child.wait()
+    wall = time.monotonic() - started
+    deadline, left = time.monotonic() + timeout, 0
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break  # every descendant reaped
+        if pid == 0:
+            if time.monotonic() > deadline:
+                left = len(process_tree().get(os.getpid(), []))
+                break
+            time.sleep(0.05)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    Path(report).write_text(
+        json.dumps(
+            {
+                "exit": code,
+                "wall_seconds": wall,
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+                "user_seconds": usage.ru_utime,
+                "system_seconds": usage.ru_stime,
+                "orphans_left": left,
+            }
+        )
+    )
+
+
+def reaped(argv: list[str], report: Path, **popen: Any):
+    """`argv` under `reaper` in a new process (its report in `report`): a Popen, `popen` its
+    keyword arguments (env, cwd, stdout, ...)."""
+    import subprocess
+    import sys
+
+    bench = str(Path(__file__).resolve().parent)
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import proc; proc.reaper(sys.argv[2], sys.argv[3:])"
+    return subprocess.Popen([sys.executable, "-c", code, bench, str(report), *argv], **popen)

@@ -12,7 +12,7 @@ the same 9 outputs (widths 480, 320, 160 × AVIF, WebP, JPEG at quality 80; ever
 
 CPU is process_time, wall perf_counter, the median over the rounds per photo, summed over the photos.
 Only the codec is measured: 9 jobs also fetch each source 9 times, HEAD 9 keys, list the bucket and
-write a manifest 9 times, which favours renditions further.
+write a manifest 9 times, which favours renditions further (renditions_jobs.py measures whole jobs).
 
 Per output (width, format): bytes of renditions against separate, and the luma SSIM of both against
 one reference, the source decoded at full size and resized straight to the output's size (Lanczos).
@@ -63,12 +63,14 @@ def _timed(function) -> tuple[float, float, object]:
     return time.process_time() - cpu, time.perf_counter() - wall, value
 
 
-def _reference(data: bytes, size: tuple[int, int]) -> Image.Image:
+def reference(data: bytes, size: tuple[int, int]) -> Image.Image:
+    """What every output of `size` is compared with: the source decoded at full size, resized once."""
     full = codec.prepare(data, Output(format=Format.png, never_larger=False), Limits())
     return full.image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
 
 
-def _ssim(reference: Image.Image, encoded: bytes) -> float:
+def ssim_against(reference: Image.Image, encoded: bytes) -> float:
+    """Luma SSIM of an encoded output against its `reference`."""
     with Image.open(io.BytesIO(encoded)) as image:
         return ssim_lib.ssim(ssim_lib.luma(reference), ssim_lib.luma(image.convert("RGB")))
 
@@ -104,7 +106,7 @@ def main() -> None:
             if round_ == 0:
                 for output, one, alone in zip(wanted, made["renditions"], made["separate"], strict=True):
                     assert one.compressed is not None, (name, output, one)
-                    reference = _reference(data, (alone.width, alone.height))
+                    resized = reference(data, (alone.width, alone.height))
                     entry = per_output.setdefault(
                         (output.resize.max_width, output.format.value),
                         {
@@ -116,8 +118,8 @@ def main() -> None:
                     )
                     entry["bytes_renditions"].append(len(one.compressed.data))
                     entry["bytes_separate"].append(len(alone.data))
-                    entry["ssim_renditions"].append(_ssim(reference, one.compressed.data))
-                    entry["ssim_separate"].append(_ssim(reference, alone.data))
+                    entry["ssim_renditions"].append(ssim_against(resized, one.compressed.data))
+                    entry["ssim_separate"].append(ssim_against(resized, alone.data))
         print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
 
     def total(way: str, column: int) -> float:

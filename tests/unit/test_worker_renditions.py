@@ -12,7 +12,7 @@ from PIL import Image
 from kompressor.crd import Format, Limits, Output, Resize
 from kompressor.renditions import WOULD_UPSCALE
 from kompressor_worker import codec, renditions
-from tests.corpus import animated_gif, exif_rotated_jpeg, palette_transparent_png, real_photos
+from tests.corpus import animated_gif, awkward_inputs, exif_rotated_jpeg, palette_transparent_png, real_photos
 
 
 def _outputs(widths, formats, **settings) -> list[Output]:
@@ -119,3 +119,51 @@ def test_an_animation_over_the_memory_budget_fails_that_output_alone():
     assert renditions.animate(gif, prepared, output, (20, 15), None).compressed is not None
     tight = renditions.animate(gif, prepared, output, (20, 15), memory_budget_bytes=100)
     assert (tight.compressed, tight.reason) == (None, "too_much_memory")
+
+
+def _derived_one_by_one(data: bytes, outputs: list[Output]) -> list[bytes | None]:
+    """What `make` stored before it resized once per width: each output derived on its own from
+    the widest prepared image (`codec.derive` resizing it again for every format of a width)."""
+    widest = max(o.resize.max_width for o in outputs)
+    base = Output(
+        format=Format.png, resize=Resize(max_width=widest), strip_metadata=False, never_larger=False
+    )
+    prepared = codec.prepare(data, base, Limits())
+    made = []
+    for output in outputs:
+        if not prepared.resized and output.resize.max_width > prepared.image.width:
+            made.append(None)  # would_upscale
+            continue
+        size = codec.fit_inside(prepared.image.size, output.resize.max_width, None)
+        made.append(codec.finish(codec.derive(prepared, output, size), data, output).data)
+    return made
+
+
+_SHARED_RESIZE_INPUTS = sorted(name for name, (_, reason) in awkward_inputs().items() if reason is None)
+
+
+@pytest.mark.parametrize("name", _SHARED_RESIZE_INPUTS)
+def test_resizing_once_per_width_stores_the_same_bytes_as_one_derive_per_output(name):
+    """Every mode an input comes in (palette with transparency, 1-bit, grey, grey+alpha, RGBA, CMYK,
+    16-bit, rotated by EXIF, animated): the formats of one width share its resize, byte for byte."""
+    data = awkward_inputs()[name][0]
+    outputs = _outputs((48, 32, 16), (Format.png, Format.webp, Format.jpeg, Format.avif), neverLarger=False)
+    made = renditions.make(data, outputs, Limits())
+    assert [m.compressed.data if m.compressed else None for m in made] == _derived_one_by_one(data, outputs)
+    assert any(m.compressed for m in made)
+
+
+def test_a_photos_formats_of_one_width_share_its_resize_and_store_the_same_bytes(photo, monkeypatch):
+    outputs = _outputs((240, 160, 80), (Format.avif, Format.webp, Format.jpeg), quality=80)
+    expected = _derived_one_by_one(photo, outputs)
+    sizes = []
+    resize = Image.Image.resize
+    monkeypatch.setattr(
+        Image.Image,
+        "resize",
+        lambda self, size, *a, **k: sizes.append(tuple(size)) or resize(self, size, *a, **k),
+    )
+    made = renditions.make(photo, outputs, Limits())
+    # One resize per width (the widest in the decode, each narrower one once), not one per output.
+    assert len(sizes) == len(set(sizes)) == 3
+    assert [m.compressed.data for m in made] == expected

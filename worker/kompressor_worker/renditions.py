@@ -1,7 +1,7 @@
 """Renditions in the pool child: one decode of an input, every (width, format) output from it.
 
 What it is for: the data-plane half of `spec.renditions`. The input is decoded once, shrunk on load
-(JPEG `draft`) and resized for the widest width it needs; each width is resized from that, and each
+(JPEG `draft`) and resized for the widest width it needs; each width is resized from that once, and each
 (width, format) is finished under the one-output rules (`codec.finish`: fixed or automatic quality
 with its floor, neverLarger against the source's bytes, the metadata policy of its set).
 
@@ -84,6 +84,9 @@ def make(
     )
     prepared = codec.prepare(data, base, limits, memory_budget_bytes, allowed_input_formats, needs)
     shown_width = None if prepared.resized else prepared.image.width  # None: wider than every width
+    # The current width's resize, shared by its formats: outputs come width by width (the
+    # planner's order), so each width is resized once, not once per format.
+    sized = prepared
     made = []
     for output, keep_frames in zip(outputs, keep, strict=True):
         width = output.resize.max_width or prepared.image.width
@@ -102,7 +105,9 @@ def make(
             ):
                 made.append(animate(data, prepared, output, size, memory_budget_bytes))
                 continue
-            compressed = codec.finish(codec.derive(prepared, output, size), data, output)
+            if sized.image.size != size:
+                sized = codec.resize_to(prepared, size)
+            compressed = codec.finish(codec.derive(sized, output, size), data, output)
         except codec.CodecError as exc:
             made.append(Made(reason=exc.reason, message=exc.message))
         except NotSmaller as exc:

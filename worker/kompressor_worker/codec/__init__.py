@@ -109,6 +109,7 @@ from kompressor_worker.codec.decoding import (
     estimate_memory,
     fit_inside,
     prepare,
+    resize_to,
 )
 from kompressor_worker.codec.encoding import (
     AVIF_SPEED,
@@ -144,6 +145,7 @@ __all__ = [
     "fit_inside",
     "jpeg_measures_exactly",
     "prepare",
+    "resize_to",
     "resolve_format",
 ]
 

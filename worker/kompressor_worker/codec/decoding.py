@@ -92,27 +92,38 @@ MemoryEstimate = Callable[[tuple[int, int], str, tuple[int, int]], int]
 """Bytes to decode an image of (size, mode) and make its outputs from a prepared `target` size."""
 
 
+def resize_to(prepared: Prepared, size: tuple[int, int]) -> Prepared:
+    """`prepared` (upright, in a PNG mode) at `size` (no larger), before any output format's mode:
+    what every format of one width shares, so renditions resize once per width; `prepared` itself
+    when it has that size."""
+    image, icc = prepared.image, prepared.icc_profile
+    if size == image.size:
+        return prepared
+    if image.mode in ("P", "1"):
+        image, icc = to_8bit(image, icc)  # a palette resizes with NEAREST only
+    image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
+    return dataclasses.replace(prepared, image=image, icc_profile=icc, resized=True, source_subsampling=None)
+
+
 def derive(prepared: Prepared, output: Output, size: tuple[int, int]) -> Prepared:
     """Another output of one decode: `prepared` (upright, in a PNG mode) at `size` (no larger) for
-    `output`'s format and metadata policy, as `prepare` would have made it from the input."""
-    image, icc = prepared.image, prepared.icc_profile
+    `output`'s format and metadata policy, as `prepare` would have made it from the input.
+    `prepared` may already be `resize_to(..., size)`: then nothing is resized again."""
+    sized = resize_to(prepared, size)
+    image, icc = sized.image, sized.icc_profile
     fmt = resolve_format(output.format, prepared.source_format)
-    resized = prepared.resized or size != image.size
-    if image.mode in ("P", "1") and (fmt is not Format.png or resized):
-        image, icc = to_8bit(image, icc)  # a palette resizes with NEAREST only
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=RESIZE_REDUCING_GAP)
+    if image.mode in ("P", "1") and (fmt is not Format.png or sized.resized):
+        image, icc = to_8bit(image, icc)
     image = fit_mode(image, fmt)
     keep = not output.strip_metadata
     return dataclasses.replace(
-        prepared,
+        sized,
         image=image,
         format=fmt,
         icc_profile=icc if icc is not None and metadata.icc_matches(icc, image.mode) else None,
         exif=prepared.exif if keep else None,
         xmp=prepared.xmp if keep else None,
-        resized=resized,
-        source_subsampling=None if resized else prepared.source_subsampling,
+        source_subsampling=None if sized.resized else prepared.source_subsampling,
     )
 
 

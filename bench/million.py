@@ -87,7 +87,7 @@ def operator_main(job_file: Path, broker_url: str) -> int:
     from kompressor.crd import CompressionJobStatus, parse_spec
     from kompressor.messages import JobRef
     from kompressor_operator.engine import JobEngine
-    from kompressor_operator.reconcile import Budget, Memory, Observation, due, reconcile
+    from kompressor_operator.reconcile import Budget, Memory, Observation, next_step_in, reconcile
     from kompressor_s3 import s3_client
 
     started = time.monotonic()
@@ -115,10 +115,7 @@ def operator_main(job_file: Path, broker_url: str) -> int:
     previous, memory, writes, first = CompressionJobStatus(), Memory(), 0, True
     created = time.time()
     while True:
-        now = time.monotonic()
-        if not due(memory, now, POLL_SECONDS):
-            time.sleep(max(0.0, (memory.last_step or now) + POLL_SECONDS - now))
-            continue
+        time.sleep(next_step_in(memory, time.monotonic(), POLL_SECONDS))
         step_started = time.monotonic()
         progress = engine.step()
         observed = Observation(
@@ -126,6 +123,7 @@ def operator_main(job_file: Path, broker_url: str) -> int:
             sample=progress.sample(suspended=False),
             accounted_now=progress.accounted_now,
             workers_ready=0,
+            publishing=progress.publishing,
         )
         plan = reconcile(
             spec,

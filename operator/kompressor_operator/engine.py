@@ -301,8 +301,10 @@ class JobEngine:
         save the cursor per batch. Returns how many were published, and whether it stopped for time
         with room left (Progress.publishing).
 
-        A crash between a batch's confirms and its cursor save republishes that batch on restart:
-        the duplicates find their outputs already stored and the ledger counts each id once."""
+        Each batch is sent before the previous one's confirms are awaited and its cursor saved, so
+        the broker stores one batch while the next is listed, planned and encoded (bench/million.py).
+        A crash republishes on restart what was sent and not saved, at most two batches: the
+        duplicates find their outputs already stored and the ledger counts each id once."""
         cursor = self.ledger.cursor
         if cursor.listing_done:
             return 0, False
@@ -312,21 +314,32 @@ class JobEngine:
         # A batch's tasks are all in flight at once and confirmed together (one round trip per
         # batch, not per task); the connection lasts this round only (see ConfirmedPublisher).
         with broker.ConfirmedPublisher(self.broker_url) as publisher:
+            sent: tuple[int, Cursor] | None = None  # the batch sent, not yet confirmed and saved
             while room > 0:
                 asked = min(room, PUBLISH_BATCH)
                 sources = list(islice(self._source_iterator(cursor), asked))
                 tasks = [plan_task(self.job, self.spec, cursor.next_id + i, s) for i, s in enumerate(sources)]
-                publisher.publish(tasks)
+                mark = publisher.send(tasks)
                 cursor = advanced(cursor, [s.key for s in sources], asked)
-                self.ledger.save_cursor(cursor)
+                if sent is not None:
+                    self._confirmed(publisher, *sent)
+                sent = (mark, cursor)
                 published += len(sources)
                 room -= len(sources)
-                if cursor.listing_done:
-                    self._sources = None  # an S3 listing's thread ended with the listing
-                    return published, False
-                if time.monotonic() >= deadline:
-                    return published, room > 0
-        return published, False
+                if cursor.listing_done or time.monotonic() >= deadline:
+                    break
+            if sent is not None:
+                self._confirmed(publisher, *sent)
+        if cursor.listing_done:
+            self._sources = None  # an S3 listing's thread ended with the listing
+            return published, False
+        return published, room > 0
+
+    def _confirmed(self, publisher: broker.ConfirmedPublisher, mark: int, cursor: Cursor) -> None:
+        """Wait for a batch's confirms, then save the cursor after it: never a task the broker may
+        not hold recorded as published."""
+        publisher.wait(mark)
+        self.ledger.save_cursor(cursor)
 
     def _source_iterator(self, cursor: Cursor) -> Iterator:
         if self._sources is None:

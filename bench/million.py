@@ -402,6 +402,7 @@ def fan_out_round(found, count: int, tree: Path, env: dict[str, str]) -> dict[st
         "steps": len(steps),
         "peak_rss_mb": round(peak_kb / 1024, 1),
         "status_writes": status_rate(steps),
+        "step_durations": [step["seconds"] for step in steps],
     }
 
 
@@ -426,19 +427,15 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
                     **fan_out_round(found, count, tree, env),
                 }
                 report["rounds"].append(result)
-                print(
-                    json.dumps({k: v for k, v in result.items() if k != "status_writes"})
-                    + f" status writes/min max {result['status_writes']['max_per_minute']}",
-                    flush=True,
-                )
+                print(json.dumps(result), flush=True)
     report["median"] = {
         str(tree): {
             key: statistics.median(r[key] for r in report["rounds"] if r["tree"] == str(tree))
             for key in ("seconds", "step_seconds", "cpu_seconds", "peak_rss_mb")
         }
         | {
-            "status_writes_max_per_minute": max(
-                r["status_writes"]["max_per_minute"] for r in report["rounds"] if r["tree"] == str(tree)
+            "status_writes_mean_per_minute": statistics.median(
+                r["status_writes"]["mean_per_minute"] or 0 for r in report["rounds"] if r["tree"] == str(tree)
             )
         }
         for tree in trees
@@ -454,8 +451,15 @@ def status_rate(steps: list[dict[str, Any]]) -> dict[str, Any]:
         while t - times[start] > 60:
             start += 1
         most = max(most, end - start + 1)
-    span = (times[-1] - times[0]) / 60 if len(times) > 1 else 1
-    return {"writes": len(times), "max_per_minute": most, "mean_per_minute": round(len(times) / span, 1)}
+    # n writes are n - 1 intervals: a short run's first write would count a whole extra interval
+    mean = (len(times) - 1) / ((times[-1] - times[0]) / 60) if len(times) > 1 else None
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "writes": len(times),
+        "max_per_minute": most,
+        "mean_per_minute": round(mean, 1) if mean is not None else None,
+        "shortest_gap_seconds": round(min(gaps), 2) if gaps else None,
+    }
 
 
 def check_manifest(found, url: str, count: int) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import json
 import os
 import queue
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -86,7 +87,7 @@ def operator_main(job_file: Path, broker_url: str) -> int:
     from kompressor.crd import CompressionJobStatus, parse_spec
     from kompressor.messages import JobRef
     from kompressor_operator.engine import JobEngine
-    from kompressor_operator.reconcile import Budget, Memory, Observation, due, reconcile
+    from kompressor_operator.reconcile import Budget, Memory, Observation, next_step_in, reconcile
     from kompressor_s3 import s3_client
 
     started = time.monotonic()
@@ -109,14 +110,12 @@ def operator_main(job_file: Path, broker_url: str) -> int:
         objects_read=engine.ledger.objects_read,
         published=engine.counts().published,
         accounted=engine.ledger.tally.accounted,
+        cpu=round(time.process_time(), 3),
     )
     previous, memory, writes, first = CompressionJobStatus(), Memory(), 0, True
     created = time.time()
     while True:
-        now = time.monotonic()
-        if not due(memory, now, POLL_SECONDS):
-            time.sleep(max(0.0, (memory.last_step or now) + POLL_SECONDS - now))
-            continue
+        time.sleep(next_step_in(memory, time.monotonic(), POLL_SECONDS))
         step_started = time.monotonic()
         progress = engine.step()
         observed = Observation(
@@ -124,6 +123,7 @@ def operator_main(job_file: Path, broker_url: str) -> int:
             sample=progress.sample(suspended=False),
             accounted_now=progress.accounted_now,
             workers_ready=0,
+            publishing=progress.publishing,
         )
         plan = reconcile(
             spec,
@@ -153,6 +153,7 @@ def operator_main(job_file: Path, broker_url: str) -> int:
             status_writes=writes,
             status_changed=changed,
             first=first,
+            cpu=round(time.process_time(), 3),  # the whole process: listing thread, pika, planning
         )
         first = False
         if progress.finished:
@@ -356,6 +357,92 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def fan_out_round(found, count: int, tree: Path, env: dict[str, str]) -> dict[str, Any]:
+    """One job's fan-out alone, by the operator of the source tree `tree` (its own
+    bench/million.py, so its own step loop): from its first step to the step that has published all
+    `count`; then the process is stopped and the job's queues deleted. No restart, no accounting."""
+    from kompressor.messages import JobRef
+    from kompressor_operator import broker
+
+    document = job_document(count)
+    job_file = found.run_dir / f"job-{document['job']['name']}.json"
+    job_file.write_text(json.dumps(document))
+    paths = [str(tree / part) for part in ("", "operator", "worker")]
+    child_env = {**env, "PYTHONPATH": os.pathsep.join(paths)}  # ahead of the editable install
+    argv = [sys.executable, str(tree / "bench" / "million.py"), "operator", str(job_file), found.broker.url]
+    operator = Operator(argv, child_env)
+    steps: list[dict[str, Any]] = []
+    opened: dict[str, Any] = {}
+    peak_kb = 0
+    try:
+        while not steps or steps[-1]["published"] < count:
+            time.sleep(0.2)
+            peak_kb = max(peak_kb, rss_kb(operator.process.pid)[1])
+            for line in operator.poll():
+                if line["event"] == "opened":
+                    opened = line
+                elif line["event"] == "step":
+                    steps.append(line)
+            if operator.process.poll() is not None:
+                raise RuntimeError(f"the operator exited with {operator.process.returncode}")
+    finally:
+        operator.kill()
+        connection = broker.connect(found.broker.url)
+        try:
+            broker.delete_job_queues(connection.channel(), JobRef(**document["job"]))
+        finally:
+            connection.close()
+    first = steps[0]["t"] - steps[0]["seconds"]
+    return {
+        "tree": str(tree),
+        "seconds": round(steps[-1]["t"] - first, 2),
+        "step_seconds": round(sum(step["seconds"] for step in steps), 2),
+        # from the ledger read to the last publish (the interpreter's start-up left out)
+        "cpu_seconds": round(steps[-1]["cpu"] - opened["cpu"], 2),
+        "steps": len(steps),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
+        "status_writes": status_rate(steps),
+        "step_durations": [step["seconds"] for step in steps],
+    }
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    """--fan-out-only: the inputs uploaded once, then `rounds` fan-outs of a new job each by each
+    tree, interleaved (this tree first in even rounds, last in odd ones)."""
+    count = args.inputs
+    info = machine()
+    print(f"machine: {describe_machine(info)}; load average {load_average()}", flush=True)
+    trees = [Path(__file__).resolve().parents[1], *(path.resolve() for path in args.compare)]
+    report: dict[str, Any] = {"machine": info, "inputs": count, "rounds": []}
+    with running() as found:
+        seconds, how = put_empty_objects(found, BUCKET, [input_key(i) for i in range(count)], threads=64)
+        report["upload"] = {"seconds": round(seconds, 1), "how": how}
+        print(f"upload: {count} objects in {seconds:.0f} s ({how})", flush=True)
+        env = {**os.environ, **found.storage.env()}
+        for index in range(args.rounds):
+            for tree in trees if index % 2 == 0 else trees[::-1]:  # ABBA: neither always first
+                result = {
+                    "round": index,
+                    "load_average": load_average(),
+                    **fan_out_round(found, count, tree, env),
+                }
+                report["rounds"].append(result)
+                print(json.dumps(result), flush=True)
+    report["median"] = {
+        str(tree): {
+            key: statistics.median(r[key] for r in report["rounds"] if r["tree"] == str(tree))
+            for key in ("seconds", "step_seconds", "cpu_seconds", "peak_rss_mb")
+        }
+        | {
+            "status_writes_mean_per_minute": statistics.median(
+                r["status_writes"]["mean_per_minute"] or 0 for r in report["rounds"] if r["tree"] == str(tree)
+            )
+        }
+        for tree in trees
+    }
+    return report
+
+
 def status_rate(steps: list[dict[str, Any]]) -> dict[str, Any]:
     """Status writes per minute: the most in any 60 s window, and the mean."""
     times = sorted(step["t"] for step in steps)
@@ -364,8 +451,15 @@ def status_rate(steps: list[dict[str, Any]]) -> dict[str, Any]:
         while t - times[start] > 60:
             start += 1
         most = max(most, end - start + 1)
-    span = (times[-1] - times[0]) / 60 if len(times) > 1 else 1
-    return {"writes": len(times), "max_per_minute": most, "mean_per_minute": round(len(times) / span, 1)}
+    # n writes are n - 1 intervals: a short run's first write would count a whole extra interval
+    mean = (len(times) - 1) / ((times[-1] - times[0]) / 60) if len(times) > 1 else None
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    return {
+        "writes": len(times),
+        "max_per_minute": most,
+        "mean_per_minute": round(mean, 1) if mean is not None else None,
+        "shortest_gap_seconds": round(min(gaps), 2) if gaps else None,
+    }
 
 
 def check_manifest(found, url: str, count: int) -> dict[str, Any]:
@@ -473,6 +567,20 @@ def main(argv: list[str] | None = None) -> int:
     child.add_argument("broker_url")
     parser.add_argument("--inputs", type=int, default=1_000_000)
     parser.add_argument("--verbose", action="store_true", help="print the operator's lines")
+    parser.add_argument(
+        "--fan-out-only",
+        action="store_true",
+        help="time the fan-out alone (no restart, no accounting), --rounds times, interleaved with --compare",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        action="append",
+        default=[],
+        help="with --fan-out-only: another source tree (e.g. `git worktree add` of a baseline commit) "
+        "whose operator runs every other round",
+    )
     args = parser.parse_args(argv)
     if args.mode == "operator":
         return operator_main(args.job_file, args.broker_url)
@@ -480,6 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         return results_main(args.job_file, args.broker_url)
     # stopped with SIGTERM: stop the test bed's services too (the `services` context's finally)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.fan_out_only:
+        report = compare(args)
+        report["load_average_after"] = load_average()
+        path = write_json(f"million-fan-out-{args.inputs}.json", report)
+        print(json.dumps(report["median"], indent=2))
+        print(f"wrote {path}")
+        return 0
     report = run(args)
     report["load_average_after"] = load_average()
     path = write_json(f"million-{args.inputs}.json", report)

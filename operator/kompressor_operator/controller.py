@@ -309,6 +309,7 @@ class Controller:
             workers_ready=self.kube.ready_replicas(state.job.namespace, name),
             # an external scaler's replicas, to report (and start from if builtin returns)
             workers_desired=self.kube.desired_replicas(state.job.namespace, name) if external else None,
+            publishing=progress.publishing,
         )
         # Decided and booked under the book's lock, before the patch: no other job's step can
         # take the same free pods (book.py). Pods given back are booked only once patched away.

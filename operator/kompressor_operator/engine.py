@@ -79,6 +79,9 @@ class Progress:
     published_now: int
     refused_now: Mapping[str, int] = field(default_factory=dict)
     """Results and dead letters read in this step and dropped unrecorded, by reason."""
+    publishing: bool = False
+    """The fan-out stopped at FAN_OUT_SECONDS with inputs left to list and room under
+    maxOutstanding for them: the next step can go on publishing at once."""
 
     @property
     def finished(self) -> bool:
@@ -220,9 +223,9 @@ class JobEngine:
     def _step(self) -> Progress:
         channel = self._ensure_channel()
         accounted, refused = self._collect(channel)
-        published = self._fan_out(channel)
+        published, publishing = self._fan_out(channel)
         ready = broker.queue_depth(channel, task_queue(self.job)).ready
-        return Progress(self.counts(), ready, accounted, published, refused)
+        return Progress(self.counts(), ready, accounted, published, refused, publishing)
 
     def counts(self) -> Counts:
         tally, cursor = self.ledger.tally, self.ledger.cursor
@@ -293,36 +296,50 @@ class JobEngine:
             channel.basic_ack(last_tag, multiple=True)
         return new, refused
 
-    def _fan_out(self, channel) -> int:
+    def _fan_out(self, channel) -> tuple[int, bool]:
         """Publish while fewer than maxOutstanding tasks are unaccounted, for up to FAN_OUT_SECONDS;
-        save the cursor per batch.
+        save the cursor per batch. Returns how many were published, and whether it stopped for time
+        with room left (Progress.publishing).
 
-        A crash between a batch's confirms and its cursor save republishes that batch on restart:
-        the duplicates find their outputs already stored and the ledger counts each id once."""
+        Each batch is sent before the previous one's confirms are awaited and its cursor saved, so
+        the broker stores one batch while the next is listed, planned and encoded (bench/million.py).
+        A crash republishes on restart what was sent and not saved, at most two batches: the
+        duplicates find their outputs already stored and the ledger counts each id once."""
         cursor = self.ledger.cursor
         if cursor.listing_done:
-            return 0
+            return 0, False
         room = fan_out_room(self.spec.limits.max_outstanding, cursor, self.ledger.tally.accounted)
         published = 0
         deadline = time.monotonic() + FAN_OUT_SECONDS
         # A batch's tasks are all in flight at once and confirmed together (one round trip per
         # batch, not per task); the connection lasts this round only (see ConfirmedPublisher).
         with broker.ConfirmedPublisher(self.broker_url) as publisher:
+            sent: tuple[int, Cursor] | None = None  # the batch sent, not yet confirmed and saved
             while room > 0:
                 asked = min(room, PUBLISH_BATCH)
                 sources = list(islice(self._source_iterator(cursor), asked))
                 tasks = [plan_task(self.job, self.spec, cursor.next_id + i, s) for i, s in enumerate(sources)]
-                publisher.publish(tasks)
+                mark = publisher.send(tasks)
                 cursor = advanced(cursor, [s.key for s in sources], asked)
-                self.ledger.save_cursor(cursor)
+                if sent is not None:
+                    self._confirmed(publisher, *sent)
+                sent = (mark, cursor)
                 published += len(sources)
                 room -= len(sources)
-                if cursor.listing_done:
-                    self._sources = None  # an S3 listing's thread ended with the listing
+                if cursor.listing_done or time.monotonic() >= deadline:
                     break
-                if time.monotonic() >= deadline:
-                    break
-        return published
+            if sent is not None:
+                self._confirmed(publisher, *sent)
+        if cursor.listing_done:
+            self._sources = None  # an S3 listing's thread ended with the listing
+            return published, False
+        return published, room > 0
+
+    def _confirmed(self, publisher: broker.ConfirmedPublisher, mark: int, cursor: Cursor) -> None:
+        """Wait for a batch's confirms, then save the cursor after it: never a task the broker may
+        not hold recorded as published."""
+        publisher.wait(mark)
+        self.ledger.save_cursor(cursor)
 
     def _source_iterator(self, cursor: Cursor) -> Iterator:
         if self._sources is None:

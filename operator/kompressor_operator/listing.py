@@ -29,18 +29,32 @@ def kompressor_key(key: str) -> bool:
     return ".kompressor/" in key
 
 
-def _lean_contents(response_dict, customized_response_dict, **_kwargs) -> None:
+def _lean_contents(response_dict, customized_response_dict, operation_model=None, **_kwargs) -> None:
     """botocore's `before-parse` hook for ListObjectsV2, active only in a thread listing inputs
     (`_LEAN.active`): read each object's Key, ETag and Size with the standard library's C XML parser
     and leave botocore only the page's envelope (IsTruncated, NextContinuationToken, ...). botocore's
     generic parser built every field of every object (LastModified, StorageClass...) through its
-    shape model: half of the fan-out's CPU at 100,000 inputs (bench/fanout.py). Errors (and S3's
-    errors inside a 200, which botocore's own hook turned into a 500 before this one) are left to
-    botocore. The keys stay URL-encoded here: botocore's `after-call` hook decodes them as before."""
-    if not getattr(_LEAN, "active", False) or response_dict.get("status_code") != 200:
+    shape model: half of the fan-out's CPU at 100,000 inputs (bench/fanout.py). The keys stay
+    URL-encoded here: botocore's `after-call` hook decodes them as before.
+
+    It runs before botocore's own check for S3's errors inside a 200 (`register_lean`), which
+    parsed every whole page once more only to read its root tag (11 % of the listing thread's
+    time, bench/million.py): that check now reads the envelope. What is not a whole page of
+    results (a body cut short, an error) is left untouched, for that check to make it a 500."""
+    if (
+        not getattr(_LEAN, "active", False)
+        or operation_model is None
+        or operation_model.name != "ListObjectsV2"
+        or response_dict.get("status_code") != 200
+    ):
         return
-    root = ElementTree.fromstring(response_dict["body"])
+    try:
+        root = ElementTree.fromstring(response_dict["body"])
+    except ElementTree.ParseError:
+        return
     namespace = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if root.tag != f"{namespace}ListBucketResult":
+        return
     key, etag, size = f"{namespace}Key", f"{namespace}ETag", f"{namespace}Size"
     contents = []
     for item in root.findall(f"{namespace}Contents"):
@@ -58,12 +72,16 @@ def _lean_contents(response_dict, customized_response_dict, **_kwargs) -> None:
         response_dict["body"] = ElementTree.tostring(root)
 
 
+def register_lean(client) -> None:
+    """Hook `_lean_contents` into the client, ahead of botocore's S3 handlers: botocore calls the
+    handlers of `before-parse.*` before those of `before-parse.s3.*`."""
+    client.meta.events.register("before-parse.*", _lean_contents, unique_id="kompressor-lean-listing")
+
+
 def _lean_pages(client, arguments: dict, pages: queue.Queue, stop: threading.Event) -> None:
     """The prefetching thread: list pages into `pages` (one ahead at most), then a None; an error
     goes into the queue instead, for the consumer to raise. Ends early once `stop` is set."""
-    client.meta.events.register(
-        "before-parse.s3.ListObjectsV2", _lean_contents, unique_id="kompressor-lean-listing"
-    )
+    register_lean(client)
     _LEAN.active = True
 
     def put(item) -> bool:

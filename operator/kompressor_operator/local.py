@@ -53,6 +53,7 @@ from kompressor_operator.reconcile import (
     Observation,
     finish,
     needs_steps,
+    next_step_in,
     reconcile,
     workers_seen,
 )
@@ -230,6 +231,7 @@ def run_job(
                 sample=progress.sample(suspended=spec.suspend),
                 accounted_now=progress.accounted_now,
                 workers_ready=len(workers.running),
+                publishing=progress.publishing,
             )
             plan = reconcile(
                 own,
@@ -260,7 +262,7 @@ def run_job(
                 on_update(status)
             if not needs_steps(status):
                 break
-            time.sleep(POLL_SECONDS)
+            time.sleep(next_step_in(memory, time.monotonic(), POLL_SECONDS))
         if not keep_queues:
             engine.delete_queues()
     finally:

@@ -62,6 +62,9 @@ class Observation:
     """Worker pods (local mode: processes) running and ready."""
     workers_desired: int | None = None
     """The Deployment's replicas, read when an external scaler owns them (workers.scaler external)."""
+    publishing: bool = False
+    """The step's fan-out stopped at its time limit with inputs left and room for them (the
+    engine's Progress.publishing)."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +81,25 @@ class Memory:
     """Steps failed in a row (broker or storage)."""
     retry_at: float = 0.0
     """After failed steps: no step before this time (the `now` clock)."""
+    publishing: bool = False
+    """The last step left inputs to publish and room for them: the next one is due at once."""
+
+
+def next_step_in(memory: Memory, now: float, poll_interval: float) -> float:
+    """Seconds until a running job's next step is due (0: now). A fan-out under way goes on at once:
+    waiting a poll interval between its steps made the fan-out's wall time ~1.5x its publishing time
+    (bench/million.py). Such a step published for the engine's FAN_OUT_SECONDS (2 s), so steps (and
+    status writes) stay ≤ 30 a minute; any other job steps a poll interval after its last step.
+    Never before a failed step's backoff is over."""
+    backoff = memory.retry_at - now
+    if memory.publishing or memory.last_step is None:
+        return max(0.0, backoff)
+    return max(0.0, backoff, memory.last_step + poll_interval - now)
 
 
 def due(memory: Memory, now: float, poll_interval: float) -> bool:
-    """Whether a running job's next step is due: a poll interval after the last one that worked,
-    and not before a failed step's backoff is over."""
-    if now < memory.retry_at:
-        return False
-    return memory.last_step is None or now - memory.last_step >= poll_interval
+    """Whether a running job's next step is due (next_step_in)."""
+    return next_step_in(memory, now, poll_interval) <= 0
 
 
 @dataclass(frozen=True)
@@ -194,6 +208,7 @@ def reconcile(
             rate=rate,
             last_step=now,
             listed_announced=memory.listed_announced or announce,
+            publishing=observed.publishing,
         ),
         finished=status.phase in FINISHED_PHASES,
     )

@@ -117,7 +117,9 @@ def test_the_engines_fan_out_over_steps_and_a_restart_publishes_each_input_once_
     )
     first = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
     try:
-        assert first.step().published_now == 1000
+        progress = first.step()
+        # stopped for time with inputs left and room: the next step can go on at once
+        assert (progress.published_now, progress.publishing) == (1000, True)
         listing = first._sources
         assert listing is not None and listing.running  # the next page is being read meanwhile
         assert first.step().published_now == 1000
@@ -133,12 +135,88 @@ def test_the_engines_fan_out_over_steps_and_a_restart_publishes_each_input_once_
             True,
             2300,
         )
+        assert not progress.publishing  # nothing left to publish: the next step waits a poll interval
         tasks = _drain(rabbitmq, task_queue(job))
     finally:
         second.delete_queues()
         second.close()
     assert [task.id for task in tasks] == list(range(len(keys)))
     assert [task.source.key for task in tasks] == sorted(keys, key=lambda k: k.encode())
+
+
+def test_a_fan_out_held_back_by_max_outstanding_does_not_ask_for_the_next_step_at_once(
+    rabbitmq: RabbitMQ, s3: S3Server, three_pages, monkeypatch
+):
+    """Progress.publishing is for a fan-out that stopped for time with room left: once
+    maxOutstanding is reached, the job waits for results at the poll interval's pace."""
+    bucket, _keys = three_pages
+    monkeypatch.setattr(engine_module, "FAN_OUT_SECONDS", 0.0)  # a batch of at most 1000 per step
+    job = new_job("held")
+    spec = parse_spec(
+        {
+            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
+            "output": {"format": "webp"},
+            "limits": {"maxOutstanding": 1500},
+        }
+    )
+    engine = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
+    try:
+        steps = [engine.step() for _ in range(3)]
+    finally:
+        engine.delete_queues()
+        engine.close()
+    assert [(p.published_now, p.publishing) for p in steps] == [(1000, True), (500, False), (0, False)]
+    assert not steps[-1].counts.listing_done
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_crash_while_a_batch_is_saved_republishes_what_was_sent_and_not_saved(
+    rabbitmq: RabbitMQ, s3: S3Server, three_pages, monkeypatch
+):
+    """The fan-out sends each batch before the previous one's cursor is saved: a crash at a save
+    leaves the batch it saves and the one sent after it unsaved. A new engine publishes both again
+    with their ids; nothing is missing, and nothing before the saved cursor is sent twice."""
+    bucket, keys = three_pages
+    monkeypatch.setattr(engine_module, "FAN_OUT_SECONDS", 60.0)  # the three batches in one step
+    job = new_job("pipelined")
+    spec = parse_spec(
+        {
+            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
+            "output": {"format": "webp"},
+        }
+    )
+    first = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
+    save, saves = first.ledger.save_cursor, []
+
+    def crashing_save(cursor) -> None:
+        if saves:
+            raise _Crash(cursor)
+        saves.append(cursor)
+        save(cursor)
+
+    first.ledger.save_cursor = crashing_save
+    try:
+        with pytest.raises(_Crash):
+            first.step()
+    finally:
+        first.close()
+    assert [cursor.next_id for cursor in saves] == [1000]
+    second = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
+    try:
+        assert second.ledger.cursor.next_id == 1000
+        assert second.step().counts.listing_done
+        tasks = _drain(rabbitmq, task_queue(job))
+    finally:
+        second.delete_queues()
+        second.close()
+    ids = [task.id for task in tasks]
+    # 0..2299 before the crash (the third batch sent while the second was saved), then 1000..2299
+    assert ids == list(range(len(keys))) + list(range(1000, len(keys)))
 
 
 def _drain(rabbitmq: RabbitMQ, queue: str) -> list[Task]:

@@ -339,6 +339,26 @@ def test_a_jobs_queues_are_all_deleted_with_it(rabbitmq: RabbitMQ, bucket: str):
     assert not {name for name in rabbitmq.ctl("list_queues", "-q", "name").split() if job.uid8 in name}
 
 
+def test_a_drain_ends_at_what_the_queue_held_without_waiting_for_more(rabbitmq: RabbitMQ, bucket: str):
+    """Each fan-out step drains the results first: an empty queue (or the last few results) used to
+    cost the drain's whole idle wait."""
+    job = new_job("drain-now")
+    connection = broker.connect(rabbitmq.url)
+    try:
+        channel = connection.channel()
+        broker.declare_job_queues(channel, job, job_spec(bucket).limits)
+        started = time.monotonic()
+        assert list(broker.drain_results(channel, job, idle_seconds=5.0)) == []
+        for body in (b"one", b"two", b"three"):
+            channel.basic_publish("", result_queue(job), body)
+        wait_for(lambda: broker.queue_depth(channel, result_queue(job)).ready == 3, 10, "3 results queued")
+        assert len(list(broker.drain_results(channel, job, idle_seconds=5.0))) == 3
+        assert time.monotonic() - started < 4.0  # not one idle wait of 5 s
+        broker.delete_job_queues(channel, job)
+    finally:
+        connection.close()
+
+
 def test_a_connection_closed_while_results_drain_fails_as_a_broker_error(rabbitmq: RabbitMQ, bucket: str):
     """Seen in the local chaos run (a broker restart): pika asserted in the drain's cancel, and the
     AssertionError ended `kompressor run` instead of a retried step."""
@@ -349,6 +369,8 @@ def test_a_connection_closed_while_results_drain_fails_as_a_broker_error(rabbitm
         broker.declare_job_queues(channel, job, job_spec(bucket).limits)
         for body in (b"not a result", b"nor this"):
             channel.basic_publish("", result_queue(job), body)
+        # the drain takes what the queue holds ready when it starts
+        wait_for(lambda: broker.queue_depth(channel, result_queue(job)).ready == 2, 10, "both results queued")
         drained = broker.drain_results(channel, job, limit=10)
         assert next(drained)[1] is None  # one delivery taken, the consumer still open
         rabbitmq.ctl("close_all_connections", "the broker closes the connection mid-drain")

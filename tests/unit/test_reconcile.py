@@ -3,6 +3,7 @@ the finish, failed steps, and what a finished job still needs before it costs no
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -29,6 +30,7 @@ from kompressor_operator.reconcile import (
     finish,
     manifest_invalid,
     needs_steps,
+    next_step_in,
     notified,
     reconcile,
     recorded_workers,
@@ -287,7 +289,56 @@ def test_a_step_is_due_a_poll_interval_after_the_last():
     assert not due(Memory(last_step=10.0), 12.9, 3.0) and due(Memory(last_step=10.0), 13.0, 3.0)
 
 
+def test_a_fan_out_under_way_steps_again_at_once_but_not_before_a_backoff():
+    observed = replace(observe(Counts(total=5000, published=2000)), publishing=True)
+    plan = run(observed, now=10.0)
+    assert plan.memory.publishing and due(plan.memory, 10.0, 3.0)
+    assert next_step_in(plan.memory, 10.0, 3.0) == 0
+    backing_off = replace(plan.memory, retry_at=14.0)
+    assert not due(backing_off, 13.9, 3.0) and next_step_in(backing_off, 13.0, 3.0) == 1.0
+    assert due(backing_off, 14.0, 3.0)
+    # the fan-out ended (or maxOutstanding reached): back to the poll interval
+    after = run(observe(Counts(total=5000, published=5000, listing_done=True)), memory=plan.memory, now=12.0)
+    assert not after.memory.publishing and next_step_in(after.memory, 12.0, 3.0) == 3.0
+
+
 # --- properties -------------------------------------------------------------------------------------
+
+memories = st.builds(
+    Memory,
+    last_step=st.none() | st.floats(0, 1e6),
+    retry_at=st.floats(0, 1e6),
+    publishing=st.booleans(),
+)
+
+
+@given(memories, st.floats(0, 1e6), st.floats(0.1, 600))
+def test_only_a_fan_out_under_way_steps_before_its_poll_interval(memory, now, poll_interval):
+    """A job with nothing left to publish (finished, idle, or held back by maxOutstanding) keeps
+    the poll interval and the backoff; one publishing is never later than that, and never before
+    its backoff."""
+    wait = next_step_in(memory, now, poll_interval)
+    assert wait >= 0 and due(memory, now, poll_interval) == (wait == 0)
+    paced = now >= memory.retry_at and (memory.last_step is None or now - memory.last_step >= poll_interval)
+    if not memory.publishing:
+        assert due(memory, now, poll_interval) == paced
+        if memory.last_step is not None:
+            assert wait == max(0.0, memory.retry_at - now, memory.last_step + poll_interval - now)
+    else:
+        assert wait <= next_step_in(replace(memory, publishing=False), now, poll_interval)
+        assert due(memory, now, poll_interval) == (now >= memory.retry_at)
+
+
+@given(count_histories(), st.floats(0.1, 600))
+def test_a_step_that_publishes_nothing_more_leaves_a_poll_interval_to_the_next(history, poll_interval):
+    memory, now = Memory(), 0.0
+    for counts in history:
+        now += 1.0
+        plan = run(observe(counts), memory=memory, now=now)
+        assert not plan.memory.publishing
+        assert next_step_in(plan.memory, now, poll_interval) == pytest.approx(poll_interval)
+        memory = plan.memory
+
 
 claims_st = st.dictionaries(
     st.sampled_from(["uid-b", "uid-c", "uid-d"]),

@@ -219,5 +219,6 @@ def test_every_webhook_url_the_model_accepts_makes_a_request_line(url: str):
     parts = urlsplit(url)
     assert parts.port is None or 1 <= parts.port <= 65535
     (parts.hostname or "").encode("idna")
-    connection = http.client.HTTPConnection(parts.hostname or "", parts.port)
+    # As notify.py makes it: always with a port (http.client reads "::a" alone as host ":" port "a").
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80)
     connection.putrequest("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""))

@@ -66,18 +66,6 @@ def publish_tasks(channel, tasks: Iterable[Task]) -> int:
     return count
 
 
-class _OneWritePerMessage(pika.SelectConnection):
-    """pika hands its transport each frame of a message (method, header, body) as a chunk of its
-    own, and the transport sends each chunk with a `send()`: three syscalls a task, 14 % of the
-    fan-out's main thread (bench/README.md, million.py). The frames of a message go as one chunk."""
-
-    def _output_marshaled_frames(self, marshaled_frames) -> None:
-        if len(marshaled_frames) > 1:
-            self.frames_sent += len(marshaled_frames) - 1  # pika's count stays one per frame
-            marshaled_frames = [b"".join(marshaled_frames)]
-        super()._output_marshaled_frames(marshaled_frames)
-
-
 class ConfirmTimeout(pika.exceptions.AMQPError):
     """The broker did not confirm a batch (or open the connection) in time."""
 
@@ -182,7 +170,7 @@ class ConfirmedPublisher:
         parameters.heartbeat = self.heartbeat
         parameters.blocked_connection_timeout = 60
         try:
-            self._connection = _OneWritePerMessage(
+            self._connection = pika.SelectConnection(
                 parameters,
                 on_open_callback=self._on_connection_open,
                 on_open_error_callback=self._on_connection_error,

@@ -13,11 +13,12 @@ from pydantic import SecretStr
 
 from kompressor.messages import Outcome, Result, result_queue
 from kompressor.settings import StorageSettings
+from kompressor_operator import broker
 from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.status import Dependency
 from kompressor_s3 import s3_client
 from testbed import RabbitMQ, S3Server
-from tests.chaos.tools import S3Faults, photo_inputs, upload_parallel
+from tests.chaos.tools import S3Faults, photo_inputs, upload_parallel, wait_for
 from tests.jobs import job_spec, new_job
 
 
@@ -50,6 +51,9 @@ def test_a_store_refusing_ledger_writes_fails_the_step_as_storage_and_loses_noth
         for id in range(3):  # what the workers would report
             result = Result(job=job, id=id, outcome=Outcome.done, source=f"s3://{bucket}/in/{id}", bytes_in=9)
             connection.channel().basic_publish("", result_queue(job), result.encode())
+        # a step reads what the results queue holds ready when it starts (broker.drain_results)
+        channel = connection.channel()
+        wait_for(lambda: broker.queue_depth(channel, result_queue(job)).ready == 3, 10, "3 results queued")
         connection.close()
 
         faults.failing.set()
@@ -60,6 +64,10 @@ def test_a_store_refusing_ledger_writes_fails_the_step_as_storage_and_loses_noth
         assert faults.refused and all("/part-00000001.jsonl" in r for r in faults.refused)
 
         faults.failing.clear()
+        connection = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+        channel = connection.channel()
+        wait_for(lambda: broker.queue_depth(channel, result_queue(job)).ready == 3, 10, "3 results back")
+        connection.close()
         progress = engine.step()  # the unacked results came back to the queue
         assert (progress.accounted_now, progress.counts.succeeded) == (3, 3)
         assert progress.finished

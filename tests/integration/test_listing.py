@@ -92,6 +92,17 @@ def test_a_storage_error_is_raised_by_the_listing_and_stops_it(s3: S3Server):
         next(listing)
 
 
+def _spec(bucket: str):
+    """A job of every object under in/ of `bucket`, to WebP under out/."""
+    return parse_spec(
+        {
+            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
+            "output": {"format": "webp"},
+        }
+    )
+
+
 def _wait_stopped(listing, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while listing.running:
@@ -108,13 +119,7 @@ def test_the_engines_fan_out_over_steps_and_a_restart_publishes_each_input_once_
     bucket, keys = three_pages
     monkeypatch.setattr(engine_module, "FAN_OUT_SECONDS", 0.0)  # a batch of 1000 per step
     job = new_job("overlap")
-    spec = parse_spec(
-        {
-            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
-            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
-            "output": {"format": "webp"},
-        }
-    )
+    spec = _spec(bucket)
     first = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
     try:
         progress = first.step()
@@ -183,13 +188,7 @@ def test_a_crash_while_a_batch_is_saved_republishes_what_was_sent_and_not_saved(
     bucket, keys = three_pages
     monkeypatch.setattr(engine_module, "FAN_OUT_SECONDS", 60.0)  # the three batches in one step
     job = new_job("pipelined")
-    spec = parse_spec(
-        {
-            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
-            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
-            "output": {"format": "webp"},
-        }
-    )
+    spec = _spec(bucket)
     first = JobEngine(job, spec, rabbitmq.url, s3.client()).open()
     save, saves = first.ledger.save_cursor, []
 

@@ -47,7 +47,7 @@ from PIL import Image
 from proc import tree_cpu_seconds
 
 from testbed import start_kube, start_rabbitmq, start_s3
-from tests.e2e.cluster import Cluster, install
+from tests.e2e.cluster import Cluster, install, step_runs
 
 NAMESPACE = "bench"
 BUCKET = "jobs-bench"
@@ -176,10 +176,6 @@ def request_counts(cluster: Cluster) -> Counter:
     return counts
 
 
-def timer_runs(log: Path) -> int:
-    return sum("Timer 'step' succeeded" in line for line in log.read_text(errors="replace").splitlines())
-
-
 def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     kube = start_kube(run_dir / "kube")
     rabbitmq = start_rabbitmq(run_dir / "rabbitmq")
@@ -227,13 +223,13 @@ def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             time.sleep(1)
         time.sleep(5)
         runs_before, cpu_before, idle_started = (
-            timer_runs(log),
+            step_runs(cluster.metrics_port),
             tree_cpu_seconds(operator.pid),
             time.monotonic(),
         )
         time.sleep(IDLE_SECONDS)
         idle_cpu = tree_cpu_seconds(operator.pid) - cpu_before
-        idle_runs = timer_runs(log) - runs_before
+        idle_runs = step_runs(cluster.metrics_port) - runs_before
         idle_seconds = time.monotonic() - idle_started
         stop.set()
         sampler.join(30)

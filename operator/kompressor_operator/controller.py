@@ -269,6 +269,7 @@ class Controller:
 
     def step(self, body: dict[str, Any], poll_interval: float) -> Writeback | None:
         """One scaling and accounting round for a job; None when it is not due yet."""
+        self.metrics.stepped(job_ref(body["metadata"]))
         uid = body["metadata"]["uid"]
         previous = CompressionJobStatus.model_validate(body.get("status") or {})
         if previous.phase in FINISHED_PHASES:
@@ -467,7 +468,7 @@ class Controller:
         uid = body["metadata"]["uid"]
         self.book.release(uid)
         self.deliveries.pop(uid, None)
-        self.metrics.forget(job_ref(body["metadata"]))
+        self.metrics.forget(job_ref(body["metadata"]), deleted=True)
         state = self.jobs.pop(uid, None)
         if state is not None:
             with state.busy:  # a step still running on the engine ends first

@@ -64,6 +64,21 @@ PEERING_LIFETIME_SECONDS = 15
 then): a standby takes over this long at most after the leader stopped, plus its resume."""
 
 
+class QuietSteps(logging.Filter):
+    """Holds back kopf's "Timer 'step' succeeded." (INFO, on kopf.objects): the step timer runs
+    every second, so that was a line a second per running job, all alike. The runs are counted in
+    `kompressor_steps_total` instead; a failing step is still logged, and at DEBUG every line is."""
+
+    MESSAGE = "Timer 'step' succeeded."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        routine = record.levelno == logging.INFO and record.getMessage() == self.MESSAGE
+        return not routine or logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+QUIET_STEPS = QuietSteps()  # one instance: addFilter adds it once, however often kopf starts up
+
+
 def leadership_priority(started: float) -> int:
     """kopf's peering pauses every operator that sees one of higher priority, and all of them when
     two share one. The older operator outranks the newer (a replica restarting never preempts the
@@ -90,6 +105,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     config = OperatorSettings()
     # After kopf set the root level from --verbose/--debug: at DEBUG the libraries speak too.
     quiet_third_party(logging.getLogger().level)
+    logging.getLogger("kopf.objects").addFilter(QUIET_STEPS)
     load_config()
     if leading:
         await asyncio.to_thread(Kube().ensure_peering, settings.peering.name)

@@ -3,7 +3,8 @@
 
 A job's series are removed when it finishes or is deleted (`forget`): a gauge left behind would
 report a backlog that no longer exists, and label sets of ended jobs would pile up for the
-operator's life.
+operator's life. Its step count alone stays until the job is deleted: that a finished job's count
+stands still is what shows it costs nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class OperatorMetrics:
             [*JOB_LABELS, "reason"],
             registry=self.registry,
         )
+        self.steps = Counter(
+            "kompressor_steps",
+            "Runs of a job's step timer (about one a second while it runs; none once it ended). kopf's "
+            "own log line for each run is held back (handlers.QuietSteps).",
+            JOB_LABELS,
+            registry=self.registry,
+        )
         self._refused_reasons: dict[tuple[str, str], set[str]] = {}
 
     def observe(self, job: JobRef, outstanding: int, desired: int) -> None:
@@ -65,9 +73,15 @@ class OperatorMetrics:
         self.refused_results.labels(job.namespace, job.name, reason).inc(count)
         self._refused_reasons.setdefault((job.namespace, job.name), set()).add(reason)
 
-    def forget(self, job: JobRef) -> None:
-        """Remove every series of `job` (those it never had are skipped)."""
+    def stepped(self, job: JobRef) -> None:
+        self.steps.labels(job.namespace, job.name).inc()
+
+    def forget(self, job: JobRef, deleted: bool = False) -> None:
+        """Remove the series of `job` (those it never had are skipped); its step count only once
+        it is `deleted`."""
         label_sets = [(self.outstanding, ()), (self.desired, ())]
+        if deleted:
+            label_sets.append((self.steps, ()))
         label_sets += [(self.scale_events, (direction,)) for direction in DIRECTIONS]
         reasons = self._refused_reasons.pop((job.namespace, job.name), set())
         label_sets += [(self.refused_results, (reason,)) for reason in sorted(reasons)]

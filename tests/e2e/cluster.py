@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from testbed import KubeAPI, RabbitMQ, S3Server
 from testbed.nodeagent import NodeAgent
@@ -251,6 +252,25 @@ def install(
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         return response.read().decode()
+
+
+def step_runs(port: int, namespace: str | None = None, name: str | None = None) -> float:
+    """How often the operator whose /metrics is on `port` ran a job's step timer (every job's
+    without `name`): `kompressor_steps_total`; 0 before its first run, or unreachable (not running
+    yet)."""
+    try:
+        text = scrape(port)
+    except OSError:
+        return 0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "kompressor_steps"
+        for sample in family.samples
+        if sample.name == "kompressor_steps_total"
+        and name in (None, sample.labels["compressionjob"])
+        and namespace in (None, sample.labels["namespace"])
+    )
 
 
 def job_manifest(name: str, bucket: str, s3: S3Server, webhook: Webhook | None = None, **spec: Any) -> str:

@@ -54,3 +54,28 @@ def test_every_worker_series_names_its_job_and_namespace_and_counters_end_in_tot
     for name, labels in found:
         if not name.endswith("_created"):
             assert (labels["namespace"], labels["compressionjob"]) == ("shop", "catalog"), name
+
+
+def test_a_finished_jobs_step_count_stays_until_it_is_deleted():
+    metrics = OperatorMetrics()
+    metrics.stepped(SHOP)
+    metrics.stepped(SHOP)
+    metrics.observe(SHOP, outstanding=0, desired=0)
+
+    def steps() -> list[float]:
+        return [
+            value
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            if family.name == "kompressor_steps"
+            for name, _, value, *_ in family.samples
+            if name == "kompressor_steps_total"
+        ]
+
+    metrics.forget(SHOP)  # finished: its gauges go, the count of its steps stays
+    assert steps() == [2.0]
+    assert {name for name, _ in series(metrics.registry)} <= {
+        "kompressor_steps_total",
+        "kompressor_steps_created",
+    }
+    metrics.forget(SHOP, deleted=True)
+    assert steps() == [] and series(metrics.registry) == []

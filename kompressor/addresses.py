@@ -7,7 +7,8 @@ and IPv6 spelling, unless an allow-list re-admits them; a policy without `public
 endpoints') refuses public addresses too, so only what its allow-list names is reachable.
 `address_allowed` is pure; `vetted_addresses` resolves a name and refuses it when any of its
 addresses is refused (so DNS cannot smuggle a private address in beside a public one);
-`vetted_url` does so for the host and port of an http(s) URL.
+`vetted_url` does so for the host and port of an http(s) URL; `connection_guard` judges every
+connection an S3 client opens (kompressor_s3's `vet`).
 
 The rule, in detail: REFUSED_IPV4 (this-network, RFC 1918, CGNAT, loopback, link-local with
 169.254.169.254, IETF/documentation/benchmarking ranges, multicast, reserved, broadcast); IPv6 outside
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -157,6 +159,21 @@ def vetted_addresses(host: str, port: int, policy: AddressPolicy, deadline: floa
             kind = "a non-public address" if policy.public else "an address outside the allow-list"
             raise AddressRefused(f"{host} resolves to {sockaddr[0]}, {kind}")
     return found
+
+
+Guard = Callable[[str, int], list[tuple[int, tuple]]]
+"""(host, port) -> the (family, sockaddr) a connection may go to; AddressRefused (or a failed
+lookup's error) when it may go nowhere."""
+
+
+def connection_guard(policy: AddressPolicy, lookup_seconds: float = 10.0) -> Guard:
+    """`vetted_addresses` for each connection, its lookup bounded by `lookup_seconds`: a client that
+    connects to the address returned sends nothing to a name that resolves elsewhere later."""
+
+    def vet(host: str, port: int) -> list[tuple[int, tuple]]:
+        return vetted_addresses(host, port, policy, time.monotonic() + lookup_seconds)
+
+    return vet
 
 
 def vetted_url(url: str, policy: AddressPolicy, lookup_seconds: float = 10.0) -> list[tuple[int, tuple]]:

@@ -148,11 +148,13 @@ def worker_settings_env(
     log_level: str | None,
     log_format: str,
     allowed_input_formats: Collection[InputFormat],
+    endpoint_allow_networks: Collection[str] | None = None,
 ) -> dict[str, str | SecretRef]:
     """The environment a worker reads its settings from (kompressor_worker.settings.WorkerSettings),
     for the Deployment (credentials as SecretRefs) and for local mode's processes (values alike).
     The drain time is the same everywhere: the task timeout + DRAIN_MARGIN_SECONDS. A None or
-    empty value is left out: the worker's default applies."""
+    empty value is left out: the worker's default applies. `endpoint_allow_networks`: what each of
+    the worker's S3 connections is judged against (endpoints.guarded_networks; None: not judged)."""
     env: dict[str, str | SecretRef | None] = {
         "KOMPRESSOR_QUEUE": task_queue(job),
         "KOMPRESSOR_JOB_NAMESPACE": job.namespace,
@@ -168,6 +170,9 @@ def worker_settings_env(
         "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY": secret_access_key,
         "KOMPRESSOR_STORAGE__REGION": region,
         "KOMPRESSOR_STORAGE__ENDPOINT_URL": endpoint_url,
+        "KOMPRESSOR_STORAGE_ENDPOINT_ALLOW_NETWORKS": None
+        if endpoint_allow_networks is None
+        else json.dumps(list(endpoint_allow_networks)),
     }
     return {name: value for name, value in env.items() if value}
 
@@ -177,11 +182,13 @@ def worker_env(
     spec: CompressionJobSpec,
     defaults: WorkerDefaults,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+    endpoint_allow_networks: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """The worker container's environment: plain settings as values, credentials as secretKeyRefs.
     The installation's allowed input formats go along: a worker refuses inputs beyond them too. The
     S3 endpoint and region are the spec's as given (the controller fills in the operator's own
-    for a job that names none, so workers reach the store the operator lists)."""
+    for a job that names none, so workers reach the store the operator lists); a job's own endpoint
+    comes with the networks its connections are judged against."""
     storage = spec.storage
     storage_secret = storage.credentials_secret or defaults.storage_secret
     env = worker_settings_env(
@@ -196,6 +203,7 @@ def worker_env(
         log_level=spec.workers.log_level or defaults.log_level,
         log_format=defaults.log_format,
         allowed_input_formats=allowed_input_formats,
+        endpoint_allow_networks=endpoint_allow_networks,
     )
     rendered = [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": value.secret, "key": value.key}}}
@@ -253,10 +261,12 @@ def worker_deployment(
     owner: Mapping[str, Any] | None,
     replicas: int | None,
     allowed_input_formats: Collection[InputFormat] = WEB_INPUT_FORMATS,
+    endpoint_allow_networks: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """The apps/v1 Deployment running `replicas` worker pods for `job` (see the module docstring).
 
     None leaves `spec.replicas` out, for an external scaler to own (the API server defaults it to 1).
+    `endpoint_allow_networks`: see `worker_env`.
     """
     if replicas is not None and replicas < 0:
         raise ValueError(f"replicas {replicas} must not be negative")
@@ -272,7 +282,7 @@ def worker_deployment(
         "name": CONTAINER,
         "image": defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
-        "env": worker_env(job, spec, defaults, allowed_input_formats),
+        "env": worker_env(job, spec, defaults, allowed_input_formats, endpoint_allow_networks),
         "ports": [{"name": "http", "containerPort": defaults.health_port, "protocol": "TCP"}],
         "resources": _resources(spec),
         "livenessProbe": _probe("/healthz", period=10, failures=3),

@@ -34,7 +34,7 @@ from kompressor_operator import broker, notify
 from kompressor_operator.book import BudgetBook
 from kompressor_operator.builders import job_ref, worker_deployment, worker_deployment_name
 from kompressor_operator.endpoints import REASON as ENDPOINT_REFUSED
-from kompressor_operator.endpoints import EndpointRefused, check_endpoint, endpoint_guard
+from kompressor_operator.endpoints import EndpointRefused, check_endpoint, endpoint_guard, guarded_networks
 from kompressor_operator.engine import JobEngine, StepFailed
 from kompressor_operator.kube import DeploymentNotOwned, Kube, Refused, SecretMissing
 from kompressor_operator.metrics import OperatorMetrics
@@ -215,8 +215,10 @@ class Controller:
         self, job: JobRef, spec: CompressionJobSpec, owner: dict[str, Any], current: int
     ) -> dict[str, Any]:
         """Workers reach the S3 the operator reaches: a job naming no endpoint or region gets the
-        operator's defaults in its pods too, as it did for the listing (StorageSettings.for_job)."""
+        operator's defaults in its pods too, as it did for the listing (StorageSettings.for_job);
+        a job's own endpoint is judged at each of their connections, as at the operator's."""
         storage = self.settings.storage.for_job(spec.storage)
+        own, allow = self.settings.storage.endpoint_url, self.settings.storage_endpoint_allow_networks
         resolved = spec.storage.model_copy(
             update={"endpoint_url": storage.endpoint_url, "region": storage.region}
         )
@@ -227,6 +229,7 @@ class Controller:
             owner=owner,
             replicas=deployment_replicas(spec.workers, current),
             allowed_input_formats=self.settings.allowed_input_formats,
+            endpoint_allow_networks=guarded_networks(spec.storage, own, allow),
         )
 
     def _missing_secrets(self, job: JobRef, spec: CompressionJobSpec) -> list[str]:

@@ -18,19 +18,18 @@ endpoint and the job's own Secret (builders.worker_env), so they are covered by 
 What it must never do: send anything to the endpoint it judges. The operator's client for such a
 job judges the host again at every connection it opens and connects to the address it judged
 (`endpoint_guard`, kompressor_s3's `vet`), so a name that resolves elsewhere later (DNS rebinding
-against a name the job author controls) gains nothing. The workers' connections are not judged
-again: their egress is for the chart's `networkPolicy` to bound.
+against a name the job author controls) gains nothing. The job's workers do the same: their
+Deployment carries the allow-list (`guarded_networks`, as KOMPRESSOR_STORAGE_ENDPOINT_ALLOW_NETWORKS)
+and their client judges each connection against it.
 Local mode (`kompressor run`) does not use this: there the job file and the credentials are the
 user's own, on the user's machine, and the job's endpoint gets the user's credentials.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
-from kompressor.addresses import AddressPolicy, AddressRefused, vetted_addresses, vetted_url
+from kompressor.addresses import AddressPolicy, AddressRefused, Guard, connection_guard, vetted_url
 from kompressor.crd import Storage
 
 REASON = "StorageEndpointRefused"
@@ -78,19 +77,23 @@ def credentials_problem(storage: Storage, own_endpoint: str | None) -> str | Non
     )
 
 
-def endpoint_guard(
+def guarded_networks(
     storage: Storage, own_endpoint: str | None, allow_networks: list[str]
-) -> Callable[[str, int], list[tuple[int, tuple]]] | None:
-    """What judges each connection to a job's endpoint: its host's addresses, all inside
-    `allow_networks` (else AddressRefused); None for the operator's own endpoint (the admin's)."""
+) -> list[str] | None:
+    """The networks every connection to a job's endpoint is judged against: `allow_networks`; None
+    for the operator's own endpoint (the admin's), which is not judged. Pure."""
     if not storage.endpoint_url or same_endpoint(storage.endpoint_url, own_endpoint):
         return None
-    policy = AddressPolicy.only(*allow_networks)
+    return list(allow_networks)
 
-    def vet(host: str, port: int) -> list[tuple[int, tuple]]:
-        return vetted_addresses(host, port, policy, time.monotonic() + LOOKUP_SECONDS)
 
-    return vet
+def endpoint_guard(storage: Storage, own_endpoint: str | None, allow_networks: list[str]) -> Guard | None:
+    """What judges each connection to a job's endpoint: its host's addresses, all inside
+    `allow_networks` (else AddressRefused); None for the operator's own endpoint."""
+    networks = guarded_networks(storage, own_endpoint, allow_networks)
+    if networks is None:
+        return None
+    return connection_guard(AddressPolicy.only(*networks), LOOKUP_SECONDS)
 
 
 def check_endpoint(storage: Storage, own_endpoint: str | None, allow_networks: list[str]) -> None:

@@ -24,6 +24,7 @@ OPERATOR_ENV = (
     "KOMPRESSOR_STORAGE__SECRET_ACCESS_KEY",
     "KOMPRESSOR_STORAGE__REGION",
     "KOMPRESSOR_STORAGE__ENDPOINT_URL",
+    "KOMPRESSOR_STORAGE_ENDPOINT_ALLOW_NETWORKS",
     "KOMPRESSOR_ALLOWED_INPUT_FORMATS",
 )
 """Worker variables the operator sets from the job and these defaults: extraEnv may not set them too

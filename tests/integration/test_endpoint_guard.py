@@ -1,7 +1,7 @@
-"""A job's own S3 endpoint, judged at every connection the operator's client opens: the client
-connects to the address the guard judged, so a name that resolves elsewhere later (DNS rebinding)
-sends nothing there. The name server is the one thing faked here (a name of the test's own); the
-S3 server and the other listener are real, on loopback addresses."""
+"""A job's own S3 endpoint, judged at every connection the operator's client and its workers'
+open: the client connects to the address the guard judged, so a name that resolves elsewhere later
+(DNS rebinding) sends nothing there. The name server is the one thing faked here (a name of the
+test's own); the S3 server and the other listener are real, on loopback addresses."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from pydantic import SecretStr
 
-from kompressor.crd import Storage
+from kompressor.crd import CompressionJobSpec, InputFormat, Storage
+from kompressor.messages import JobRef
 from kompressor.settings import StorageSettings
-from kompressor_operator.endpoints import endpoint_guard
+from kompressor_operator.builders import worker_settings_env
+from kompressor_operator.endpoints import endpoint_guard, guarded_networks
 from kompressor_s3 import s3_client
+from kompressor_worker.settings import WorkerSettings
+from kompressor_worker.task import TaskRunner
 from testbed import S3Server
 
 NAME = "s3.rebinding.test"
@@ -37,6 +41,11 @@ class _Listener:
                 return
             self.accepted += 1
             conn.close()
+
+    def close(self) -> None:
+        """Stop listening: shutdown wakes the accepting thread, which holds the port until then."""
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
 
 
 @pytest.fixture
@@ -85,7 +94,50 @@ def test_a_name_that_rebinds_outside_the_allow_list_gets_no_connection(
     with pytest.raises(Exception):  # noqa: B017 - the listener answers nothing
         unguarded.list_objects_v2(Bucket=bucket)
     assert other.accepted >= 1
-    other.sock.close()
+    other.close()
+
+
+def test_a_workers_client_judges_each_connection_against_the_networks_its_deployment_names(
+    s3: S3Server, bucket: str, name_server: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker reads its environment as the operator renders it for a job with its own endpoint
+    (builders.worker_settings_env), and its task client refuses the rebound name."""
+    endpoint = f"http://{NAME}:{s3.port}"
+    spec = CompressionJobSpec.model_validate(
+        {
+            "source": {"s3": {"bucket": bucket, "prefix": "in/"}},
+            "destination": {"s3": {"bucket": bucket, "prefix": "out/"}},
+            "storage": {"endpointURL": endpoint, "credentialsSecret": "team-s3"},
+        }
+    )
+    allow = guarded_networks(spec.storage, "http://127.0.0.1:1", ["127.0.0.1/32"])
+    env = worker_settings_env(
+        JobRef(namespace="ns", name="job", uid="u"),
+        spec,
+        broker_url="amqp://127.0.0.1:1",
+        access_key_id=s3.access_key,
+        secret_access_key=s3.secret_key,
+        region=s3.region,
+        endpoint_url=endpoint,
+        health_port=0,
+        log_level=None,
+        log_format="text",
+        allowed_input_formats=[InputFormat.jpeg],
+        endpoint_allow_networks=allow,
+    )
+    for name, value in {**env, "KOMPRESSOR_STORAGE__MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(name, str(value))
+    client = TaskRunner(WorkerSettings(), pool=None).client
+    name_server["address"] = "127.0.0.1"
+    assert client.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+    other = _Listener(s3.port)
+    name_server["address"] = "127.0.0.2"
+    client._endpoint.http_session._manager.clear()
+    with pytest.raises(EndpointConnectionError):
+        client.get_object(Bucket=bucket, Key="in/a.jpg")
+    assert other.accepted == 0
+    other.close()
 
 
 def test_the_operators_own_endpoint_is_not_judged_again() -> None:

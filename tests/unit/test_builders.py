@@ -478,6 +478,32 @@ def test_workers_reach_the_storage_the_operator_lists_from():
     )
 
 
+def test_a_jobs_own_endpoint_reaches_its_workers_with_the_networks_each_connection_is_judged_against():
+    """As the operator's client for such a job (endpoints.endpoint_guard), the workers' judge every
+    connection to the job's endpoint; the operator's own endpoint is the admin's, and not judged."""
+    from kompressor.settings import StorageSettings
+    from kompressor_operator.controller import Controller
+    from kompressor_operator.settings import OperatorSettings
+
+    settings = OperatorSettings(
+        storage=StorageSettings(endpoint_url="http://seaweedfs.kompressor:8333"),
+        worker=DEFAULTS,
+        storage_endpoint_allow_networks=["10.20.0.0/16", "192.168.7.0/24"],
+    )
+    controller = Controller(settings, kube=None, metrics=None)
+    allow = "KOMPRESSOR_STORAGE_ENDPOINT_ALLOW_NETWORKS"
+    for storage in (Storage(), Storage(endpoint_url="http://seaweedfs.kompressor:8333/")):
+        plain = SPEC.model_copy(update={"storage": storage})
+        assert allow not in _env(controller._deployment(JOB, plain, OWNER, 0))
+    own = SPEC.model_copy(
+        update={"storage": Storage(endpoint_url="http://minio.team-a:9000", credentials_secret="team-a-s3")}
+    )
+    assert json.loads(_env(controller._deployment(JOB, own, OWNER, 0))[allow] or "") == [
+        "10.20.0.0/16",
+        "192.168.7.0/24",
+    ]
+
+
 def _env(deployment: dict) -> dict[str, str | None]:
     return {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
 

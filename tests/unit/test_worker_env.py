@@ -60,6 +60,7 @@ def _full_env() -> dict[str, str | SecretRef]:
         log_level="INFO",
         log_format="json",
         allowed_input_formats=[InputFormat.jpeg, InputFormat.png],
+        endpoint_allow_networks=["10.20.0.0/16"],
     )
 
 

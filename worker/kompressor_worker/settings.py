@@ -34,6 +34,11 @@ class WorkerSettings(BaseSettings):
     url_allow_networks: list[str] = Field(
         default_factory=list, description="CIDRs URL sources may reach although private (e.g. a test server)."
     )
+    storage_endpoint_allow_networks: list[str] | None = Field(
+        default=None,
+        description="When set, every S3 connection goes only to an address of the endpoint's host "
+        "inside these CIDRs, judged at each connection (the operator sets it for a job's own endpoint).",
+    )
     url_requests_per_second: float = Field(
         default=20.0, gt=0, description="Per worker and origin host, so an origin is not hammered."
     )

@@ -34,7 +34,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import partial
 from urllib.parse import unquote
 
-from kompressor.addresses import AddressPolicy
+from kompressor.addresses import AddressPolicy, connection_guard
 from kompressor.crd import Existing, InputFormat, Limits, Output
 from kompressor.formats import CONTENT_TYPES
 from kompressor.messages import Outcome, PlannedRendition, RenditionResult, Result, Task, overall
@@ -172,7 +172,9 @@ class TaskRunner:
 
     def __init__(self, settings: WorkerSettings, pool):
         self.pool = pool
-        self.client = s3_client(settings.storage)
+        networks = settings.storage_endpoint_allow_networks
+        guard = None if networks is None else connection_guard(AddressPolicy.only(*networks))
+        self.client = s3_client(settings.storage, vet=guard)
         self.policy = AddressPolicy(
             allow_networks=tuple(ipaddress.ip_network(n) for n in settings.url_allow_networks)
         )

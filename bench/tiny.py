@@ -91,7 +91,8 @@ def run_once(env: dict[str, str], spec: dict[str, Any], work: Path, source: Path
     path.write_text(yaml.safe_dump(spec))
     env = dict(env)
     if source is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(source / "worker"), str(source)])
+        # The tree's three packages: its engine (operator/), its workers and the contract.
+        env["PYTHONPATH"] = os.pathsep.join([str(source / d) for d in ("worker", "operator", ".")])
     command = [sys.executable, "-m", "kompressor_operator.cli", "run", str(path), "--json"]
     started = time.monotonic()
     process = subprocess.Popen(

@@ -42,7 +42,9 @@ def s3_client(storage: StorageSettings, vet: Vet | None = None):
 
     `vet`: every connection the client opens first asks it where it may go, and goes to one of the
     addresses it returns (a job's own endpoint, judged by the operator's allow-list at each
-    connection: a name that resolves elsewhere later, DNS rebinding, gains nothing)."""
+    connection: a name that resolves elsewhere later, DNS rebinding, gains nothing). Such a client
+    never goes through a proxy named in the environment (HTTP_PROXY, HTTPS_PROXY): the proxy would
+    resolve the name itself, out of the guard's sight."""
 
     def reveal(secret: SecretStr | None) -> str | None:
         return secret.get_secret_value() if secret is not None else None
@@ -61,6 +63,8 @@ def s3_client(storage: StorageSettings, vet: Vet | None = None):
                 s3={"addressing_style": "path"} if storage.endpoint_url else {},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
+                # None: the environment's proxies; {}: none at all.
+                proxies={} if vet is not None else None,
             ),
         )
     if vet is not None:

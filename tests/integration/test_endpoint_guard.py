@@ -140,6 +140,30 @@ def test_a_workers_client_judges_each_connection_against_the_networks_its_deploy
     other.close()
 
 
+def test_a_guarded_client_goes_past_a_proxy_of_the_environment_which_would_resolve_the_name_itself(
+    s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = StorageSettings(
+        endpoint_url=s3.endpoint_url,
+        access_key_id=SecretStr(s3.access_key),
+        secret_access_key=SecretStr(s3.secret_key),
+        region=s3.region,
+        max_attempts=1,
+    )
+    proxy = _Listener(s3.port)  # answers nothing: a request sent through it fails
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.2:{s3.port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    guarded = s3_client(
+        storage, vet=endpoint_guard(Storage(endpoint_url=s3.endpoint_url), None, ["127.0.0.1/32"])
+    )
+    assert guarded.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    assert proxy.accepted == 0
+    with pytest.raises(Exception):  # noqa: B017 - what the guard prevents: through the proxy
+        s3_client(storage).list_objects_v2(Bucket=bucket)
+    assert proxy.accepted >= 1
+    proxy.close()
+
+
 def test_the_operators_own_endpoint_is_not_judged_again() -> None:
     own = "http://seaweedfs.kompressor.svc:8333"
     assert endpoint_guard(Storage.model_validate({"endpointURL": own}), own, []) is None

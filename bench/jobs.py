@@ -229,7 +229,7 @@ def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         )
         time.sleep(IDLE_SECONDS)
         idle_cpu = tree_cpu_seconds(operator.pid) - cpu_before
-        idle_runs = step_runs(cluster.metrics_port) - runs_before
+        idle_runs = round(step_runs(cluster.metrics_port) - runs_before)
         idle_seconds = time.monotonic() - idle_started
         stop.set()
         sampler.join(30)

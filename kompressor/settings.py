@@ -7,11 +7,23 @@ import time. Credentials are `SecretStr`, so they never show in a repr, a log li
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, Field, SecretStr
 
 from kompressor.crd import WEB_INPUT_FORMATS, InputFormat, Storage
+
+
+def _networks(value: list[str]) -> list[str]:
+    for network in value:
+        ipaddress.ip_network(network)  # its ValueError names the entry; pydantic names the setting
+    return value
+
+
+Networks = Annotated[list[str], AfterValidator(_networks)]
+"""A list of CIDRs, each checked when the settings are read: a typo stops the process at start with
+the setting's name, not at its first connection."""
 
 AllowedInputFormats = Annotated[
     list[InputFormat],

@@ -83,3 +83,18 @@ def test_every_setting_is_read_somewhere():
     for model in (OperatorSettings, WorkerSettings):
         for path, name in _fields(model):
             assert f".{name}" in code, f"{model.__name__}.{path} is read nowhere"
+
+
+@pytest.mark.parametrize(
+    "name", ["KOMPRESSOR_STORAGE_ENDPOINT_ALLOW_NETWORKS", "KOMPRESSOR_URL_ALLOW_NETWORKS"]
+)
+def test_a_worker_with_a_network_that_is_no_cidr_stops_at_start_naming_the_setting(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from kompressor_worker.__main__ import main
+
+    monkeypatch.setenv("KOMPRESSOR_QUEUE", "kompressor.ns.job.12345678.tasks")
+    monkeypatch.setenv(name, '["10.20.0.0/16", "10.300.0.0/16"]')
+    assert main([]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("kompressor-worker: invalid configuration: " + name) and "10.300.0.0/16" in error

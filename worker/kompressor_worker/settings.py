@@ -9,7 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kompressor.settings import AllowedInputFormats, BrokerSettings, StorageSettings
+from kompressor.settings import AllowedInputFormats, BrokerSettings, Networks, StorageSettings
 
 
 class WorkerSettings(BaseSettings):
@@ -31,10 +31,10 @@ class WorkerSettings(BaseSettings):
     )
     health_port: int = Field(default=8080, ge=0, description="/healthz, /readyz, /metrics; 0 turns off.")
     grace_seconds: float = Field(default=150, gt=0, description="Drain time for in-flight tasks on SIGTERM.")
-    url_allow_networks: list[str] = Field(
+    url_allow_networks: Networks = Field(
         default_factory=list, description="CIDRs URL sources may reach although private (e.g. a test server)."
     )
-    storage_endpoint_allow_networks: list[str] | None = Field(
+    storage_endpoint_allow_networks: Networks | None = Field(
         default=None,
         description="When set, every S3 connection goes only to an address of the endpoint's host "
         "inside these CIDRs, judged at each connection (the operator sets it for a job's own endpoint).",

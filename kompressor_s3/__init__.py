@@ -8,7 +8,6 @@ from __future__ import annotations
 import email.utils
 import functools
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import boto3
@@ -19,16 +18,13 @@ from pydantic import SecretStr
 from urllib3.exceptions import NewConnectionError
 from urllib3.util import connection
 
+from kompressor.addresses import Guard
 from kompressor.settings import StorageSettings
 
 _CLIENTS = threading.Lock()  # botocore's Session is not thread-safe; kopf starts jobs in threads
 
 
-Vet = Callable[[str, int], list[tuple[int, tuple]]]
-"""(host, port) -> the (family, sockaddr) a connection may go to, or an exception (the guard refused)."""
-
-
-def s3_client(storage: StorageSettings, vet: Vet | None = None):
+def s3_client(storage: StorageSettings, vet: Guard | None = None):
     """A boto3 S3 client with botocore's standard retry mode (exponential backoff with jitter).
 
     Two departures from botocore's defaults, both measured (bench/fanout.py, bench/worker.py):
@@ -72,7 +68,7 @@ def s3_client(storage: StorageSettings, vet: Vet | None = None):
     return client
 
 
-def _pin(client, vet: Vet) -> None:
+def _pin(client, vet: Guard) -> None:
     """Make the client's connections go where `vet` says: its urllib3 connection classes, derived
     with a `_new_conn` that vets the host and connects to a vetted address (TLS still checks the
     certificate against the host's name: urllib3 keeps `host` for that, and connects to `_dns_host`)."""
